@@ -1,0 +1,202 @@
+"""EventSPD: Phase A ``precompute`` (once per event window) and Phase B ``decode`` (any K)."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import contract
+from .backbone import build_backbone
+from .config import ModelConfig
+from .decoder import DeformableRead, FusedDecoder, GlobalDecoder, LocalDecoder, TokenBuilder
+from .f3 import F3Encoder
+from .layers import init_weights
+from .training import TrainingHeads
+
+
+class InputError(ValueError):
+    """A caller passed a tensor of the wrong kind; the message names it and what was expected."""
+
+
+class Projections(nn.Module):
+    """A3: per-window projections shared by all queries.
+
+    B3 K/V for both layers (384->192), the anchor table W_g (384->192), and B4's per-level value
+    maps W_V: L2 128->192, L3 192->192, L4 384->192. The seed's A3 table says "L3: id" but counts
+    136K for the three value projections, which only adds up with a learned 192->192 at L3; we
+    follow the count (B1's own L3 tokens do use the identity, as B1's table says).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, _, c2, c3, c4 = cfg.d, *cfg.dims
+        self.b3_k = nn.ModuleList([nn.Linear(c4, d) for _ in range(cfg.b3_layers)])
+        self.b3_v = nn.ModuleList([nn.Linear(c4, d) for _ in range(cfg.b3_layers)])
+        self.w_g = nn.Linear(c4, d)
+        self.value_l2 = nn.Conv2d(c2, d, 1)
+        self.value_l3 = nn.Conv2d(c3, d, 1)
+        self.value_l4 = nn.Conv2d(c4, d, 1)
+
+
+class Calibration(nn.Module):
+    """A4 (eq. 4-5): s_t = softplus(W_s mean(G4) + b_s), b_t = W_b mean(G4) + b_b."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w_s = nn.Linear(cfg.dims[3], 1)
+        self.w_b = nn.Linear(cfg.dims[3], 1)
+
+    def forward(self, g4: torch.Tensor) -> torch.Tensor:
+        pooled = g4.mean(dim=(2, 3))
+        return torch.cat([F.softplus(self.w_s(pooled)), self.w_b(pooled)], dim=1)
+
+
+# Stage name -> attribute(s) holding its parameters; the parameter table reads this.
+STAGES = ("f3", "stem", "l1", "l2", "l3", "l4", "convgru", "a3", "a4", "b1", "b2", "b3", "b4", "b5")
+BACKBONE_STAGES = ("stem", "l1", "l2", "l3", "l4", "convgru")
+DECODER_STAGES = ("b1", "b2", "b3", "b4", "b5")
+
+
+class EventSPD(nn.Module):
+    def __init__(self, cfg: ModelConfig, training_heads: bool = False, seed: int | None = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.f3 = F3Encoder(cfg)
+        for name, module in build_backbone(cfg).items():
+            setattr(self, name, module)
+        self.a3 = Projections(cfg)
+        self.a4 = Calibration(cfg)
+        self.b1 = TokenBuilder(cfg)
+        self.b2 = LocalDecoder(cfg, cfg.b2_layers)
+        self.b3 = GlobalDecoder(cfg)
+        self.b4 = DeformableRead(cfg)
+        self.b5 = FusedDecoder(cfg)
+        # Training-only parts (seed §4.1); never used by precompute/decode.
+        self.train_heads = TrainingHeads(cfg) if training_heads else None
+        if seed is not None:
+            self.reset_parameters(seed)
+
+    def reset_parameters(self, seed: int) -> None:
+        """Deterministic initialisation: the same seed gives the same weights on any machine."""
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            init_weights(self)
+            self.f3.reset_table()
+            self.b1.reset_parameters()
+            self.b4.reset_parameters()
+        finally:
+            torch.random.set_rng_state(gen_state)
+
+    # ---- parameter table ------------------------------------------------------------------
+    def stage_parameters(self) -> dict[str, int]:
+        counts = {s: sum(p.numel() for p in getattr(self, s).parameters()) for s in STAGES}
+        counts["backbone_total"] = sum(counts[s] for s in BACKBONE_STAGES)
+        counts["decoder_total"] = sum(counts[s] for s in DECODER_STAGES)
+        # As the seed's 11.1M: backbone + A3 + A4 + decoder, without F^3.
+        counts["total"] = counts["backbone_total"] + counts["a3"] + counts["a4"] + counts["decoder_total"]
+        return counts
+
+    # ---- Phase A ----------------------------------------------------------------------------
+    def initial_state(self, batch: int = 1, device=None, dtype=torch.float32) -> torch.Tensor:
+        h4, w4 = self.cfg.level_hw(4)
+        return torch.zeros(batch, self.cfg.dims[3], h4, w4, device=device, dtype=dtype)
+
+    def encode_events(self, events: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """F^3 features [B, 64, H/2, W/2]; a list of [N_i, 4] tensors makes a batch."""
+        if isinstance(events, torch.Tensor):
+            _check_events(events, "events")
+            return self.f3(events)
+        if len(events) == 0:
+            raise InputError("events: an empty list has no window to encode")
+        for i, ev in enumerate(events):
+            _check_events(ev, f"events[{i}]")
+        return torch.cat([self.f3(ev) for ev in events], dim=0)
+
+    def precompute(self, events, hidden: torch.Tensor | None = None,
+                   return_features: bool = False):
+        """Phase A. Returns an ordered dict of the contract's precompute outputs
+        (see ``contract.precompute_outputs``); with ``return_features`` also the raw L2, L3 and
+        G4 maps that the training heads use."""
+        f3 = self.encode_events(events)
+        B = f3.shape[0]
+        if hidden is None:
+            hidden = self.initial_state(B, f3.device, f3.dtype)
+        expected = (B, *contract.hidden_spec(self.cfg, "hidden").shape[1:])
+        if tuple(hidden.shape) != expected:
+            raise InputError(f"hidden: shape {tuple(hidden.shape)}, expected {expected} "
+                             f"for config {self.cfg.name!r}")
+        l1 = self.l1(self.stem(f3))
+        l2 = self.l2(l1)
+        l3 = self.l3(l2)
+        l4 = self.l4(l3)
+        g4 = self.convgru(l4, hidden)
+        tokens = g4.flatten(2).transpose(1, 2)  # [B, T4, 384], row-major
+        a3 = self.a3
+        l2_tokens, l4_tokens = self.b1.project_maps(l2, g4)
+        out = {
+            "l1_map": l1,
+            "l2_tokens": l2_tokens,
+            "l3_map": l3,
+            "l4_tokens": l4_tokens,
+            "b3_key1": a3.b3_k[0](tokens),
+            "b3_value1": a3.b3_v[0](tokens),
+            "b3_key2": a3.b3_k[1](tokens),
+            "b3_value2": a3.b3_v[1](tokens),
+            "anchor_feat": a3.w_g(tokens),
+            "value_l2": a3.value_l2(l2),
+            "value_l3": a3.value_l3(l3),
+            "value_l4": a3.value_l4(g4),
+            "calib": self.a4(g4),
+            "hidden_out": g4,
+        }
+        if return_features:
+            return out, {"l2": l2, "l3": l3, "g4": g4}
+        return out
+
+    # ---- Phase B ----------------------------------------------------------------------------
+    def decode(self, pre: Mapping[str, torch.Tensor], queries: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phase B for queries [B, K, 2] (pixel u, v). Returns (depth, inv_depth), [B, K]."""
+        depth, inv_depth, _ = self.decode_with_routing(pre, queries)
+        return depth, inv_depth
+
+    def decode_with_routing(self, pre: Mapping[str, torch.Tensor], queries: torch.Tensor):
+        """``decode`` that also returns B3's routing (indices, anchors, attention) for checks."""
+        missing = [n for n in contract.SHARED_NAMES if n not in pre]
+        if missing:
+            raise InputError(f"precomputed tensors missing: {', '.join(missing)}")
+        if queries.dim() != 3 or queries.shape[-1] != 2 or not queries.is_floating_point():
+            raise InputError(f"queries: shape {tuple(queries.shape)} dtype {queries.dtype}, "
+                             "expected floating [B, K, 2] (pixel u, v)")
+        B = pre["l1_map"].shape[0]
+        if queries.shape[0] != B:
+            raise InputError(f"queries: batch {queries.shape[0]} but the precomputed maps have batch {B}")
+        tokens, h = self.b1(pre["l1_map"], pre["l2_tokens"], pre["l3_map"], pre["l4_tokens"], queries)
+        h = self.b2(h, tokens)
+        kv = [(pre["b3_key1"], pre["b3_value1"]), (pre["b3_key2"], pre["b3_value2"])]
+        h, attn, idx, anchors = self.b3(h, kv)
+        deform = self.b4(h, queries, idx, anchors, attn, pre["anchor_feat"],
+                         (pre["value_l2"], pre["value_l3"], pre["value_l4"]))
+        fused = torch.cat([tokens, deform], dim=2)  # [B, K, 91 + R, d] (eq. 21)
+        depth, inv_depth = self.b5(h, fused, pre["calib"])
+        return depth, inv_depth, {"indices": idx, "anchors": anchors, "attention": attn}
+
+    def forward(self, events, queries: torch.Tensor, hidden: torch.Tensor | None = None):
+        """Both phases. Returns (depth, inv_depth, hidden_out)."""
+        pre = self.precompute(events, hidden)
+        depth, inv_depth = self.decode(pre, queries)
+        return depth, inv_depth, pre["hidden_out"]
+
+
+def _check_events(events: torch.Tensor, name: str) -> None:
+    if not isinstance(events, torch.Tensor):
+        raise InputError(f"{name}: expected a tensor, got {type(events).__name__}")
+    if events.dim() != 2 or events.shape[1] != 4:
+        raise InputError(f"{name}: shape {tuple(events.shape)}, expected [N, 4] "
+                         "(x pixel, y pixel, t in [0, 1], polarity)")
+    if not events.is_floating_point():
+        raise InputError(f"{name}: dtype {events.dtype}, expected a floating type (float32)")
