@@ -2,7 +2,7 @@
 
 from . import contract, ops
 from .config import CONFIGS, ModelConfig, get_config
-from .model import DECODER_STAGES, BACKBONE_STAGES, STAGES, EventSPD, InputError
+from .model import BACKBONE_STAGES, DECODER_STAGES, SEED_PARAMS, STAGES, EventSPD, InputError
 
 __all__ = ["CONFIGS", "ModelConfig", "get_config", "EventSPD", "InputError", "contract", "ops",
-           "STAGES", "BACKBONE_STAGES", "DECODER_STAGES"]
+           "STAGES", "BACKBONE_STAGES", "DECODER_STAGES", "SEED_PARAMS"]

@@ -58,6 +58,13 @@ class Calibration(nn.Module):
 STAGES = ("f3", "stem", "l1", "l2", "l3", "l4", "convgru", "a3", "a4", "b1", "b2", "b3", "b4", "b5")
 BACKBONE_STAGES = ("stem", "l1", "l2", "l3", "l4", "convgru")
 DECODER_STAGES = ("b1", "b2", "b3", "b4", "b5")
+# The seed's parameter figures (its tables; "total" is its 11.1M summary). A4 is left out: the
+# seed says ~0.8K per 1x384 head, but a 384-vector plus bias is 385 parameters.
+SEED_PARAMS = {
+    "stem": 37_000, "l1": 74_000, "l2": 435_000, "l3": 1_778_000, "l4": 3_542_000,
+    "convgru": 886_000, "a3": 506_000, "b1": 142_000, "b2": 891_000, "b3": 740_000,
+    "b4": 159_000, "b5": 1_411_000, "decoder_total": 3_343_000, "total": 11_100_000,
+}
 
 
 class EventSPD(nn.Module):

@@ -48,7 +48,7 @@ event_splat(events [N,4] = (x, y, t, p); table [E, 2]; width, height, resolution
         offset_l + (i0x+dx) + (Rx+1) * ((i0y+dy) + (Ry+1) * (i0t+dt))
         feature[2l + j] = sum over corners of weight * table[row, j]
     grid[0, c, py, px] += feature[c] for the 8 channels c = 2l + j.
-    Returns float32 [1, 8, height, width].
+    Returns [1, 8, height, width]: float64 for a float64 table, else float32.
     (F^3's public code strides its dense index by R instead of R+1 and counts the last vertex
     twice at x = 1; we use a clean (R+1)^3 vertex grid, since ds2 weights are not public.)
 """
@@ -110,6 +110,11 @@ def topr_route_reference(attn: torch.Tensor, top_r: int, grid_w: int, grid_h: in
     return order.to(torch.int32), torch.stack([u, v], dim=-1)
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp64 stays fp64 (exact tests); everything else computes in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _bilinear_zero_pad(value_hw_c: torch.Tensor, H: int, W: int, x: torch.Tensor,
                        y: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Corner flat indices and weights (weight 0 for corners outside) for points (x, y)."""
@@ -147,19 +152,20 @@ def deform_read_reference(v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor,
         raise ValueError(f"deform_read: {C} channels do not split into {Hh} heads")
     Ch = C // Hh
     out_dtype = v2.dtype
+    ct = _compute_dtype(v2.dtype)
     # values as [B*Hh*H*W, Ch] rows so one advanced-index gathers a head's channels
     rows = []
     for v in values:
         _, _, H, W = v.shape
-        rows.append(v.float().reshape(B, Hh, Ch, H * W).permute(0, 1, 3, 2).reshape(-1, Ch))
+        rows.append(v.to(ct).reshape(B, Hh, Ch, H * W).permute(0, 1, 3, 2).reshape(-1, Ch))
     outs = []
     for k0 in range(0, K, _DEFORM_CHUNK):
         k1 = min(K, k0 + _DEFORM_CHUNK)
-        a = torch.softmax(logits[:, k0:k1].float().reshape(B, k1 - k0, R, Hh, L * M), dim=-1)
+        a = torch.softmax(logits[:, k0:k1].to(ct).reshape(B, k1 - k0, R, Hh, L * M), dim=-1)
         a = a.reshape(B, k1 - k0, R, Hh, L, M)
-        anc = anchors[:, k0:k1].float()
-        off = offsets[:, k0:k1].float()
-        acc = torch.zeros(B, k1 - k0, R, Hh, Ch, dtype=torch.float32, device=v2.device)
+        anc = anchors[:, k0:k1].to(ct)
+        off = offsets[:, k0:k1].to(ct)
+        acc = torch.zeros(B, k1 - k0, R, Hh, Ch, dtype=ct, device=v2.device)
         b_idx = torch.arange(B, device=v2.device).view(B, 1, 1, 1, 1)
         h_idx = torch.arange(Hh, device=v2.device).view(1, 1, 1, Hh, 1)
         for lvl, (v, s) in enumerate(zip(values, strides)):
@@ -182,15 +188,16 @@ def f3_corner_rows_weights(events: torch.Tensor, width: int, height: int,
 
     Returns keep [N] bool, px [N], py [N] int64, rows [N, L, 8] int64, weights [N, L, 8] f32.
     """
-    x, y, t = events[:, 0].float(), events[:, 1].float(), events[:, 2].float()
+    ct = _compute_dtype(events.dtype)
+    x, y, t = events[:, 0].to(ct), events[:, 1].to(ct), events[:, 2].to(ct)
     keep = (torch.isfinite(x) & torch.isfinite(y) & torch.isfinite(t)
             & (x >= 0) & (x < width) & (y >= 0) & (y < height))
     zero = torch.zeros_like(x)
     px = torch.floor(torch.where(keep, x, zero)).to(torch.int64)
     py = torch.floor(torch.where(keep, y, zero)).to(torch.int64)
     tn = torch.clamp(torch.clamp(torch.where(keep, t, zero), 0.0, 1.0) * time_scale, max=1.0)
-    xn = px.to(torch.float32) / width
-    yn = py.to(torch.float32) / height
+    xn = px.to(ct) / width
+    yn = py.to(ct) / height
     rows_all, w_all = [], []
     offset = 0
     for rx, ry, rt in resolutions:
@@ -223,9 +230,10 @@ def event_splat_reference(events: torch.Tensor, table: torch.Tensor, width: int,
         raise ValueError(f"event_splat: table has shape {tuple(table.shape)}, "
                          f"expected ({expected_rows}, 2) for resolutions {res}")
     keep, px, py, rows, wts = f3_corner_rows_weights(events, width, height, res, time_scale)
-    feats = (table.float()[rows] * wts.unsqueeze(-1)).sum(dim=2)  # [N, L, 2]
+    ct = _compute_dtype(table.dtype)
+    feats = (table.to(ct)[rows] * wts.to(ct).unsqueeze(-1)).sum(dim=2)  # [N, L, 2]
     feats = feats.reshape(-1, 2 * len(res)) * keep.unsqueeze(-1).to(feats.dtype)
-    grid = torch.zeros(2 * len(res), height * width, dtype=torch.float32, device=events.device)
+    grid = torch.zeros(2 * len(res), height * width, dtype=ct, device=events.device)
     grid.index_add_(1, py * width + px, feats.t())
     return grid.view(1, 2 * len(res), height, width)
 
@@ -297,7 +305,8 @@ def _event_splat_op(events: torch.Tensor, table: torch.Tensor, width: int, heigh
 
 @_event_splat_op.register_fake
 def _(events, table, width, height, resolutions, time_scale):
-    return table.new_empty((1, 2 * (len(resolutions) // 3), height, width), dtype=torch.float32)
+    return table.new_empty((1, 2 * (len(resolutions) // 3), height, width),
+                           dtype=_compute_dtype(table.dtype))
 
 
 _deform_read_op.register_autograd(

@@ -1,0 +1,183 @@
+"""Checkpoint save/load with specific errors.
+
+Accepted layouts:
+* ``{"model": state_dict, "config": {...}}`` — what ``save_checkpoint`` writes (plus a format tag);
+* ``{"state_dict": ...}`` — Lightning, keys prefixed ``model.``;
+* a plain ``state_dict`` (optionally DDP's ``module.`` prefix).
+
+Training-only keys (``train_heads.*``, seed §4.1) are dropped with one info line. Missing,
+unexpected and wrong-shape keys are reported by name. A truncated file, a file that is not a
+checkpoint, or a checkpoint made for another configuration raise ``CheckpointError`` with the
+file name and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .config import CONFIGS, ModelConfig
+from .model import EventSPD
+from .training import TRAINING_PREFIX
+
+log = logging.getLogger(__name__)
+FORMAT = "eventspd-export/checkpoint-1"
+_MAX_LISTED = 8
+
+
+class CheckpointError(Exception):
+    """The checkpoint cannot be used; the message says which file and why."""
+
+
+@dataclass
+class LoadReport:
+    path: str
+    layout: str
+    config: ModelConfig
+    config_source: str  # "checkpoint", "argument" or "default"
+    dropped_training_keys: list[str] = field(default_factory=list)
+    sha256: str = ""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: EventSPD, path: str | os.PathLike, extra: Mapping | None = None) -> None:
+    """Write ``{"format", "config", "model", **extra}`` atomically (temp file + rename)."""
+    payload = {"format": FORMAT, "config": model.cfg.to_dict(), "model": model.state_dict()}
+    payload.update(extra or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _short(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_LISTED else "")
+
+
+def _read(path: Path):
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file (.pt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint — the file is truncated (an interrupted "
+            f"download or copy?) or is not a torch.save file ({type(exc).__name__}: {first[:200]})"
+        ) from None
+
+
+def _split_layout(obj, path: Path) -> tuple[dict, dict | None, str]:
+    """-> (state_dict, config dict or None, layout name)."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dictionary")
+    if "model" in obj and isinstance(obj["model"], Mapping):
+        return dict(obj["model"]), obj.get("config"), "model+config"
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        sd = obj["state_dict"]
+        stripped = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+        if not stripped:
+            raise CheckpointError(f"{path}: Lightning-style 'state_dict' has no 'model.'-prefixed "
+                                  f"keys (first keys: {_short(list(sd))})")
+        cfg = obj.get("config") or obj.get("hyper_parameters", {}).get("config")
+        return stripped, cfg, "lightning"
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = dict(obj)
+        if all(k.startswith("module.") for k in sd):
+            sd = {k[len("module."):]: v for k, v in sd.items()}
+        return sd, None, "state_dict"
+    raise CheckpointError(
+        f"{path}: no model weights found; expected a state_dict, {{'model': ..., 'config': ...}} "
+        f"or Lightning's {{'state_dict': ...}} — top-level keys are: {_short([str(k) for k in obj])}")
+
+
+def _guess_config(state: Mapping[str, torch.Tensor]) -> str | None:
+    table = state.get("f3.table")
+    if table is None:
+        return None
+    for name, cfg in CONFIGS.items():
+        if table.shape[0] == sum(cfg.f3_table_rows):
+            return name
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, config: ModelConfig | None = None
+                    ) -> tuple[EventSPD, LoadReport]:
+    """Build an EventSPD from a checkpoint. ``config`` (when given) must match the one stored."""
+    path = Path(path)
+    state, cfg_dict, layout = _split_layout(_read(path), path)
+
+    stored = None
+    if cfg_dict is not None:
+        try:
+            stored = ModelConfig.from_dict(dict(cfg_dict))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: its stored configuration is not valid ({exc})") from None
+    if stored is not None and config is not None and stored != config:
+        raise CheckpointError(
+            f"{path}: checkpoint of configuration {stored.name!r} ({stored.width}x{stored.height}), "
+            f"but configuration {config.name!r} ({config.width}x{config.height}) was requested; "
+            f"drop --config or pass --config {stored.name}")
+    cfg = stored or config or CONFIGS["hd"]
+    source = "checkpoint" if stored else ("argument" if config else "default")
+
+    dropped = sorted(k for k in state if k.startswith(TRAINING_PREFIX))
+    state = {k: v for k, v in state.items() if not k.startswith(TRAINING_PREFIX)}
+    if dropped:
+        log.info("%s: dropped %d training-only parameters (%s*: dense heads, DAv2 connectors)",
+                 path, len(dropped), TRAINING_PREFIX)
+
+    model = EventSPD(cfg, seed=None)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+                   for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    not_float = sorted(k for k in set(state) & set(expected) if not state[k].is_floating_point())
+    problems = []
+    if wrong:
+        guess = _guess_config(state)
+        hint = ""
+        if guess and guess != cfg.name:
+            hint = f" — these weights look like configuration {guess!r}: pass --config {guess}"
+        problems.append(f"wrong shape for {len(wrong)} keys: {_short(wrong)}{hint}")
+    if missing:
+        problems.append(f"missing {len(missing)} keys: {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} keys: {_short(unexpected)}")
+    if not_float:
+        problems.append(f"non-floating tensors for {len(not_float)} keys: {_short(not_float)}")
+    if problems:
+        raise CheckpointError(f"{path}: does not match EventSPD configuration {cfg.name!r} "
+                              f"({source}): " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, LoadReport(str(path), layout, cfg, source, dropped, sha256_file(path))
