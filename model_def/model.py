@@ -69,8 +69,18 @@ SEED_PARAMS = {
 
 class EventSPD(nn.Module):
     def __init__(self, cfg: ModelConfig, training_heads: bool = False, seed: int | None = 0):
+        """``seed`` gives a deterministic initialisation (the built-in default model); ``None``
+        leaves the weights to a checkpoint. The global RNG is left as it was either way."""
         super().__init__()
         self.cfg = cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if seed is None else seed)
+            self._build(cfg, training_heads)
+            if seed is not None:
+                torch.manual_seed(seed)  # the init draws do not depend on what was built
+                self._init_weights()
+
+    def _build(self, cfg: ModelConfig, training_heads: bool) -> None:
         self.f3 = F3Encoder(cfg)
         for name, module in build_backbone(cfg).items():
             setattr(self, name, module)
@@ -83,20 +93,20 @@ class EventSPD(nn.Module):
         self.b5 = FusedDecoder(cfg)
         # Training-only parts (seed §4.1); never used by precompute/decode.
         self.train_heads = TrainingHeads(cfg) if training_heads else None
-        if seed is not None:
-            self.reset_parameters(seed)
 
-    def reset_parameters(self, seed: int) -> None:
-        """Deterministic initialisation: the same seed gives the same weights on any machine."""
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            init_weights(self)
-            self.f3.reset_table()
-            self.b1.reset_parameters()
-            self.b4.reset_parameters()
-        finally:
-            torch.random.set_rng_state(gen_state)
+    def _init_weights(self) -> None:
+        # The training heads draw from the RNG last, so inference weights are the same with
+        # or without them for a given seed.
+        for name, child in self.named_children():
+            if name != "train_heads":
+                init_weights(child)
+        self.f3.reset_table()
+        self.b1.reset_parameters()
+        self.b4.reset_parameters()
+        for block in self.l3.blocks:
+            nn.init.trunc_normal_(block.rel_bias, std=0.02)
+        if self.train_heads is not None:
+            init_weights(self.train_heads)
 
     # ---- parameter table ------------------------------------------------------------------
     def stage_parameters(self) -> dict[str, int]:

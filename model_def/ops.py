@@ -309,6 +309,9 @@ def _(events, table, width, height, resolutions, time_scale):
                            dtype=_compute_dtype(table.dtype))
 
 
+# Routing is discrete: no gradient flows through the indices or the anchor coordinates (the
+# model's straight-through estimator gives the attention its gradient instead).
+_topr_route_op.register_autograd(lambda ctx, g_idx, g_anchors: (None, None, None, None, None))
 _deform_read_op.register_autograd(
     _recompute_backward(deform_read_reference, 6)[1],
     setup_context=_recompute_backward(deform_read_reference, 6)[0])

@@ -1,0 +1,16 @@
+# Set-up and the two everyday commands. `make demo` and `make test` install what they need.
+PYTHON ?= python3
+
+.PHONY: install demo test
+install:
+	# torch 2.13.0 first: a CPU build is on this machine's disk; an unpinned torch would pull
+	# a multi-GB CUDA build. --no-build-isolation lets the extension build against it.
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet setuptools wheel
+	$(PYTHON) -m pip install --quiet --no-build-isolation -e ".[onnx,test]"
+
+demo: install
+	eventspd-export inspect --config hd
+
+test: install
+	$(PYTHON) -m pytest
