@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from .atomic import atomic_open
 from .config import CONFIGS, ModelConfig
 from .model import EventSPD
 from .training import TRAINING_PREFIX
@@ -60,17 +60,8 @@ def save_checkpoint(model: EventSPD, path: str | os.PathLike, extra: Mapping | N
     payload.update(extra or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        torch.save(payload, f)
 
 
 def _short(names: list[str]) -> str:

@@ -192,6 +192,9 @@ class EventSPD(nn.Module):
         B = pre["l1_map"].shape[0]
         if queries.shape[0] != B:
             raise InputError(f"queries: batch {queries.shape[0]} but the precomputed maps have batch {B}")
+        if not torch.jit.is_tracing() and not bool(torch.isfinite(queries).all()):
+            raise InputError("queries: contain NaN or infinite coordinates")
+        queries = self.clamp_queries(queries)
         tokens, h = self.b1(pre["l1_map"], pre["l2_tokens"], pre["l3_map"], pre["l4_tokens"], queries)
         h = self.b2(h, tokens)
         kv = [(pre["b3_key1"], pre["b3_value1"]), (pre["b3_key2"], pre["b3_value2"])]
@@ -201,6 +204,14 @@ class EventSPD(nn.Module):
         fused = torch.cat([tokens, deform], dim=2)  # [B, K, 91 + R, d] (eq. 21)
         depth, inv_depth = self.b5(h, fused, pre["calib"])
         return depth, inv_depth, {"indices": idx, "anchors": anchors, "attention": attn}
+
+    def clamp_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        """Query semantics: continuous pixel coordinates (u, v), pixel centres at integers, so
+        sub-pixel queries interpolate. Queries off the sensor are clamped to the nearest
+        border pixel, [0, W-1] x [0, H-1] — in PyTorch and in the exported graphs alike."""
+        cfg = self.cfg
+        limit = torch.tensor([cfg.width - 1, cfg.height - 1], dtype=queries.dtype, device=queries.device)
+        return torch.minimum(torch.clamp(queries, min=0.0), limit)
 
     def forward(self, events, queries: torch.Tensor, hidden: torch.Tensor | None = None):
         """Both phases. Returns (depth, inv_depth, hidden_out)."""

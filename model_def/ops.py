@@ -369,14 +369,118 @@ def _ops():
 
 def topr_route(attn: torch.Tensor, top_r: int, grid_w: int, grid_h: int,
                stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if _exporting():
+        return _TopRExport.apply(attn, top_r, grid_w, grid_h, stride)
     return _ops().topr_route(attn, top_r, grid_w, grid_h, stride)
 
 
 def deform_read(v2, v3, v4, anchors, offsets, logits, strides: Sequence[int]) -> torch.Tensor:
+    if _exporting():
+        return _DeformExport.apply(v2, v3, v4, anchors, offsets, logits, [int(s) for s in strides])
     return _ops().deform_read(v2, v3, v4, anchors, offsets, logits, list(strides))
 
 
 def event_splat(events: torch.Tensor, table: torch.Tensor, width: int, height: int,
                 resolutions: Sequence[int], time_scale: float) -> torch.Tensor:
-    return _ops().event_splat(events, table, width, height, [int(r) for r in resolutions],
-                              float(time_scale))
+    resolutions = [int(r) for r in resolutions]
+    if _exporting():
+        return _SplatExport.apply(events, table, width, height, resolutions, float(time_scale))
+    return _ops().event_splat(events, table, width, height, resolutions, float(time_scale))
+
+
+# ------------------------------------------------------------------------------------------
+# ONNX export points
+# ------------------------------------------------------------------------------------------
+# While torch.onnx.export (TorchScript exporter) traces the model, each op call goes through an
+# autograd.Function whose ``symbolic`` writes one custom-domain node: op_type = TensorRT plugin
+# name, the plugin's fields as attributes, plus ``plugin_version`` and ``plugin_namespace``
+# (TensorRT's parser uses them to pick our plugin). The exporter then adds a model-local ONNX
+# function of the same domain/name that computes the op with standard ops
+# (eventspd_export/onnx_functions.py), so ONNX Runtime runs the file as it is.
+
+
+def _node_attrs(op: str, **fields) -> dict:
+    spec = PLUGIN_SPECS[op]
+    attrs = {"plugin_version_s": spec.plugin_version, "plugin_namespace_s": PLUGIN_NAMESPACE}
+    for name in spec.fields:
+        value = fields[name]
+        suffix = "f" if isinstance(value, float) else "i"
+        attrs[f"{name}_{suffix}"] = value
+    return attrs
+
+
+@contextlib.contextmanager
+def _untraced():
+    """Run the reference inside an export Function without recording its ops: the exporter
+    replaces the call by the custom node, and the recorded body (in-place index_add_ and
+    integer arithmetic) trips the TorchScript exporter's peephole pass."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
+def _sizes(t) -> list:
+    try:
+        return list(t.type().varyingSizes())
+    except RuntimeError:
+        return None
+
+
+class _TopRExport(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, attn, top_r, grid_w, grid_h, stride):
+        with _untraced():
+            return topr_route_reference(attn, top_r, grid_w, grid_h, stride)
+
+    @staticmethod
+    def symbolic(g, attn, top_r, grid_w, grid_h, stride):
+        spec = PLUGIN_SPECS["topr_route"]
+        idx, anchors = g.op(f"{PLUGIN_DOMAIN}::{spec.plugin_name}", attn, outputs=2,
+                            **_node_attrs("topr_route", top_r=top_r, grid_w=grid_w,
+                                          grid_h=grid_h, stride=stride))
+        sizes = _sizes(attn)
+        if sizes is not None:
+            idx.setType(attn.type().with_dtype(torch.int32).with_sizes(sizes[:2] + [top_r]))
+            anchors.setType(attn.type().with_dtype(torch.float32).with_sizes(sizes[:2] + [top_r, 2]))
+        return idx, anchors
+
+
+class _DeformExport(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v2, v3, v4, anchors, offsets, logits, strides):
+        with _untraced():
+            return deform_read_reference(v2, v3, v4, anchors, offsets, logits, strides)
+
+    @staticmethod
+    def symbolic(g, v2, v3, v4, anchors, offsets, logits, strides):
+        spec = PLUGIN_SPECS["deform_read"]
+        out = g.op(f"{PLUGIN_DOMAIN}::{spec.plugin_name}", v2, v3, v4, anchors, offsets, logits,
+                   **_node_attrs("deform_read", strides=list(strides)))
+        vs, os_ = _sizes(v2), _sizes(offsets)
+        if vs is not None and os_ is not None:
+            out.setType(v2.type().with_sizes(os_[:3] + [vs[1]]))
+        return out
+
+
+class _SplatExport(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, events, table, width, height, resolutions, time_scale):
+        with _untraced():
+            return event_splat_reference(events, table, width, height, resolutions, time_scale)
+
+    @staticmethod
+    def symbolic(g, events, table, width, height, resolutions, time_scale):
+        spec = PLUGIN_SPECS["event_splat"]
+        out = g.op(f"{PLUGIN_DOMAIN}::{spec.plugin_name}", events, table,
+                   **_node_attrs("event_splat", width=width, height=height,
+                                 resolutions=list(resolutions), time_scale=float(time_scale)))
+        out.setType(table.type().with_dtype(torch.float32).with_sizes(
+            [1, 2 * (len(resolutions) // 3), height, width]))
+        return out
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export()
