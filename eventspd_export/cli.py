@@ -17,6 +17,8 @@ from . import __version__
 from .errors import UsageError
 
 USER_ERRORS = (CheckpointError, InputError, UsageError, FileNotFoundError)
+EXIT_USAGE = 2  # the user asked for something impossible (bad file, option, folder)
+EXIT_CHECK_FAILED = 1  # the work ran but a numerical check failed
 
 
 def config_option(f):
@@ -38,7 +40,7 @@ def user_errors(f):
             return f(*args, **kwargs)
         except USER_ERRORS as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
 
     return wrapper
 
@@ -74,6 +76,61 @@ def inspect(config_name, checkpoint, as_json, num_events, num_queries):
         click.echo(json.dumps(report, indent=1))
     else:
         click.echo(format_report(report, load))
+
+
+def _model_for(config_name, checkpoint):
+    from .inspect_model import build_model
+
+    config = get_config(config_name) if config_name else None
+    if config is None and checkpoint is None:
+        config = get_config("hd")
+    model, load = build_model(config, checkpoint)
+    if load is None:
+        click.echo(f"no checkpoint given: exporting the built-in default of config "
+                   f"{model.cfg.name!r} (seeded initialisation, untrained)")
+    return model, load
+
+
+@main.command("onnx")
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
+@config_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="artifacts",
+              show_default=True, help="Output folder.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-19).")
+@click.option("--k-max", type=int, default=4096, show_default=True,
+              help="Largest query count K the deployment will use (recorded in the manifest).")
+@click.option("--events-max", type=int, default=2_000_000, show_default=True,
+              help="Largest event count per window (recorded in the manifest).")
+@click.option("--no-plugins", is_flag=True,
+              help="Inline the plugin ops' function bodies: standard ONNX ops only.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Run ONNX Runtime on 3 chained synthetic windows and compare with PyTorch.")
+@user_errors
+def onnx_cmd(checkpoint, config_name, out_dir, opset, k_max, events_max, no_plugins, verify):
+    """Export precompute.onnx and decoder.onnx (dynamic K) + eventspd.manifest.json."""
+    from pathlib import Path
+
+    from .onnx_export import ExportOptions, export_onnx
+
+    options = ExportOptions(Path(out_dir), opset=opset, k_max=k_max, events_max=events_max,
+                            plugins=not no_plugins)
+    options.validate()  # reject bad options before the (slow) model build
+    model, load = _model_for(config_name, checkpoint)
+    manifest = export_onnx(model, options, load)
+    for name, g in manifest["graphs"].items():
+        click.echo(f"{name}: {Path(out_dir) / g['file']} ({g['bytes'] / 1e6:.1f} MB, opset {g['opset']}, "
+                   f"{'plugin nodes + functions' if g['plugins'] else 'standard ops only'})")
+    click.echo(f"export took {manifest['export_seconds']:.1f} s")
+    if verify:
+        from .ort_check import format_report, verify as run_verify
+
+        report = run_verify(model, out_dir)
+        click.echo(format_report(report))
+        failures = report.failures()
+        if failures:
+            click.echo(f"error: ONNX Runtime disagrees with PyTorch on {len(failures)} tensors "
+                       f"(worst {report.worst[0]}: {report.worst[1]:.2e})", err=True)
+            sys.exit(EXIT_CHECK_FAILED)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,27 @@ def _trace_to_onnx(module: nn.Module, args: tuple, inputs, outputs, opset: int) 
     return onnx.load_from_string(buf.getvalue())
 
 
+def _set_io_shapes(model: onnx.ModelProto, specs) -> None:
+    """Write the contract's dims onto the graph inputs/outputs (the tracer leaves some as
+    generated symbols, e.g. the batch dim of ``depth``)."""
+    by_name = {s.name: s for s in specs}
+    for value in (*model.graph.input, *model.graph.output):
+        spec = by_name[value.name]
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(spec.shape):
+            raise RuntimeError(f"{value.name}: graph rank {len(dims)} vs contract {spec.shape}")
+        for dim, want in zip(dims, spec.shape):
+            dim.Clear()
+            if isinstance(want, str):
+                dim.dim_param = want
+            else:
+                dim.dim_value = want
+
+
 def _finish(model: onnx.ModelProto, cfg, opset: int, plugins: bool, graph: str) -> onnx.ModelProto:
+    io_specs = {"precompute": (*contract.precompute_inputs(cfg), *contract.precompute_outputs(cfg)),
+                "decoder": (*contract.decoder_inputs(cfg), *contract.decoder_outputs(cfg))}[graph]
+    _set_io_shapes(model, io_specs)
     used = sorted({n.op_type for n in model.graph.node if n.domain == ops.PLUGIN_DOMAIN})
     for name in used:
         model.functions.append(FUNCTION_BUILDERS[name](cfg, opset))
@@ -183,13 +203,17 @@ def export_onnx(model: EventSPD, options: ExportOptions, load: LoadReport | None
         shared = tuple(pre[n] for n in contract.SHARED_NAMES)
         queries = random_queries(cfg, 3, seed=0)
         graphs = {
-            "precompute": _trace_to_onnx(PrecomputeGraph(model), (events, hidden),
+            # Wrappers in eval mode: the exporter restores the wrapper's mode recursively
+            # afterwards, which would otherwise switch the model to training (dropout on).
+            "precompute": _trace_to_onnx(PrecomputeGraph(model).eval(), (events, hidden),
                                          contract.precompute_inputs(cfg),
                                          contract.precompute_outputs(cfg), options.opset),
-            "decoder": _trace_to_onnx(DecoderGraph(model), (*shared, queries),
+            "decoder": _trace_to_onnx(DecoderGraph(model).eval(), (*shared, queries),
                                       contract.decoder_inputs(cfg),
                                       contract.decoder_outputs(cfg), options.opset),
         }
+    if model.training:
+        raise RuntimeError("export left the model in training mode")
     blobs = {name: _finish(g, cfg, options.opset, options.plugins, name).SerializeToString()
              for name, g in graphs.items()}
     files = {"precompute": PRECOMPUTE_FILE, "decoder": DECODER_FILE}
