@@ -1,0 +1,95 @@
+"""Declares the compiled PyTorch extension ``plugins._C`` for setup.py.
+
+``get_extensions()`` always returns a C++ (CPU) extension; it becomes a CUDA extension when the
+installed torch is a CUDA build and nvcc is found. No visible GPU is needed: without one, the
+CUDA code is compiled for ``TORCH_CUDA_ARCH_LIST`` (default below). Set
+``EVENTSPD_NO_CUDA=1`` to force the CPU-only build.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+# setup.py runs from the repository root; setuptools wants source paths relative to it.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PLUGINS = "plugins"
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+
+_CXX_FLAGS = ["-O2", "-ffp-contract=off"]
+# No --use_fast_math: the kernels rely on IEEE division, expf and isfinite; and no FMA
+# contraction is forced off file-wide (the helpers use explicit __f*_rn where rounding matters).
+_NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
+
+
+def _ensure_cuda_home() -> None:
+    """Point CUDA_HOME at the toolkit of the nvcc on PATH when it is unset.
+
+    torch.utils.cpp_extension derives CUDA_HOME from `which nvcc` without resolving links, so
+    an nvcc linked into /usr/local/bin would give /usr/local (no CUDA headers there). Must
+    run before torch.utils.cpp_extension is imported.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if not nvcc:
+        return
+    # nvcc may also be a wrapper script (e.g. /usr/local/bin/nvcc -> exec /usr/local/cuda-X/bin/nvcc)
+    for root in (os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"):
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime_api.h")):
+            os.environ["CUDA_HOME"] = root
+            return
+
+
+_ensure_cuda_home()
+
+
+def _rel(*parts: str) -> str:
+    return os.path.join(*parts)
+
+
+def _find_nvcc() -> str | None:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return os.path.join(CUDA_HOME, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+def cuda_build_enabled() -> bool:
+    """True when the extension will include the CUDA kernels."""
+    import torch
+
+    if os.environ.get("EVENTSPD_NO_CUDA", "") not in ("", "0"):
+        return False
+    return bool(torch.version.cuda) and _find_nvcc() is not None
+
+
+def get_extensions():
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    include_dirs = [os.path.join(_ROOT, _PLUGINS, d) for d in ("include", "csrc", "kernels")]
+    sources = [_rel(_PLUGINS, "csrc", "ops_cpu.cpp")]
+    if not cuda_build_enabled():
+        return [CppExtension("plugins._C", sources, include_dirs=include_dirs,
+                             extra_compile_args={"cxx": _CXX_FLAGS})]
+    import torch
+
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # torch would otherwise guess from visible GPUs; there are none at build time here.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+    cu = sorted(os.path.relpath(p, _ROOT) for p in glob.glob(os.path.join(_ROOT, _PLUGINS, "kernels", "*.cu")))
+    sources += [_rel(_PLUGINS, "csrc", "ops_cuda.cpp")] + cu
+    return [CUDAExtension("plugins._C", sources, include_dirs=include_dirs,
+                          define_macros=[("EVENTSPD_WITH_CUDA", "1")],
+                          extra_compile_args={"cxx": _CXX_FLAGS, "nvcc": _NVCC_FLAGS})]
+
+
+def _cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    # BuildExtension uses ninja when present; without it, it compiles one file at a time.
+    return {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+cmdclass = _cmdclass()

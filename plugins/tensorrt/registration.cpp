@@ -1,0 +1,26 @@
+// Registration of the EventSPD creators: static (REGISTER_TENSORRT_PLUGIN, for
+// `trtexec --staticPlugins` / `polygraphy --plugins`, which only dlopen the library) and the
+// plugin-library entry points (getCreators / setLoggerFinder, for
+// IPluginRegistry::loadLibrary and `trtexec --dynamicPlugins`).
+#include "plugins.h"
+
+using eventspd::trt::DeformReadCreator;
+using eventspd::trt::EventSplatCreator;
+using eventspd::trt::ToprRouteCreator;
+
+REGISTER_TENSORRT_PLUGIN(ToprRouteCreator);
+REGISTER_TENSORRT_PLUGIN(DeformReadCreator);
+REGISTER_TENSORRT_PLUGIN(EventSplatCreator);
+
+extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
+    static ToprRouteCreator sTopr;
+    static DeformReadCreator sDeform;
+    static EventSplatCreator sSplat;
+    static nvinfer1::IPluginCreatorInterface* const kCreators[] = {&sTopr, &sDeform, &sSplat};
+    nbCreators = 3;
+    return kCreators;
+}
+
+extern "C" TENSORRTAPI void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
+    eventspd::trt::setLoggerFinder(finder);
+}

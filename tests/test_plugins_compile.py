@@ -1,0 +1,74 @@
+"""Compile checks of the plugin sources (no GPU needed).
+
+* every plugins/kernels/*.cu compiles with nvcc for sm_90 and sm_80 (skipped, with the reason,
+  when nvcc is absent; a compile error fails);
+* the TensorRT plugin sources compile (syntax check) against TensorRT's public headers when
+  $TENSORRT_INCLUDE points at a TensorRT include/ directory (e.g. the include/ of
+  github.com/NVIDIA/TensorRT); skipped otherwise.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+CU_FILES = sorted((PLUGINS / "kernels").glob("*.cu"))
+TRT_SOURCES = sorted((PLUGINS / "tensorrt").glob("*.cpp"))
+ARCHS = ("sm_90", "sm_80")
+
+
+def _nvcc() -> str | None:
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    candidate = Path(cuda_home) / "bin" / "nvcc"
+    return str(candidate) if candidate.is_file() else shutil.which("nvcc")
+
+
+def _cuda_include(nvcc: str) -> Path:
+    return Path(nvcc).resolve().parent.parent / "include"
+
+
+def test_kernel_sources_exist():
+    assert {p.name for p in CU_FILES} >= {"topr_route.cu", "deform_read.cu", "event_splat.cu"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+def test_nvcc_compiles(cu: Path, arch: str, tmp_path: Path):
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    cmd = [nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", f"-arch={arch}", "-Werror", "all-warnings",
+           "-I", str(PLUGINS / "include"), "-I", str(PLUGINS / "kernels"), "-c", str(cu), "-o", str(tmp_path / "k.o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("src", TRT_SOURCES, ids=lambda p: p.name)
+def test_tensorrt_sources_compile(src: Path):
+    include = os.environ.get("TENSORRT_INCLUDE")
+    if not include or not (Path(include) / "NvInferRuntime.h").is_file():
+        pytest.skip("set TENSORRT_INCLUDE to a TensorRT include/ directory (NvInferRuntime.h) for this check")
+    nvcc = _nvcc()
+    cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
+    if not (cuda_inc / "cuda_runtime_api.h").is_file():
+        pytest.skip("CUDA headers (cuda_runtime_api.h) not found")
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    cmd = [cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-Wno-deprecated-declarations",
+           "-isystem", include, "-isystem", str(cuda_inc), "-I", str(PLUGINS / "include"),
+           "-I", str(PLUGINS / "kernels"), "-I", str(PLUGINS / "tensorrt"), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_trt_build_reports_missing_tensorrt(tmp_path: Path):
+    from plugins import trt_build
+
+    with pytest.raises(trt_build.TensorRTNotFoundError, match="TensorRT not found"):
+        trt_build.find_tensorrt(tmp_path)
