@@ -31,6 +31,12 @@ def checkpoint_option(f):
                         help="EventSPD checkpoint (.pt). Default: built-in seeded weights.")(f)
 
 
+def trust_option(f):
+    return click.option("--trust-checkpoint", "trusted", is_flag=True,
+                        help="Allow pickled Python objects in the checkpoint (only for files "
+                             "you trust: loading runs their code).")(f)
+
+
 def user_errors(f):
     """Map the library's typed errors to one line on stderr and exit code 2."""
 
@@ -57,20 +63,18 @@ def main(verbose: bool) -> None:
 @main.command()
 @config_option
 @checkpoint_option
+@trust_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--events", "num_events", type=click.IntRange(0), default=20_000, show_default=True,
               help="Events in the synthetic window of the forward pass.")
 @click.option("--queries", "num_queries", type=click.IntRange(1), default=256, show_default=True,
               help="Query pixels decoded in the forward pass.")
 @user_errors
-def inspect(config_name, checkpoint, as_json, num_events, num_queries):
+def inspect(config_name, checkpoint, trusted, as_json, num_events, num_queries):
     """Configuration, per-stage parameters, graph I/O shapes, and one forward pass."""
-    from .inspect_model import build_model, format_report, inspect as run_inspect
+    from .inspect_model import format_report, inspect as run_inspect
 
-    config = get_config(config_name) if config_name else None
-    if config is None and checkpoint is None:
-        config = get_config("hd")
-    model, load = build_model(config, checkpoint)
+    model, load = _model_for(config_name, checkpoint, trusted, announce=False)
     report = run_inspect(model, num_events=num_events, num_queries=num_queries)
     if as_json:
         click.echo(json.dumps(report, indent=1))
@@ -78,14 +82,15 @@ def inspect(config_name, checkpoint, as_json, num_events, num_queries):
         click.echo(format_report(report, load))
 
 
-def _model_for(config_name, checkpoint):
+def _model_for(config_name, checkpoint, trusted=False, announce=True):
+    """The checkpoint's model, or the built-in default of --config (hd when neither is given)."""
     from .inspect_model import build_model
 
     config = get_config(config_name) if config_name else None
     if config is None and checkpoint is None:
         config = get_config("hd")
-    model, load = build_model(config, checkpoint)
-    if load is None:
+    model, load = build_model(config, checkpoint, trusted=trusted)
+    if load is None and announce:
         click.echo(f"no checkpoint given: exporting the built-in default of config "
                    f"{model.cfg.name!r} (seeded initialisation, untrained)")
     return model, load
@@ -94,6 +99,7 @@ def _model_for(config_name, checkpoint):
 @main.command("onnx")
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
 @config_option
+@trust_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="artifacts",
               show_default=True, help="Output folder.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-19).")
@@ -106,7 +112,7 @@ def _model_for(config_name, checkpoint):
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run ONNX Runtime on 3 chained synthetic windows and compare with PyTorch.")
 @user_errors
-def onnx_cmd(checkpoint, config_name, out_dir, opset, k_max, events_max, no_plugins, verify):
+def onnx_cmd(checkpoint, config_name, trusted, out_dir, opset, k_max, events_max, no_plugins, verify):
     """Export precompute.onnx and decoder.onnx (dynamic K) + eventspd.manifest.json."""
     from pathlib import Path
 
@@ -115,7 +121,7 @@ def onnx_cmd(checkpoint, config_name, out_dir, opset, k_max, events_max, no_plug
     options = ExportOptions(Path(out_dir), opset=opset, k_max=k_max, events_max=events_max,
                             plugins=not no_plugins)
     options.validate()  # reject bad options before the (slow) model build
-    model, load = _model_for(config_name, checkpoint)
+    model, load = _model_for(config_name, checkpoint, trusted)
     manifest = export_onnx(model, options, load)
     for name, g in manifest["graphs"].items():
         click.echo(f"{name}: {Path(out_dir) / g['file']} ({g['bytes'] / 1e6:.1f} MB, opset {g['opset']}, "

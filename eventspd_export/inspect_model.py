@@ -14,11 +14,11 @@ from .errors import UsageError
 from .synthetic import random_queries, synthetic_window
 
 
-def build_model(config: ModelConfig | None, checkpoint: str | None, seed: int = 0
-                ) -> tuple[EventSPD, LoadReport | None]:
+def build_model(config: ModelConfig | None, checkpoint: str | None, seed: int = 0,
+                trusted: bool = False) -> tuple[EventSPD, LoadReport | None]:
     """The model of a checkpoint, or the built-in deterministic default of a configuration."""
     if checkpoint:
-        return load_checkpoint(checkpoint, config)
+        return load_checkpoint(checkpoint, config, trusted=trusted)
     if config is None:
         raise UsageError("no configuration: pass --config or --checkpoint")
     return EventSPD(config, seed=seed).eval(), None

@@ -69,7 +69,7 @@ def _short(names: list[str]) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_LISTED else "")
 
 
-def _read(path: Path):
+def _read(path: Path, trusted: bool = False):
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
@@ -77,8 +77,13 @@ def _read(path: Path):
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as exc:  # torch raises several types for a damaged or foreign file
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{path}: holds Python objects besides tensors (e.g. a Lightning checkpoint's "
+                "hyper-parameters or callbacks) that the safe loader refuses; if you trust the "
+                "file, load it with --trust-checkpoint (runs its pickled code)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint — the file is truncated (an interrupted "
@@ -101,13 +106,27 @@ def _split_layout(obj, path: Path) -> tuple[dict, dict | None, str]:
         cfg = obj.get("config") or obj.get("hyper_parameters", {}).get("config")
         return stripped, cfg, "lightning"
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        sd = dict(obj)
-        if all(k.startswith("module.") for k in sd):
-            sd = {k[len("module."):]: v for k, v in sd.items()}
-        return sd, None, "state_dict"
+        return dict(obj), None, "state_dict"
     raise CheckpointError(
         f"{path}: no model weights found; expected a state_dict, {{'model': ..., 'config': ...}} "
         f"or Lightning's {{'state_dict': ...}} — top-level keys are: {_short([str(k) for k in obj])}")
+
+
+def _strip_wrappers(state: dict) -> dict:
+    """Drop the key prefixes that DDP (``module.``) and torch.compile (``_orig_mod.``) add."""
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def _config_difference(a: ModelConfig, b: ModelConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    return ", ".join(f"{k}: {da[k]!r} vs {db[k]!r}" for k in da if da[k] != db[k])
 
 
 def _guess_config(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -120,11 +139,13 @@ def _guess_config(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | os.PathLike, config: ModelConfig | None = None
-                    ) -> tuple[EventSPD, LoadReport]:
-    """Build an EventSPD from a checkpoint. ``config`` (when given) must match the one stored."""
+def load_checkpoint(path: str | os.PathLike, config: ModelConfig | None = None,
+                    trusted: bool = False) -> tuple[EventSPD, LoadReport]:
+    """Build an EventSPD from a checkpoint. ``config`` (when given) must match the one stored.
+    ``trusted`` allows pickled Python objects in the file (torch.load weights_only=False)."""
     path = Path(path)
-    state, cfg_dict, layout = _split_layout(_read(path), path)
+    state, cfg_dict, layout = _split_layout(_read(path, trusted), path)
+    state = _strip_wrappers(state)
 
     stored = None
     if cfg_dict is not None:
@@ -135,8 +156,9 @@ def load_checkpoint(path: str | os.PathLike, config: ModelConfig | None = None
     if stored is not None and config is not None and stored != config:
         raise CheckpointError(
             f"{path}: checkpoint of configuration {stored.name!r} ({stored.width}x{stored.height}), "
-            f"but configuration {config.name!r} ({config.width}x{config.height}) was requested; "
-            f"drop --config or pass --config {stored.name}")
+            f"but configuration {config.name!r} ({config.width}x{config.height}) was requested "
+            f"(differences: {_config_difference(stored, config)}); drop --config to use the "
+            "checkpoint's own configuration")
     cfg = stored or config or CONFIGS["hd"]
     source = "checkpoint" if stored else ("argument" if config else "default")
 

@@ -15,7 +15,12 @@ Size rules (the seed assumes 1280x720, where 720/32 = 22.5 does not divide):
   (HD: 45 -> 48 rows) and masks the padded tokens as keys, so valid outputs do not depend on
   the padding; the padded rows are cropped afterwards.
 * Pixel -> level coordinates use the align_corners=False convention:
-  ``x_level = (u + 0.5) / stride - 0.5`` with the nominal strides 4, 8, 16, 32.
+  ``x_level = (u + 0.5) / stride - 0.5`` with the nominal strides 4, 8, 16, 32. The padded
+  stride-2 convolutions (F^3's 5x5 and the stem's 3x3) centre output cell i on input 2i, not
+  2i + 0.5, so the receptive field of every level's cell sits 1.5 sensor pixels up-left of the
+  nominal centre. The offset is the same at all levels and for every query, the model learns
+  it, and B1, B3's anchors and B4 all use the one mapping above, so nothing disagrees inside
+  the model; we keep the nominal mapping (it is also what the plugin kernels implement).
 """
 
 from __future__ import annotations
@@ -85,6 +90,9 @@ class ModelConfig:
     strides: tuple[int, int, int, int] = field(default=(4, 8, 16, 32), init=False)
 
     def __post_init__(self) -> None:
+        if not (self.window_s > 0 and self.f3_window_s > 0):
+            raise ValueError(f"config {self.name!r}: window_s and f3_window_s must be positive "
+                             f"(got {self.window_s}, {self.f3_window_s})")
         if self.width < 64 or self.height < 64:
             raise ValueError(
                 f"config {self.name!r}: sensor {self.width}x{self.height} is too small; "

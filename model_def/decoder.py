@@ -213,12 +213,6 @@ class DeformableRead(nn.Module):
         B, K, R = idx.shape
         flat = idx.reshape(B, K * R, 1).long()
         g = torch.gather(anchor_feat, 1, flat.expand(B, K * R, anchor_feat.shape[-1])).view(B, K, R, -1)
-        if self.training and torch.is_grad_enabled():
-            # Straight-through estimator for the discrete top-R selection: the value is
-            # unchanged, the head-averaged attention of each chosen token gets a gradient.
-            mean_attn = route_attn.mean(dim=2)  # [B,K,T]
-            chosen = torch.gather(mean_attn, 2, idx.long())
-            g = g * (1.0 + chosen - chosen.detach()).unsqueeze(-1)
         delta = anchors - queries.unsqueeze(2)  # eq. 13, pixels
         delta = delta / torch.tensor([cfg.width, cfg.height], dtype=delta.dtype, device=delta.device)
         cond = torch.cat([h.unsqueeze(2).expand(B, K, R, h.shape[-1]), g, fourier(delta, 8)], dim=-1)
@@ -227,7 +221,15 @@ class DeformableRead(nn.Module):
         offsets = self.w_offset(u).view(B, K, R, H, L, M, 2)
         logits = self.w_weight(u).view(B, K, R, H, L, M)
         read = ops.deform_read(*values, anchors, offsets, logits, cfg.strides[1:])
-        return self.w_o(read) + self.e_deform
+        h_r = self.w_o(read)
+        if self.training and torch.is_grad_enabled():
+            # Straight-through estimator for the discrete top-R selection: the token's value is
+            # unchanged, and the head-averaged attention of each chosen L4 token receives the
+            # token's gradient. It sits on h_r (eq. 20), which reaches B5 directly; on g_r it
+            # would pass only through the zero-initialised offset/weight heads, i.e. nothing.
+            chosen = torch.gather(route_attn.mean(dim=2), 2, idx.long())  # [B, K, R]
+            h_r = h_r * (1.0 + chosen - chosen.detach()).unsqueeze(-1)
+        return h_r + self.e_deform
 
 
 class DepthHead(nn.Module):

@@ -25,7 +25,13 @@ class LayerNorm2d(nn.Module):
 
 
 class GRN(nn.Module):
-    """Global Response Normalisation (ConvNeXt V2), channels-last input."""
+    """Global Response Normalisation (ConvNeXt V2), channels-last input.
+
+    The spatial L2 norm is taken as an RMS (sqrt of the *mean* of squares) rather than
+    ConvNeXt V2's sqrt of the sum: GRN only uses the ratio gx / mean_c(gx), which is the same
+    up to the 1e-6 guard, and the sum over 230K positions of an HD map overflows fp16 (65504)
+    once the activations' RMS passes ~0.5, turning an fp16 engine's output into NaN.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -33,7 +39,7 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.sqrt((x * x).sum(dim=(1, 2), keepdim=True))
+        gx = torch.sqrt((x * x).mean(dim=(1, 2), keepdim=True))
         nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
         return self.gamma * (x * nx) + self.beta + x
 

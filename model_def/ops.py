@@ -33,7 +33,9 @@ deform_read(v2, v3, v4 [B,C,H_l,W_l]; anchors [B,K,R,2] pixels; offsets [B,K,R,H
                 i.e. Deformable DETR's offset / (W_l, H_l) in normalised coordinates)
     sample    = bilinear read of channels [h*Ch, (h+1)*Ch) of v_l at (x, y); a corner outside
                 the map contributes zero (grid_sample padding_mode="zeros",
-                align_corners=False); non-finite coordinates read nothing.
+                align_corners=False); non-finite coordinates read nothing. Value maps are
+                expected finite (this reference multiplies outside corners' weight 0 by an
+                in-map element; the kernels skip them).
     out[.., h*Ch:(h+1)*Ch] = sum_{l,m} a[h,l,m] * sample                    (eq. 19)
     Returns float [B,K,R,C] in the dtype of v2.
 

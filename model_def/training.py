@@ -37,7 +37,8 @@ class TrainingHeads(nn.Module):
         _, c2, c3, c4 = cfg.dims
         self.dense_l2 = nn.Conv2d(c2, 1, 1)  # inverse depth at L2 (softplus applied)
         self.dense_l3 = nn.Conv2d(c3, 1, 1)
-        self.connector_l3 = Connector(c3)  # 192 -> 384 -> 384 (148K)
+        # The seed's table gives 148K for 192->384->384, which is 222K; we follow the widths.
+        self.connector_l3 = Connector(c3)  # 192 -> 384 -> 384 (222K)
         self.connector_l4 = Connector(c4)  # 384 -> 384 -> 384 (296K)
 
     def dense_inverse_depth(self, l2: torch.Tensor, l3: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -54,11 +55,20 @@ def point_loss(pred_inv: torch.Tensor, gt_inv: torch.Tensor, valid: torch.Tensor
 
 def silog_loss(pred_depth: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Tensor,
                lambda_var: float = LAMBDA_VAR) -> torch.Tensor:
-    """L_silog (eq. 30): sqrt(mean(delta^2)) - lambda_var * mean(delta)^2, delta = log d - log d*."""
+    """L_silog: sqrt(mean(delta^2) - lambda_var * mean(delta)^2), delta = log d - log d*.
+
+    The seed's eq. 30 puts the variance term outside the square root
+    (sqrt(mean delta^2) - lambda mean(delta)^2); that form has no lower bound — scaling every
+    prediction by e^c drives it to -inf as c grows — so the model could lower the loss by
+    inflating the global scale. We use the standard SILog (Eigen et al.), which is >= 0 for
+    lambda_var <= 1 and is the loss the seed's "scale-invariant" wording describes.
+    """
     if not valid.any():
         return pred_depth.sum() * 0.0
     delta = torch.log(pred_depth[valid]) - torch.log(gt_depth[valid])
-    return torch.sqrt((delta ** 2).mean() + 1e-12) - lambda_var * delta.mean() ** 2
+    mean = delta.mean()
+    # mean(d^2) - lambda mean(d)^2 written as var + (1 - lambda) mean^2: no cancellation
+    return torch.sqrt(((delta - mean) ** 2).mean() + (1.0 - lambda_var) * mean ** 2 + 1e-12)
 
 
 def dense_loss(dense_inv: dict[str, torch.Tensor], gt_inv: dict[str, torch.Tensor],

@@ -121,3 +121,36 @@ def test_cli_reports_bad_checkpoint_without_traceback(tmp_path, content):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert result.output.startswith("error: ") and str(path) in result.output
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_wrapper_prefixes_are_stripped_in_every_layout(tmp_path, model, prefix):
+    sd = {prefix + k: v for k, v in model.state_dict().items()}
+    path = tmp_path / "wrapped.pt"
+    torch.save({"model": sd, "config": model.cfg.to_dict()}, path)
+    loaded, _ = load_checkpoint(path)
+    assert _same_weights(loaded, model)
+
+
+def test_config_mismatch_names_the_fields(tmp_path, model):
+    import dataclasses
+    path = tmp_path / "ckpt.pt"
+    other = dataclasses.replace(model.cfg, window_s=0.01)
+    torch.save({"model": model.state_dict(), "config": other.to_dict()}, path)
+    with pytest.raises(CheckpointError, match="differences: window_s: 0.01 vs 0.0083"):
+        load_checkpoint(path, model.cfg)
+
+
+def test_pickled_objects_need_trust(tmp_path, model):
+    import pathlib
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"data_root": pathlib.PurePosixPath("/data")},
+                "config": model.cfg.to_dict()}, path)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        load_checkpoint(path)
+    loaded, _ = load_checkpoint(path, trusted=True)
+    assert _same_weights(loaded, model)
+    result = CliRunner().invoke(main, ["inspect", "--checkpoint", str(path), "--trust-checkpoint",
+                                       "--events", "100", "--queries", "2"])
+    assert result.exit_code == 0, result.output
