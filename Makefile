@@ -10,7 +10,7 @@ install:
 	$(PYTHON) -m pip install --quiet --no-build-isolation -e ".[onnx,test]"
 
 demo: install
-	eventspd-export inspect --config hd
+	eventspd-export onnx
 
 test: install
 	$(PYTHON) -m pytest

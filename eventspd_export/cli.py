@@ -139,5 +139,24 @@ def onnx_cmd(checkpoint, config_name, trusted, out_dir, opset, k_max, events_max
             sys.exit(EXIT_CHECK_FAILED)
 
 
+@main.command("build-plugins")
+@click.option("--tensorrt-root", type=click.Path(file_okay=False), default=None,
+              help="TensorRT install root (include/ + lib/). Default: $TENSORRT_ROOT, then the "
+                   "usual locations.")
+@click.option("--build-dir", type=click.Path(file_okay=False), default=None,
+              help="CMake build folder. Default: build/tensorrt_plugins.")
+@click.option("--cuda-archs", default=None, help="CMAKE_CUDA_ARCHITECTURES, e.g. '80;90'.")
+@user_errors
+def build_plugins_cmd(tensorrt_root, build_dir, cuda_archs):
+    """Build libeventspd_plugins.so (TensorRT IPluginV3 plugins, no torch) with CMake."""
+    from plugins.trt_build import PluginBuildError, build_plugins
+
+    try:
+        path = build_plugins(tensorrt_root, build_dir, cuda_architectures=cuda_archs, log=click.echo)
+    except PluginBuildError as exc:
+        raise UsageError(str(exc)) from None
+    click.echo(str(path))
+
+
 if __name__ == "__main__":
     main()

@@ -40,3 +40,10 @@ def test_inspect_zero_events_and_bad_option():
     assert ok.exit_code == 0, ok.output
     bad = CliRunner().invoke(main, ["inspect", "--config", "vga"])
     assert bad.exit_code == 2 and "Invalid value for '--config'" in bad.output
+
+
+def test_build_plugins_says_what_is_missing(tmp_path):
+    result = CliRunner().invoke(main, ["build-plugins", "--tensorrt-root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "TensorRT not found in the given TensorRT root" in result.output
+    assert "libnvinfer.so" in result.output and "Traceback" not in result.output
