@@ -123,6 +123,14 @@ class CrossAttentionLayer(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], self.heads, -1)
 
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None,
+                key: torch.Tensor | None = None, value: torch.Tensor | None = None):
+        """Per-query ``context`` (B2/B5) or shared ``key``/``value`` (B3). A module call (not
+        a method call) so exported node names carry the layer's scope (/b2/layers.0/q/...)."""
+        if context is not None:
+            return self.forward_per_query(h, context)
+        return self.forward_shared(h, key, value)
+
     def forward_per_query(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """h [B, K, d]; context [B, K, T, d] already normalised by the shared LN_kv."""
         q = self._split(self.q(self.norm_q(h))).unsqueeze(-2)  # [B,K,H,1,dh]
@@ -160,7 +168,7 @@ class LocalDecoder(nn.Module):
     def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         context = self.norm_kv(tokens)
         for layer in self.layers:
-            h = layer.forward_per_query(h, context)
+            h = layer(h, context)
         return h
 
 
@@ -177,7 +185,7 @@ class GlobalDecoder(nn.Module):
     def forward(self, h: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]):
         attn = None
         for layer, (key, value) in zip(self.layers, kv):
-            h, attn = layer.forward_shared(h, key, value)
+            h, attn = layer(h, key=key, value=value)
         cfg = self.cfg
         h4, w4 = cfg.level_hw(4)
         idx, anchors = ops.topr_route(attn, cfg.top_r, w4, h4, cfg.strides[3])

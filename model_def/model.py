@@ -40,6 +40,19 @@ class Projections(nn.Module):
         self.value_l3 = nn.Conv2d(c3, d, 1)
         self.value_l4 = nn.Conv2d(c4, d, 1)
 
+    def forward(self, l2: torch.Tensor, l3: torch.Tensor, g4: torch.Tensor) -> dict[str, torch.Tensor]:
+        tokens = g4.flatten(2).transpose(1, 2)  # [B, T4, 384], row-major (y * W4 + x)
+        return {
+            "b3_key1": self.b3_k[0](tokens),
+            "b3_value1": self.b3_v[0](tokens),
+            "b3_key2": self.b3_k[1](tokens),
+            "b3_value2": self.b3_v[1](tokens),
+            "anchor_feat": self.w_g(tokens),
+            "value_l2": self.value_l2(l2),
+            "value_l3": self.value_l3(l3),
+            "value_l4": self.value_l4(g4),
+        }
+
 
 class Calibration(nn.Module):
     """A4 (eq. 4-5): s_t = softplus(W_s mean(G4) + b_s), b_t = W_b mean(G4) + b_b."""
@@ -151,25 +164,9 @@ class EventSPD(nn.Module):
         l3 = self.l3(l2)
         l4 = self.l4(l3)
         g4 = self.convgru(l4, hidden)
-        tokens = g4.flatten(2).transpose(1, 2)  # [B, T4, 384], row-major
-        a3 = self.a3
         l2_tokens, l4_tokens = self.b1.project_maps(l2, g4)
-        out = {
-            "l1_map": l1,
-            "l2_tokens": l2_tokens,
-            "l3_map": l3,
-            "l4_tokens": l4_tokens,
-            "b3_key1": a3.b3_k[0](tokens),
-            "b3_value1": a3.b3_v[0](tokens),
-            "b3_key2": a3.b3_k[1](tokens),
-            "b3_value2": a3.b3_v[1](tokens),
-            "anchor_feat": a3.w_g(tokens),
-            "value_l2": a3.value_l2(l2),
-            "value_l3": a3.value_l3(l3),
-            "value_l4": a3.value_l4(g4),
-            "calib": self.a4(g4),
-            "hidden_out": g4,
-        }
+        out = {"l1_map": l1, "l2_tokens": l2_tokens, "l3_map": l3, "l4_tokens": l4_tokens,
+               **self.a3(l2, l3, g4), "calib": self.a4(g4), "hidden_out": g4}
         if return_features:
             return out, {"l2": l2, "l3": l3, "g4": g4}
         return out
