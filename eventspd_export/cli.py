@@ -139,6 +139,59 @@ def onnx_cmd(checkpoint, config_name, trusted, out_dir, opset, k_max, events_max
             sys.exit(EXIT_CHECK_FAILED)
 
 
+@main.command("calibrate")
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
+@config_option
+@trust_option
+@click.option("--onnx-dir", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+              help="Folder with the fp32 precompute.onnx/decoder.onnx (exported there when absent).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+              help="Where *.fp16.onnx, *.int8.onnx and accuracy_report.{json,md} go.")
+@click.option("--data", default="synthetic", show_default=True,
+              help="Calibration data: synthetic[:SEED], dsec:PATH, m3ed:PATH, mvsec:PATH.")
+@click.option("--precision", "precisions", default="fp16,int8", show_default=True,
+              help="Comma-separated: fp16, int8.")
+@click.option("--method", type=click.Choice(["max", "percentile", "entropy"]), default="max",
+              show_default=True, help="INT8 range calibration.")
+@click.option("--calib-windows", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--eval-windows", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--budget", type=float, default=0.01, show_default=True,
+              help="INT8 accuracy budget: median relative depth error vs fp32; 0 disables the "
+                   "sensitivity pass.")
+@click.option("--k", "k_eval", default="256,4096", show_default=True, help="Report query counts.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default="artifacts/calib-cache",
+              show_default=True, help="Calibration statistics cache.")
+@user_errors
+def calibrate_cmd(checkpoint, config_name, trusted, onnx_dir, out_dir, data, precisions, method,
+                  calib_windows, eval_windows, budget, k_eval, cache_dir):
+    """FP16 and INT8 (explicit Q/DQ) graphs from event data, with an accuracy report."""
+    from pathlib import Path
+
+    from calibration.int8 import CalibrationError
+    from calibration.pipeline import CalibrationOptions, calibrate
+    from calibration.report import to_markdown
+    from calibration.windows import CalibrationDataError
+
+    try:
+        ks = tuple(int(k) for k in k_eval.split(","))
+    except ValueError:
+        raise UsageError(f"--k {k_eval!r}: expected comma-separated integers") from None
+    options = CalibrationOptions(
+        Path(onnx_dir), Path(out_dir), data=data, calib_windows=calib_windows,
+        eval_windows=eval_windows, method=method, budget=budget or None,
+        precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), k_eval=ks,
+        cache_dir=Path(cache_dir))
+    model, _ = _model_for(config_name, checkpoint, trusted)
+    try:
+        report = calibrate(model, options)
+    except (CalibrationError, CalibrationDataError) as exc:
+        raise UsageError(str(exc)) from None
+    click.echo(to_markdown(report))
+    for precision, files in report["calibration"]["files"].items():
+        for graph, path in files.items():
+            click.echo(f"{precision} {graph}: {path}")
+
+
 @main.command("build-plugins")
 @click.option("--tensorrt-root", type=click.Path(file_okay=False), default=None,
               help="TensorRT install root (include/ + lib/). Default: $TENSORRT_ROOT, then the "

@@ -1,0 +1,204 @@
+"""FP16 ONNX: weights and activations in fp16, numerically sensitive parts kept in fp32.
+
+TensorRT 11 has no precision flags: the precision of a strongly typed network is the precision
+written in the ONNX (ARCHITECTURE §4). This converter decides, node by node, whether it runs
+in fp16 or fp32 and inserts Casts where the two meet (one Cast per tensor and target type).
+
+Kept in fp32 (``KEEP_FP32_OPS`` and the coordinate rule below):
+* LayerNormalization (statistics over 64-384 channels), Softmax, Softplus and everything after
+  a Softplus (A4's calibration scalars, eq. 26's inverse depth and depth: the graph outputs);
+* the plugin nodes (their kernels take fp32 coordinates; their function bodies are fp32);
+* GridSample and the *coordinate path*: every node with an input derived from ``queries``,
+  ``events`` or the routing anchors, until a sampling op or a Fourier Sin/Cos turns the
+  coordinates into features, and the element-wise chain that forms each Fourier angle. In
+  fp16, a pixel coordinate of 1000 has a spacing of 0.5 and the 2^7·pi Fourier terms lose all
+  precision, so these few scalar ops stay fp32.
+* Graph inputs and outputs stay float32, as the contract table says.
+
+Everything else — convolutions, MatMuls, GELU/Erf, GRN, attention — runs in fp16 with fp16
+weights. Constants consumed by both precisions are duplicated.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+KEEP_FP32_OPS = frozenset({
+    "LayerNormalization", "Softmax", "Softplus", "GridSample", "Sin", "Cos", "QuantizeLinear",
+    "DequantizeLinear",
+})
+# Taint (coordinate-derived or post-Softplus values) does not pass these: their outputs are
+# features bounded like any activation.
+TAINT_STOP_OPS = frozenset({"GridSample", "Sin", "Cos"})
+TAINT_SOURCE_OPS = frozenset({"Softplus"})
+COORDINATE_INPUTS = frozenset({"queries", "events"})
+ANGLE_CHAIN_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Unsqueeze", "Concat", "Reshape", "Expand",
+                             "Slice", "Gather", "Transpose", "Flatten", "Squeeze", "Identity"})
+ROUTING_PLUGIN = "EventSPDTopRRoute"
+FLOAT = TensorProto.FLOAT
+HALF = TensorProto.FLOAT16
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = set()
+    for vi in (*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info):
+        if vi.type.tensor_type.elem_type == FLOAT:
+            out.add(vi.name)
+    out.update(i.name for i in model.graph.initializer if i.data_type == FLOAT)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type == FLOAT:
+                    out.add(node.output[0])
+    return out
+
+
+def _fp32_nodes(model: onnx.ModelProto, floats: set[str]) -> set[int]:
+    """Indices of nodes that run in fp32."""
+    tainted = set(COORDINATE_INPUTS)
+    keep = set()
+    for i, node in enumerate(model.graph.node):  # graph nodes are topologically sorted
+        custom = node.domain not in ("", "ai.onnx")
+        touches = any(x in tainted for x in node.input if x in floats or x in COORDINATE_INPUTS)
+        if custom or node.op_type in KEEP_FP32_OPS or (touches and node.op_type != "Constant"):
+            keep.add(i)
+        if node.op_type in TAINT_SOURCE_OPS or (custom and node.op_type == ROUTING_PLUGIN):
+            tainted.update(node.output)
+        elif touches and node.op_type not in TAINT_STOP_OPS and not custom:
+            tainted.update(node.output)
+    # Fourier angles: the cheap element-wise chain that feeds a Sin/Cos runs in fp32 back to
+    # the nearest heavy op (e.g. B1's adaptive L1 offsets come out of a MatMul in fp16, but
+    # offset * 2^k * pi is formed in fp32).
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    stack = [x for n in model.graph.node if n.op_type in ("Sin", "Cos") for x in n.input]
+    seen = set()
+    while stack:
+        name = stack.pop()
+        i = producer.get(name)
+        if i is None or i in seen:
+            continue
+        seen.add(i)
+        node = model.graph.node[i]
+        if node.op_type in ANGLE_CHAIN_OPS:
+            keep.add(i)
+            stack.extend(x for x in node.input if x in floats)
+    return keep
+
+
+def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A mixed-precision copy of ``model`` (see the module docstring)."""
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    model = model_copy
+    graph = model.graph
+    floats = _float_tensors(model)
+    keep = _fp32_nodes(model, floats)
+    nodes = list(graph.node)
+    half_node = [i not in keep for i in range(len(nodes))]
+
+    # which precision each float tensor is produced in
+    produced_half: dict[str, bool] = {}
+    for name in (i.name for i in graph.input):
+        produced_half[name] = False
+    consumers: dict[str, list[int]] = defaultdict(list)
+    for i, node in enumerate(nodes):
+        for x in node.input:
+            if x:
+                consumers[x].append(i)
+
+    # initializers: fp16 when every consumer runs in fp16; else fp32 (+ Cast for fp16 users)
+    for init in graph.initializer:
+        if init.data_type != FLOAT:
+            continue
+        users = consumers.get(init.name, [])
+        if users and all(half_node[u] for u in users):
+            arr = numpy_helper.to_array(init).astype(np.float16)
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+            produced_half[init.name] = True
+        else:
+            produced_half[init.name] = False
+
+    for i, node in enumerate(nodes):
+        if node.op_type == "Constant" and node.output[0] in floats:
+            users = consumers.get(node.output[0], [])
+            to_half = bool(users) and all(half_node[u] for u in users)
+            if to_half:
+                for a in node.attribute:
+                    if a.name == "value":
+                        a.t.CopyFrom(numpy_helper.from_array(
+                            numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
+            half_node[i] = to_half
+            produced_half[node.output[0]] = to_half
+            continue
+        if half_node[i]:
+            for a in node.attribute:
+                if node.op_type == "Cast" and a.name == "to" and a.i == FLOAT:
+                    a.i = HALF
+                if node.op_type == "ConstantOfShape" and a.name == "value" and a.t.data_type == FLOAT:
+                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16)))
+        for out in node.output:
+            if out in floats:
+                produced_half[out] = half_node[i] and not (node.op_type == "Cast" and not half_node[i])
+
+    # insert Casts where producer and consumer precisions differ
+    casts: dict[tuple[str, bool], str] = {}
+    new_nodes = []
+
+    def cast_of(name: str, to_half: bool) -> str:
+        key = (name, to_half)
+        if key not in casts:
+            casts[key] = f"{name}__to_{'fp16' if to_half else 'fp32'}"
+            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=HALF if to_half else FLOAT,
+                                              name=f"{casts[key]}__cast"))
+        return casts[key]
+
+    for i, node in enumerate(nodes):
+        if node.op_type != "Constant":
+            for j, x in enumerate(node.input):
+                if x in floats and x in produced_half and produced_half[x] != half_node[i]:
+                    node.input[j] = cast_of(x, half_node[i])
+        new_nodes.append(node)
+
+    # graph outputs stay float32
+    for out in graph.output:
+        if produced_half.get(out.name):
+            internal = f"{out.name}__fp16"
+            for node in new_nodes:
+                node.output[:] = [internal if o == out.name else o for o in node.output]
+                node.input[:] = [internal if x == out.name else x for x in node.input]
+            new_nodes.append(helper.make_node("Cast", [internal], [out.name], to=FLOAT,
+                                              name=f"{out.name}__cast"))
+    del graph.node[:]
+    graph.node.extend(_toposort(new_nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
+    del graph.value_info[:]
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        "eventspd.precision": "fp16"})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Stable topological order (the inserted Casts go right after their producers)."""
+    ready = set(available) | {""}
+    pending = list(nodes)
+    ordered = []
+    while pending:
+        rest = []
+        progressed = False
+        for node in pending:
+            if all(x in ready for x in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+                progressed = True
+            else:
+                rest.append(node)
+        if not progressed:
+            missing = sorted({x for n in rest for x in n.input if x not in ready})[:5]
+            raise RuntimeError(f"fp16 conversion produced a graph with unresolved inputs: {missing}")
+        pending = rest
+    return ordered

@@ -1,0 +1,164 @@
+"""INT8 with explicit Q/DQ: activation ranges from the fp32 graph, then Q/DQ insertion.
+
+TensorRT 11 has no calibrators: the int8 network is the Q/DQ ONNX (ARCHITECTURE §4). We use
+ONNX Runtime's quantisation tooling, which implements what TensorRT asks for:
+
+* ranges are collected by running the fp32 ONNX graph on calibration feeds (methods: ``max``,
+  ``percentile`` 99.99 %, ``entropy`` KL-divergence as TensorRT's calibrator does);
+* QuantizeLinear/DequantizeLinear pairs are inserted in QDQ format with int8, symmetric ranges
+  and a constant zero point 0, per-channel weights (axis 0 of Conv's KCRS weights, the output
+  axis of MatMul weights) and per-tensor activations;
+* only Conv, MatMul and Gemm are quantised: plugin nodes, LayerNorm, Softmax, the coordinate
+  path and the depth head stay in float, so Q/DQ stop at the plugin boundaries.
+
+Statistics are cached on disk, keyed by the sha256 of the graph, the method and the feeds, so a
+second run with the same model and data skips the collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from model_def.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+QUANT_OPS = ("Conv", "MatMul", "Gemm")
+METHODS = ("max", "percentile", "entropy")
+PERCENTILE = 99.99
+
+
+class CalibrationError(Exception):
+    """The calibration cannot run as asked (no data, unknown method ...)."""
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"max": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+             "entropy": CalibrationMethod.Entropy}
+    if name not in table:
+        raise CalibrationError(f"unknown calibration method {name!r}; choose one of {', '.join(METHODS)}")
+    return table[name]
+
+
+def feeds_digest(feeds: Sequence[Mapping[str, np.ndarray]]) -> str:
+    h = hashlib.sha256()
+    for feed in feeds:
+        for name in sorted(feed):
+            arr = np.ascontiguousarray(feed[name])
+            h.update(name.encode())
+            h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+            h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def collect_ranges(model_path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], method: str,
+                   cache_dir: str | Path | None = None) -> tuple[dict[str, tuple[float, float]], bool]:
+    """Activation ranges {tensor: (lowest, highest)} of the quantisable ops' inputs/outputs.
+    Returns (ranges, from_cache)."""
+    if not feeds:
+        raise CalibrationError("no calibration data: the data source yielded no windows "
+                               "(an empty folder, or a generator that was already consumed?)")
+    calib_method = _method(method)
+    model_bytes = Path(model_path).read_bytes()
+    key = hashlib.sha256(model_bytes + method.encode() + feeds_digest(feeds).encode()).hexdigest()[:24]
+    cache = Path(cache_dir) / f"ranges-{Path(model_path).stem}-{method}-{key}.json" if cache_dir else None
+    if cache is not None and cache.is_file():
+        data = json.loads(cache.read_text())
+        log.info("calibration statistics from cache %s", cache)
+        return {k: (float(v[0]), float(v[1])) for k, v in data["ranges"].items()}, True
+
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    extra = {"symmetric": True}
+    if method == "percentile":
+        extra.update({"percentile": PERCENTILE, "num_bins": 2048})
+    elif method == "entropy":
+        extra.update({"num_bins": 2048, "num_quantized_bins": 128})
+    with tempfile.TemporaryDirectory() as tmp:
+        calibrator = create_calibrator(str(model_path), list(QUANT_OPS),
+                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=calib_method, extra_options=extra)
+        calibrator.collect_data(_Reader())
+        data = calibrator.compute_data()
+    ranges = {}
+    for name, td in data.data.items():
+        lo, hi = td.range_value
+        ranges[name] = (float(np.asarray(lo).reshape(-1)[0]), float(np.asarray(hi).reshape(-1)[0]))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache, json.dumps({"method": method, "model_sha256":
+                                              hashlib.sha256(model_bytes).hexdigest(),
+                                              "ranges": ranges}, indent=0, sort_keys=True).encode())
+    return ranges, False
+
+
+def quantisable_nodes(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.domain in ("", "ai.onnx")]
+
+
+def quantize(model_path: str | Path, ranges: Mapping[str, tuple[float, float]],
+             exclude: Iterable[str] = ()) -> onnx.ModelProto:
+    """The Q/DQ model, with the nodes in ``exclude`` left in float."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, CalibrationMethod
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    model = onnx.load(str(model_path))
+    tensors = TensorsData(CalibrationMethod.MinMax, {
+        k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+        for k, (lo, hi) in ranges.items()})
+    quantizer = QDQQuantizer(
+        model, per_channel=True, reduce_range=False, weight_qType=QuantType.QInt8,
+        activation_qType=QuantType.QInt8, tensors_range=tensors, nodes_to_quantize=[],
+        nodes_to_exclude=list(exclude), op_types_to_quantize=list(QUANT_OPS),
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                       "QDQKeepRemovableActivations": False})
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's advice spam
+    quantizer.quantize_model()
+    out = quantizer.model.model
+    onnx.helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
+                                      "eventspd.precision": "int8-qdq"})
+    return out
+
+
+def check_tensorrt_rules(model: onnx.ModelProto) -> list[str]:
+    """Violations of TensorRT's explicit-quantisation rules (empty list when all hold)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(node.input) < 3:
+            continue  # no zero point: 0 by definition
+        zp = inits.get(node.input[2]) or consts.get(node.input[2])
+        if zp is None:
+            problems.append(f"{node.name}: zero point is not a constant")
+            continue
+        arr = onnx.numpy_helper.to_array(zp)
+        if arr.dtype != np.int8:
+            problems.append(f"{node.name}: zero point dtype {arr.dtype}, expected int8")
+        if np.any(arr != 0):
+            problems.append(f"{node.name}: non-zero zero point (asymmetric)")
+        scale = inits.get(node.input[1]) or consts.get(node.input[1])
+        if scale is not None and onnx.numpy_helper.to_array(scale).size > 1 and node.input[0] not in inits:
+            problems.append(f"{node.name}: per-channel scale on an activation")
+    return problems

@@ -1,0 +1,217 @@
+"""``eventspd-export calibrate``: fp16 and int8 (Q/DQ) graphs from real-looking event data,
+with an automatic sensitivity choice and an accuracy report.
+
+Flow:
+1. the fp32 graphs (exported on the fly when ``onnx_dir`` has none for this configuration);
+2. calibration windows from a data source (default: the built-in event simulator), run through
+   the fp32 PyTorch model with the ConvGRU state carried from window to window — these give
+   the precompute feeds (events, hidden) and, with query sets drawn by the seed's §4.3 sampler,
+   the decoder feeds (the real precompute outputs + queries);
+3. fp16: ``calibration.fp16.convert_to_fp16`` for both graphs;
+4. int8: activation ranges (cached) -> sensitivity pass -> Q/DQ graphs with the chosen groups
+   left in float;
+5. report: fp32 / fp16 / int8 ONNX against the PyTorch fp32 model on held-out windows at
+   K = 256 and 4096 (``report.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from model_def import EventSPD, ModelConfig, contract
+from model_def.atomic import atomic_write_bytes
+
+from . import int8 as q8
+from .fp16 import convert_to_fp16
+from .sampler import QuerySampler
+from .sensitivity import choose_float_layers, groups
+from .windows import EventWindow, open_source
+
+log = logging.getLogger(__name__)
+GRAPHS = ("precompute", "decoder")
+PRECISIONS = ("fp16", "int8")
+
+
+@dataclass
+class CalibrationOptions:
+    onnx_dir: Path
+    out_dir: Path
+    data: str = "synthetic"
+    calib_windows: int = 6
+    eval_windows: int = 3
+    method: str = "max"
+    budget: float | None = 0.01  # median relative depth error vs fp32; None: no sensitivity pass
+    sensitivity_scope: tuple[str, ...] | None = None  # graphs the pass may keep in float
+    precisions: tuple[str, ...] = PRECISIONS
+    k_calib: int = 256
+    k_eval: tuple[int, ...] = (256, 4096)
+    cache_dir: Path | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in q8.METHODS:
+            raise q8.CalibrationError(f"unknown method {self.method!r}; choose one of {', '.join(q8.METHODS)}")
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise q8.CalibrationError(f"unknown precision {bad[0]!r}; choose from {', '.join(PRECISIONS)}")
+        if self.calib_windows < 1 or self.eval_windows < 1:
+            raise q8.CalibrationError("need at least one calibration and one held-out window")
+
+
+@dataclass
+class Feeds:
+    windows: list[EventWindow]
+    precompute: list[dict[str, np.ndarray]] = field(default_factory=list)
+    decoder: list[dict[str, np.ndarray]] = field(default_factory=list)
+    depth_fp32: list[np.ndarray] = field(default_factory=list)  # PyTorch depth per decoder feed
+
+
+def make_feeds(model: EventSPD, windows: list[EventWindow], k: int, seed: int) -> Feeds:
+    """Run the fp32 model over consecutive windows (state carried) and draw query sets."""
+    cfg = model.cfg
+    sampler = QuerySampler(cfg.width, cfg.height)
+    rng = np.random.default_rng(seed)
+    feeds = Feeds(windows)
+    hidden = model.initial_state()
+    for w in windows:
+        events = torch.from_numpy(w.events)
+        with torch.inference_mode():
+            pre = model.precompute(events, hidden)
+        queries = sampler.sample(k, rng, events=w.events, depth=w.depth)[None].astype(np.float32)
+        with torch.inference_mode():
+            depth, _ = model.decode(pre, torch.from_numpy(queries))
+        feeds.precompute.append({"events": w.events, "hidden": hidden.numpy()})
+        dec = {n: pre[n].numpy() for n in contract.SHARED_NAMES}
+        dec["queries"] = queries
+        feeds.decoder.append(dec)
+        feeds.depth_fp32.append(depth.numpy())
+        hidden = pre["hidden_out"]
+    return feeds
+
+
+class Pipeline:
+    """ONNX Runtime runs of a (precompute, decoder) pair, chained over windows."""
+
+    def __init__(self, precompute: onnx.ModelProto, decoder: onnx.ModelProto):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.pre = ort.InferenceSession(precompute.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.dec = ort.InferenceSession(decoder.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.out_names = [o.name for o in self.pre.get_outputs()]
+
+    def run(self, windows: list[EventWindow], queries: list[np.ndarray], hidden0: np.ndarray
+            ) -> list[np.ndarray]:
+        hidden = hidden0
+        depths = []
+        for w, q in zip(windows, queries):
+            out = dict(zip(self.out_names, self.pre.run(None, {"events": w.events, "hidden": hidden})))
+            feed = {n: out[n] for n in contract.SHARED_NAMES}
+            feed["queries"] = q
+            depths.append(self.dec.run(None, feed)[0])
+            hidden = out["hidden_out"]
+        return depths
+
+
+def _median_rel(depths: list[np.ndarray], refs: list[np.ndarray]) -> float:
+    rel = np.concatenate([np.abs(d - r).reshape(-1) / np.abs(r).reshape(-1) for d, r in zip(depths, refs)])
+    return float(np.median(rel))
+
+
+def ensure_fp32_graphs(model: EventSPD, onnx_dir: Path) -> dict[str, Path]:
+    from eventspd_export.onnx_export import ExportOptions, MANIFEST_FILE, export_onnx
+
+    paths = {g: onnx_dir / f"{g}.onnx" for g in GRAPHS}
+    manifest = onnx_dir / MANIFEST_FILE
+    if all(p.is_file() for p in paths.values()) and manifest.is_file():
+        stored = ModelConfig.from_dict(json.loads(manifest.read_text())["config"])
+        if stored != model.cfg:
+            raise q8.CalibrationError(
+                f"{onnx_dir}: its graphs are for configuration {stored.name!r} ({stored.width}x"
+                f"{stored.height}), the model is {model.cfg.name!r} ({model.cfg.width}x"
+                f"{model.cfg.height}); pass another --onnx-dir or re-export")
+        return paths
+    log.info("no fp32 graphs in %s: exporting them", onnx_dir)
+    export_onnx(model, ExportOptions(onnx_dir))
+    return paths
+
+
+def calibrate(model: EventSPD, options: CalibrationOptions) -> dict:
+    """Write the requested fp16/int8 graphs and the accuracy report; returns the report."""
+    from .report import accuracy_report, write_report
+
+    options.validate()
+    t0 = time.perf_counter()
+    cfg = model.cfg
+    out = Path(options.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = ensure_fp32_graphs(model, Path(options.onnx_dir))
+    fp32 = {g: onnx.load(str(p)) for g, p in paths.items()}
+
+    source = open_source(options.data, cfg.width, cfg.height, cfg.window_s)
+    windows = list(islice(iter(source), options.calib_windows + options.eval_windows))
+    if len(windows) < options.calib_windows + options.eval_windows:
+        raise q8.CalibrationError(
+            f"data source {options.data!r} gave {len(windows)} windows; "
+            f"{options.calib_windows} calibration + {options.eval_windows} held-out are needed")
+    calib, held_out = windows[:options.calib_windows], windows[options.calib_windows:]
+    log.info("calibration: %d windows (%d events in all) from %s", len(calib),
+             sum(w.num_events for w in calib), options.data)
+    feeds = make_feeds(model, calib, options.k_calib, options.seed)
+
+    written: dict[str, dict[str, str]] = {}
+    models: dict[str, dict[str, onnx.ModelProto]] = {"fp32": fp32}
+    if "fp16" in options.precisions:
+        models["fp16"] = {g: convert_to_fp16(m) for g, m in fp32.items()}
+    sensitivity = None
+    ranges_cached = {}
+    if "int8" in options.precisions:
+        ranges = {}
+        for g in GRAPHS:
+            ranges[g], ranges_cached[g] = q8.collect_ranges(
+                paths[g], getattr(feeds, g), options.method, options.cache_dir)
+        all_groups = {g: groups(fp32[g]) for g in GRAPHS}
+        hidden0 = model.initial_state().numpy()
+        queries = [f["queries"] for f in feeds.decoder]
+
+        def evaluate(exclude):
+            quant = {g: q8.quantize(paths[g], ranges[g], exclude[g]) for g in GRAPHS}
+            return _median_rel(Pipeline(quant["precompute"], quant["decoder"]).run(calib, queries, hidden0),
+                               feeds.depth_fp32)
+
+        exclude = {g: [] for g in GRAPHS}
+        if options.budget is not None:
+            sensitivity = choose_float_layers(all_groups, evaluate, options.budget,
+                                              options.sensitivity_scope)
+            exclude = {g: sensitivity.excluded_nodes(g, all_groups) for g in GRAPHS}
+        models["int8"] = {g: q8.quantize(paths[g], ranges[g], exclude[g]) for g in GRAPHS}
+        for g, m in models["int8"].items():
+            problems = q8.check_tensorrt_rules(m)
+            if problems:
+                raise q8.CalibrationError(f"int8 {g}: Q/DQ breaks TensorRT's rules: {problems[:3]}")
+    for precision in options.precisions:
+        written[precision] = {}
+        for g, m in models[precision].items():
+            path = out / f"{g}.{precision}.onnx"
+            atomic_write_bytes(path, m.SerializeToString())
+            written[precision][g] = str(path)
+
+    report = accuracy_report(model, models, held_out, options.k_eval, options.seed + 1)
+    report["calibration"] = {
+        "data": options.data, "calib_windows": len(calib), "held_out_windows": len(held_out),
+        "method": options.method, "ranges_from_cache": ranges_cached, "k_calib": options.k_calib,
+        "sensitivity": sensitivity.to_json() if sensitivity else None,
+        "files": written, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_report(report, out)
+    return report

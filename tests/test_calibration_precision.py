@@ -1,0 +1,180 @@
+"""FP16 conversion, INT8 Q/DQ calibration (ranges, cache, TensorRT rules), sensitivity logic."""
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto
+
+from calibration import int8 as q8
+from calibration.fp16 import convert_to_fp16
+from calibration.sensitivity import choose_float_layers, group_of, groups
+from eventspd_export.onnx_export import ExportOptions, export_onnx
+from eventspd_export.ort_check import relative_error
+from eventspd_export.synthetic import random_queries, synthetic_window
+from model_def import EventSPD, contract, get_config
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return EventSPD(get_config("tiny"), seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory, tiny):
+    d = tmp_path_factory.mktemp("fp32")
+    export_onnx(tiny, ExportOptions(d))
+    return d
+
+
+@pytest.fixture(scope="module")
+def feeds(tiny):
+    """Precompute and decoder feeds of 3 chained synthetic windows, plus a held-out one."""
+    cfg = tiny.cfg
+    pre_feeds, dec_feeds = [], []
+    hidden = tiny.initial_state()
+    for i in range(4):
+        ev = synthetic_window(cfg, 3000, seed=i)
+        with torch.inference_mode():
+            pre = tiny.precompute(ev, hidden)
+        pre_feeds.append({"events": ev.numpy(), "hidden": hidden.numpy()})
+        dec = {n: pre[n].numpy() for n in contract.SHARED_NAMES}
+        dec["queries"] = random_queries(cfg, 64, seed=i).numpy()
+        dec_feeds.append(dec)
+        hidden = pre["hidden_out"]
+    return pre_feeds, dec_feeds
+
+
+def _session(model):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_fp16_graphs_are_valid_mixed_precision_and_accurate(graphs, tiny, feeds):
+    pre16 = convert_to_fp16(onnx.load(graphs / "precompute.onnx"))
+    dec16 = convert_to_fp16(onnx.load(graphs / "decoder.onnx"))
+    for m in (pre16, dec16):
+        onnx.checker.check_model(m, full_check=True)
+        kinds = [i.data_type for i in m.graph.initializer]
+        assert kinds.count(TensorProto.FLOAT16) > 20
+        assert all(v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.INT32)
+                   for v in (*m.graph.input, *m.graph.output))
+        inferred = onnx.shape_inference.infer_shapes(m)
+        types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+        types.update({v.name: v.type.tensor_type.elem_type for v in (*m.graph.input, *m.graph.output)})
+        for node in m.graph.node:
+            # the keep-fp32 list and the coordinate path
+            if node.op_type in ("LayerNormalization", "Softmax", "Softplus", "Sin", "Cos", "GridSample"):
+                assert types.get(node.input[0]) == TensorProto.FLOAT, (node.name, node.op_type)
+            if node.op_type in ("MatMul", "Conv") and not node.name.startswith("/b1/"):
+                assert types.get(node.output[0]) == TensorProto.FLOAT16, node.name
+    pre_feed, dec_feed = feeds[0][3], feeds[1][3]
+    names = [s.name for s in contract.precompute_outputs(tiny.cfg)]
+    with torch.inference_mode():
+        ref = tiny.precompute(torch.from_numpy(pre_feed["events"]), torch.from_numpy(pre_feed["hidden"]))
+        depth, _ = tiny.decode({n: torch.from_numpy(dec_feed[n]) for n in contract.SHARED_NAMES},
+                               torch.from_numpy(dec_feed["queries"]))
+    for name, value in zip(names, _session(pre16).run(None, pre_feed)):
+        assert relative_error(value, ref[name].numpy()) < 5e-3, name
+    d16 = _session(dec16).run(None, dec_feed)[0]
+    assert relative_error(d16, depth.numpy(), elementwise=True) < 2e-3
+
+
+def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypatch, tiny):
+    path = graphs / "decoder.onnx"
+    ranges, cached = q8.collect_ranges(path, feeds[1][:3], "max", tmp_path)
+    assert not cached and len(ranges) > 50
+    assert all(lo <= hi for lo, hi in ranges.values())
+    # the second run with the same model and data uses the cache, without running anything
+    import onnxruntime.quantization.calibrate as cal
+    monkeypatch.setattr(cal, "create_calibrator", lambda *a, **k: pytest.fail("recollected"))
+    again, cached = q8.collect_ranges(path, feeds[1][:3], "max", tmp_path)
+    assert cached and again == ranges
+    monkeypatch.undo()
+
+    model = q8.quantize(path, ranges)
+    assert q8.check_tensorrt_rules(model) == []
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 40
+    inits = {i.name: i for i in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_dq
+    for n in weight_dq:  # per-channel: one scale per output channel of the weight
+        w = onnx.numpy_helper.to_array(inits[n.input[0]])
+        axis = next(a.i for a in n.attribute if a.name == "axis")
+        assert onnx.numpy_helper.to_array(inits[n.input[1]]).size == w.shape[axis], n.name
+    # plugin nodes stay outside the Q/DQ region: their inputs are not DequantizeLinear outputs
+    producers = _producers(model)
+    for node in model.graph.node:
+        if node.domain == "eventspd":
+            assert all(producers.get(x) is None or producers[x].op_type != "DequantizeLinear"
+                       for x in node.input)
+    dec_feed = feeds[1][3]
+    with torch.inference_mode():
+        depth, _ = tiny.decode({n: torch.from_numpy(dec_feed[n]) for n in contract.SHARED_NAMES},
+                               torch.from_numpy(dec_feed["queries"]))
+    d8 = _session(model).run(None, dec_feed)[0]
+    rel = np.abs(d8 - depth.numpy()) / depth.numpy()
+    assert np.median(rel) < 1e-2
+
+    # excluded nodes stay in float
+    excluded = [n.name for n in onnx.load(path).graph.node if n.name.startswith("/b5/")
+                and n.op_type == "MatMul"]
+    partial = q8.quantize(path, ranges, exclude=excluded)
+    prod = _producers(partial)
+    for node in partial.graph.node:
+        if node.name in excluded:
+            assert all(prod.get(x) is None or prod[x].op_type != "DequantizeLinear" for x in node.input)
+
+
+def test_percentile_ranges_are_inside_max_ranges(graphs, feeds, tmp_path):
+    path = graphs / "decoder.onnx"
+    mx, _ = q8.collect_ranges(path, feeds[1][:2], "max", None)
+    pc, _ = q8.collect_ranges(path, feeds[1][:2], "percentile", None)
+    common = set(mx) & set(pc)
+    assert common
+    assert all(max(abs(pc[k][0]), abs(pc[k][1])) <= max(abs(mx[k][0]), abs(mx[k][1])) * 1.0001
+               for k in common)
+
+
+def test_calibration_errors(graphs):
+    with pytest.raises(q8.CalibrationError, match="no calibration data"):
+        q8.collect_ranges(graphs / "decoder.onnx", [], "max", None)
+    with pytest.raises(q8.CalibrationError, match="unknown calibration method 'kl'"):
+        q8.collect_ranges(graphs / "decoder.onnx", [{"x": np.zeros(1)}], "kl", None)
+
+
+def test_groups_follow_model_scopes(graphs):
+    assert group_of("/b2/layers.0/q/MatMul") == "b2/layers.0"
+    assert group_of("/b5/decoder/layers.2/ffn/fc1/MatMul") == "b5/decoder/layers.2"
+    assert group_of("/l3/blocks.1/qkv/MatMul") == "l3/blocks.1"
+    assert group_of("/f3/stage1/stage1.0/pwconv1/MatMul") == "f3"
+    assert group_of("/w_v2/Conv") == "b1"
+    dec = groups(onnx.load(graphs / "decoder.onnx"))
+    assert {"b1", "b2/layers.0", "b2/layers.1", "b3/layers.0", "b3/layers.1", "b4",
+            "b5/decoder/layers.0", "b5/decoder/layers.2", "b5"} <= set(dec)
+    assert sum(len(v) for v in dec.values()) == len(q8.quantisable_nodes(onnx.load(graphs / "decoder.onnx")))
+
+
+def test_sensitivity_keeps_the_most_sensitive_groups_until_the_budget_holds():
+    all_groups = {"decoder": {"a": ["a1"], "b": ["b1", "b2"], "c": ["c1"]}, "precompute": {"p": ["p1"]}}
+    cost = {"a1": 0.001, "b1": 0.004, "b2": 0.004, "c1": 0.002, "p1": 0.0005}
+
+    def evaluate(exclude):  # error = sum of the quantised nodes' costs
+        quantised = [n for g, grps in all_groups.items() for names in grps.values() for n in names
+                     if n not in exclude[g]]
+        return sum(cost[n] for n in quantised)
+
+    res = choose_float_layers(all_groups, evaluate, budget=0.004)
+    assert res.errors_alone == pytest.approx({"decoder:a": 0.001, "decoder:b": 0.008,
+                                              "decoder:c": 0.002, "precompute:p": 0.0005})
+    assert res.error_all_int8 == pytest.approx(0.0115)
+    assert res.kept_float == ["decoder:b"] and res.error_final == pytest.approx(0.0035)
+    assert res.excluded_nodes("decoder", all_groups) == ["b1", "b2"]
+    scoped = choose_float_layers(all_groups, evaluate, budget=0.0, scope=("precompute",))
+    assert list(scoped.errors_alone) == ["precompute:p"] and scoped.kept_float == ["precompute:p"]
