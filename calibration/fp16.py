@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .onnx_graph import toposort
+
 KEEP_FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "Softplus", "GridSample", "Sin", "Cos", "QuantizeLinear",
     "DequantizeLinear",
@@ -174,31 +176,9 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             new_nodes.append(helper.make_node("Cast", [internal], [out.name], to=FLOAT,
                                               name=f"{out.name}__cast"))
     del graph.node[:]
-    graph.node.extend(_toposort(new_nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
+    graph.node.extend(toposort(new_nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
     del graph.value_info[:]
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         "eventspd.precision": "fp16"})
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    """Stable topological order (the inserted Casts go right after their producers)."""
-    ready = set(available) | {""}
-    pending = list(nodes)
-    ordered = []
-    while pending:
-        rest = []
-        progressed = False
-        for node in pending:
-            if all(x in ready for x in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-                progressed = True
-            else:
-                rest.append(node)
-        if not progressed:
-            missing = sorted({x for n in rest for x in n.input if x not in ready})[:5]
-            raise RuntimeError(f"fp16 conversion produced a graph with unresolved inputs: {missing}")
-        pending = rest
-    return ordered

@@ -29,6 +29,8 @@ import onnx
 
 from model_def.atomic import atomic_write_bytes
 
+from .onnx_graph import toposort
+
 log = logging.getLogger(__name__)
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
@@ -129,13 +131,21 @@ def quantize(model_path: str | Path, ranges: Mapping[str, tuple[float, float]],
         model, per_channel=True, reduce_range=False, weight_qType=QuantType.QInt8,
         activation_qType=QuantType.QInt8, tensors_range=tensors, nodes_to_quantize=[],
         nodes_to_exclude=list(exclude), op_types_to_quantize=list(QUANT_OPS),
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+        # QuantizeBias False: TensorRT takes float biases (it folds them itself); an int32 bias
+        # Q/DQ is outside its int8 explicit-quantisation rules.
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                        "QDQKeepRemovableActivations": False})
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's advice spam
     quantizer.quantize_model()
     out = quantizer.model.model
+    # ONNX Runtime appends the Q/DQ nodes; ONNX (and TensorRT's parser) want topological order.
+    graph_inputs = {i.name for i in out.graph.input} | {i.name for i in out.graph.initializer}
+    ordered = toposort(list(out.graph.node), graph_inputs)
+    del out.graph.node[:]
+    out.graph.node.extend(ordered)
     onnx.helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
                                       "eventspd.precision": "int8-qdq"})
+    onnx.checker.check_model(out, full_check=True)
     return out
 
 

@@ -178,3 +178,68 @@ def test_sensitivity_keeps_the_most_sensitive_groups_until_the_budget_holds():
     assert res.excluded_nodes("decoder", all_groups) == ["b1", "b2"]
     scoped = choose_float_layers(all_groups, evaluate, budget=0.0, scope=("precompute",))
     assert list(scoped.errors_alone) == ["precompute:p"] and scoped.kept_float == ["precompute:p"]
+
+
+# ---- the whole pipeline on the built-in simulator ------------------------------------------
+from click.testing import CliRunner  # noqa: E402
+
+from calibration.pipeline import CalibrationOptions, calibrate  # noqa: E402
+from eventspd_export.cli import main  # noqa: E402
+
+
+def _run_pipeline(tiny, graphs, out, cache, budget=None, scope=None):
+    return calibrate(tiny, CalibrationOptions(graphs, out, calib_windows=2, eval_windows=2,
+                                              budget=budget, sensitivity_scope=scope,
+                                              k_calib=64, k_eval=(32, 96), cache_dir=cache))
+
+
+def test_pipeline_writes_graphs_and_report_and_reuses_statistics(tiny, graphs, tmp_path):
+    import json
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    report = _run_pipeline(tiny, graphs, out, cache)
+    for precision in ("fp16", "int8"):
+        for g in ("precompute", "decoder"):
+            model = onnx.load(out / f"{g}.{precision}.onnx")
+            onnx.checker.check_model(model, full_check=True)
+    assert report["ground_truth"] is True  # the simulator renders depth
+    rows = {(r["precision"], r["k"]): r for r in report["rows"]}
+    assert set(rows) == {(p, k) for p in ("torch-fp32", "onnx-fp32", "onnx-fp16", "onnx-int8")
+                         for k in (32, 96)}
+    for k in (32, 96):
+        assert rows[("onnx-fp32", k)]["vs_fp32"]["max_rel"] < 1e-4
+        assert rows[("onnx-fp16", k)]["vs_fp32"]["median_rel"] < 1e-3
+        assert rows[("onnx-int8", k)]["vs_fp32"]["median_rel"] < 2e-2
+        for key in ("abs_rel", "rmse", "delta1", "silog"):
+            assert np.isfinite(rows[("onnx-int8", k)]["vs_gt"][key])
+    saved = json.loads((out / "accuracy_report.json").read_text())
+    assert saved["calibration"]["ranges_from_cache"] == {"precompute": False, "decoder": False}
+    md = (out / "accuracy_report.md").read_text()
+    assert "| onnx-int8 | 96 |" in md and "AbsRel" in md
+    again = _run_pipeline(tiny, graphs, tmp_path / "out2", cache)
+    assert again["calibration"]["ranges_from_cache"] == {"precompute": True, "decoder": True}
+
+
+@pytest.mark.slow
+def test_pipeline_sensitivity_keeps_groups_in_float_for_a_tight_budget(tiny, graphs, tmp_path):
+    report = _run_pipeline(tiny, graphs, tmp_path / "out", tmp_path / "cache", budget=1e-7,
+                           scope=("decoder",))
+    sens = report["calibration"]["sensitivity"]
+    assert len(sens["errors_alone"]) >= 9 and all(k.startswith("decoder:") for k in sens["errors_alone"])
+    assert sens["kept_float"], "a 1e-7 budget must keep some groups in float"
+    assert sens["error_final"] <= sens["error_all_int8"]
+    kept_nodes = [n for g in sens["kept_float"] for n in
+                  groups(onnx.load(graphs / "decoder.onnx"))[g.split(":", 1)[1]]]
+    model = onnx.load(tmp_path / "out" / "decoder.int8.onnx")
+    prod = _producers(model)
+    for node in model.graph.node:
+        if node.name in kept_nodes:
+            assert all(prod.get(x) is None or prod[x].op_type != "DequantizeLinear" for x in node.input)
+
+
+def test_calibrate_cli_errors(tmp_path, graphs):
+    bad_data = CliRunner().invoke(main, ["calibrate", "--config", "tiny", "--onnx-dir", str(graphs),
+                                         "--out", str(tmp_path), "--data", "kitti:/x"])
+    assert bad_data.exit_code == 2 and "kitti" in bad_data.output and "Traceback" not in bad_data.output
+    wrong = CliRunner().invoke(main, ["calibrate", "--config", "dsec", "--onnx-dir", str(graphs),
+                                      "--out", str(tmp_path)])
+    assert wrong.exit_code == 2 and "graphs are for configuration 'tiny'" in wrong.output
