@@ -7,7 +7,7 @@ install:
 	# a multi-GB CUDA build. --no-build-isolation lets the extension build against it.
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet setuptools wheel
-	$(PYTHON) -m pip install --quiet --no-build-isolation -e ".[onnx,test]"
+	$(PYTHON) -m pip install --quiet --no-build-isolation -e ".[onnx,data,bench,test]"
 
 demo: install
 	eventspd-export onnx

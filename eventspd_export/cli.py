@@ -211,5 +211,14 @@ def build_plugins_cmd(tensorrt_root, build_dir, cuda_archs):
     click.echo(str(path))
 
 
+def _attach_commands() -> None:
+    """Commands defined in their own modules (they share this module's option decorators)."""
+    from .bench_cli import bench
+
+    main.add_command(bench)
+
+
+_attach_commands()
+
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """CPU timing of the PyTorch model: precompute, decoder at several K, and the fit
 T(K) = T_pre + beta * K (seed eq. 1). Prints a table; not a test (no timed assertions).
+`eventspd-export bench` is the full benchmark (backends, dense baseline, crossover, plot).
 
     python scripts/bench_model_cpu.py --config hd --k 1,64,256,1024 --repeat 3
 """
@@ -10,30 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
-import numpy as np
 import torch
 
+# The timer and the least-squares fit are shared with `eventspd-export bench` (the fuller
+# benchmark: backends, dense baseline, crossover, plot).
+from eventspd_export.bench import Clock, fit_linear
 from eventspd_export.synthetic import random_queries, synthetic_window
 from model_def import EventSPD, get_config
 
 
 def timed(fn, repeat: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def fit_linear(ks: list[int], seconds: list[float]) -> tuple[float, float]:
-    """Least-squares (intercept, slope) of seconds against K."""
-    a = np.stack([np.ones(len(ks)), np.asarray(ks, dtype=np.float64)], axis=1)
-    (c, beta), *_ = np.linalg.lstsq(a, np.asarray(seconds, dtype=np.float64), rcond=None)
-    return float(c), float(beta)
+    return Clock("cpu").time(fn, warmup=1, repeat=repeat)
 
 
 def main() -> None:

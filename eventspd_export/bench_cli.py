@@ -1,0 +1,120 @@
+"""``eventspd-export bench``: the click command; it only parses options and calls bench.py.
+
+Attached to the main CLI with ``main.add_command(bench)``. Option errors are click usage errors
+(exit code 2); other user errors print one ``error:`` line and exit with code 2; a backend that
+failed while running (not skipped) makes the exit code 1 after the table and files are written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from model_def import CONFIGS
+
+from .errors import UsageError
+
+EXIT_USAGE = 2
+EXIT_BACKEND_FAILED = 1
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _parse_backends(ctx, param, value: str) -> tuple[str, ...]:
+    from .bench import BACKENDS
+
+    names = _split(value)
+    unknown = [n for n in names if n not in BACKENDS]
+    if not names or unknown:
+        raise click.BadParameter(f"{', '.join(unknown) or 'no backend given'}: choose from "
+                                 f"{', '.join(BACKENDS)} (comma-separated)")
+    return tuple(dict.fromkeys(names))  # keep the order, drop repeats
+
+
+def _parse_ks(ctx, param, value: str) -> tuple[int, ...]:
+    from .bench import K_MAX
+
+    try:
+        ks = sorted({int(v) for v in _split(value)})
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 1,64,256") from None
+    if len(ks) < 2:
+        raise click.BadParameter(f"{value!r}: give at least two distinct K (the fit of T_pre and "
+                                 "beta needs two)")
+    if ks[0] < 1 or ks[-1] > K_MAX:
+        raise click.BadParameter(f"{value!r}: every K must be in 1..{K_MAX}")
+    return tuple(ks)
+
+
+@click.command("bench")
+@click.option("--config", "config_name", type=click.Choice(sorted(CONFIGS)), default="hd",
+              show_default=True, help="Model configuration (sensor size).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--backends", default="torch,torch-plugins,onnxrt,trt", show_default=True,
+              callback=_parse_backends,
+              help="Comma-separated: torch, torch-plugins, onnxrt, trt. Those that cannot run "
+                   "here are reported as skipped, with the reason.")
+@click.option("--k", "ks", default="1,64,256,1024,4096", show_default=True, callback=_parse_ks,
+              help="Comma-separated query counts K (at least two, for the fit).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16 = torch.autocast(float16); onnxrt is fp32 only.")
+@click.option("--events", "num_events", type=click.IntRange(1), default=200_000, show_default=True,
+              help="Events in the synthetic window.")
+@click.option("--repeat", type=click.IntRange(1), default=None,
+              help="Timed repetitions per measurement [default: 3 on CPU, 20 on CUDA].")
+@click.option("--warmup", type=click.IntRange(0), default=None,
+              help="Untimed calls before each measurement [default: 1 on CPU, 5 on CUDA].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="JSON output [default: artifacts/bench-CONFIG-DEVICE-PRECISION.json].")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="PNG plot [default: the JSON path with .png].")
+@click.option("--onnx-dir", type=click.Path(file_okay=False), default=None,
+              help="Time these exported graphs with onnxrt instead of a fresh export.")
+@click.option("--dense/--no-dense", default=True, show_default=True,
+              help="Time the dense baseline (F^3 + DAv2-S) for the speed-ups and the crossover.")
+@click.option("--stages/--no-stages", default=True, show_default=True,
+              help="Per-stage breakdown of the torch backends.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch and ONNX Runtime [default: theirs].")
+def bench(config_name, device, backends, ks, precision, num_events, repeat, warmup, json_path,
+          plot_path, onnx_dir, dense, stages, threads):
+    """Latency T(K) = T_pre + beta*K per backend against the dense baseline: a table, JSON and
+    a PNG plot."""
+    from .bench import BenchOptions, format_table, run_bench, write_json, write_plot
+
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"no CUDA device is visible to torch {torch.__version__}",
+                                     param_hint="--device")
+    json_path = Path(json_path or f"artifacts/bench-{config_name}-{device}-{precision}.json")
+    plot_path = Path(plot_path) if plot_path else json_path.with_suffix(".png")
+    opts = BenchOptions(config=config_name, device=device, backends=backends, ks=ks,
+                        precision=precision, events=num_events, repeat=repeat, warmup=warmup,
+                        dense=dense, stages=stages, onnx_dir=Path(onnx_dir) if onnx_dir else None,
+                        threads=threads)
+    try:
+        for p in (json_path, plot_path):  # fail before minutes of timing, not after
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create the folder of {p}: {exc.strerror}") from None
+        result = run_bench(opts, log=lambda msg: click.echo(msg, err=True))
+    except UsageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    result["plot"] = write_plot(result, plot_path)
+    write_json(result, json_path)
+    click.echo(format_table(result))
+    click.echo(f"wrote {json_path}")
+    if any(e["status"] == "failed" for e in result["backends"].values()):
+        sys.exit(EXIT_BACKEND_FAILED)
+
+
+if __name__ == "__main__":  # `python -m eventspd_export.bench_cli ...` (scripts/bench_gpu.sh)
+    bench()

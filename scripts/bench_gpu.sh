@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One command for an H100/H200-class machine with CUDA 13 + PyTorch (no TensorRT, no
+# onnxruntime-gpu): builds the CUDA extension of plugins/, runs `eventspd-export bench` on the
+# GPU (hd; backends torch and torch-plugins; K 1..4096; fp32 and fp16) and the kernel
+# benchmark plugins/bench_gpu.py, and writes every JSON/PNG/log into the folder given as $1.
+#
+#     scripts/bench_gpu.sh results/h100
+#
+# Budget: under 5 minutes (the extension build is most of it). torch is NOT installed or
+# upgraded: the Makefile/pyproject pin torch==2.13.0, a CPU build, which would replace the
+# machine's CUDA torch; the package is installed with --no-deps and only the few missing
+# pure-Python dependencies are added.
+set -uo pipefail
+
+OUT="${1:?usage: scripts/bench_gpu.sh OUT_DIR}"
+PY="${PYTHON:-python}"
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+START=$SECONDS
+FAILED=()
+step() { echo "== [$((SECONDS - START)) s] $*"; }
+
+step "checking torch and the GPU"
+if ! "$PY" - <<'EOF'
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(f"error: torch {torch.__version__} sees no CUDA device (built for CUDA {torch.version.cuda})")
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
+EOF
+then exit 2; fi
+
+# nvcc: torch's extension builder finds the toolkit through nvcc on PATH or CUDA_HOME.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+fi
+command -v nvcc >/dev/null 2>&1 || echo "warning: nvcc not found: the extension builds without CUDA kernels and torch-plugins will be skipped"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"  # parallel nvcc jobs when ninja is present
+
+step "installing build and runtime dependencies that are missing (never torch)"
+missing=$("$PY" - <<'EOF'
+import importlib.util
+# module -> pip requirement (pyproject's ranges; matplotlib for the plot)
+need = {"setuptools": "setuptools>=68", "wheel": "wheel", "ninja": "ninja", "numpy": "numpy>=2.0,<3",
+        "click": "click>=8.1,<9", "matplotlib": "matplotlib==3.11.2"}
+print(" ".join(f"'{req}'" for mod, req in need.items() if importlib.util.find_spec(mod) is None))
+EOF
+)
+if [ -n "$missing" ]; then
+    echo "pip install $missing"
+    eval "$PY -m pip install --quiet $missing" \
+        || echo "warning: could not install $missing (offline?); without matplotlib the PNG is skipped, without ninja the build is serial"
+fi
+
+step "building the extension (pip install --no-build-isolation --no-deps -e .)"
+if ! "$PY" -m pip install --quiet --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+    tail -n 30 "$OUT/build.log"
+    echo "error: the package/extension build failed (full log: $OUT/build.log)"
+    exit 1
+fi
+"$PY" -c "import plugins.torch_ext as e; print('plugins._C CUDA kernels:', e.has_cuda_kernels())" \
+    || echo "warning: plugins.torch_ext does not import; torch-plugins will be reported as skipped"
+
+for prec in fp32 fp16; do
+    step "eventspd-export bench --config hd --device cuda --precision $prec"
+    if ! "$PY" -m eventspd_export.bench_cli --config hd --device cuda --backends torch,torch-plugins \
+            --k 1,64,256,1024,4096 --precision "$prec" \
+            --json "$OUT/bench-hd-cuda-$prec.json" --plot "$OUT/bench-hd-cuda-$prec.png" \
+            2> "$OUT/bench-hd-cuda-$prec.log" | tee "$OUT/bench-hd-cuda-$prec.txt"; then
+        tail -n 20 "$OUT/bench-hd-cuda-$prec.log"
+        FAILED+=("bench $prec")
+    fi
+done
+
+step "plugins/bench_gpu.py (kernels against the reference ops)"
+if ! "$PY" -m plugins.bench_gpu "$OUT/kernels-hd.json" --config hd 2>&1 | tee "$OUT/kernels-hd.txt"; then
+    FAILED+=("plugins.bench_gpu")
+fi
+
+step "done; files in $OUT:"
+ls -l "$OUT"
+if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "failed steps: ${FAILED[*]}"
+    exit 1
+fi
