@@ -79,7 +79,9 @@ def _read(path: Path, trusted: bool = False):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as exc:  # torch raises several types for a damaged or foreign file
-        if "Weights only load failed" in str(exc):
+        # A readable file that pickles other Python objects ("Unsupported global"), as
+        # opposed to a damaged one, which also fails inside the weights-only unpickler.
+        if "Unsupported global" in str(exc) or "can still be loaded" in str(exc):
             raise CheckpointError(
                 f"{path}: holds Python objects besides tensors (e.g. a Lightning checkpoint's "
                 "hyper-parameters or callbacks) that the safe loader refuses; if you trust the "
