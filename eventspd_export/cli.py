@@ -1,54 +1,20 @@
-"""The ``eventspd-export`` command line. Callbacks only orchestrate library functions; option
-groups shared by several subcommands are decorators defined once here."""
+"""The ``eventspd-export`` command line. Callbacks only orchestrate library functions; the
+option groups they share are decorators in cli_options.py."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
 
 import click
 
-from model_def import CONFIGS, InputError, get_config
-from model_def.checkpoint import CheckpointError
+from model_def import get_config
 
 from . import __version__
+from .cli_options import (EXIT_CHECK_FAILED, checkpoint_option, config_option, trust_option,
+                          user_errors)
 from .errors import UsageError
-
-USER_ERRORS = (CheckpointError, InputError, UsageError, FileNotFoundError)
-EXIT_USAGE = 2  # the user asked for something impossible (bad file, option, folder)
-EXIT_CHECK_FAILED = 1  # the work ran but a numerical check failed
-
-
-def config_option(f):
-    return click.option("--config", "config_name", type=click.Choice(sorted(CONFIGS)), default=None,
-                        help="Model configuration (sensor size). Default: the checkpoint's, else hd.")(f)
-
-
-def checkpoint_option(f):
-    return click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False), default=None,
-                        help="EventSPD checkpoint (.pt). Default: built-in seeded weights.")(f)
-
-
-def trust_option(f):
-    return click.option("--trust-checkpoint", "trusted", is_flag=True,
-                        help="Allow pickled Python objects in the checkpoint (only for files "
-                             "you trust: loading runs their code).")(f)
-
-
-def user_errors(f):
-    """Map the library's typed errors to one line on stderr and exit code 2."""
-
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except USER_ERRORS as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-
-    return wrapper
 
 
 @click.group()
@@ -214,8 +180,10 @@ def build_plugins_cmd(tensorrt_root, build_dir, cuda_archs):
 def _attach_commands() -> None:
     """Commands defined in their own modules (they share this module's option decorators)."""
     from .bench_cli import bench
+    from .trt_cli import check, trt, write_events
 
-    main.add_command(bench)
+    for command in (bench, trt, check, write_events):
+        main.add_command(command)
 
 
 _attach_commands()

@@ -1,0 +1,649 @@
+"""``eventspd-export trt``: precompute.engine + decoder.engine from the exported ONNX graphs.
+
+Which ONNX: ``precompute.onnx``/``decoder.onnx`` (fp32), ``*.fp16.onnx`` (mixed precision from
+``calibration.fp16``) or ``*.int8.onnx`` (explicit Q/DQ from ``calibration.int8``), all in
+``--onnx-dir`` (ARCHITECTURE §4: the precision is decided in the ONNX).
+
+How (TensorRT Python API, 10.x and 11.x):
+
+* **Typing.** TensorRT 11 networks are always strongly typed (``STRONGLY_TYPED`` is deprecated
+  and ignored; the precision builder flags are gone), so the ONNX's types are the engine's types.
+  TensorRT 10 gets ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` too, unless the user asks
+  for the old way (``weakly_typed=True``, ``--weakly-typed``): then fp16 builds the *fp32* ONNX
+  with ``BuilderFlag.FP16``, and int8 builds the Q/DQ ONNX with ``INT8 | FP16`` (explicit
+  quantisation, no calibrator). On TensorRT 11 that option is an error.
+* **TF32** is cleared for fp32 engines: an fp32 engine is the accuracy reference of the
+  deployment (``check --backend trt --precision fp32`` holds it to the fp32 tolerances), and
+  TF32's 10-bit mantissa would move it to fp16-like errors.
+* **Plugins.** ``libeventspd_plugins.so`` is loaded with ``ctypes.CDLL`` (its
+  ``REGISTER_TENSORRT_PLUGIN`` static registration; the same mechanism as ``polygraphy
+  --plugins``, so a later Polygraphy run in this process does not register the creators twice),
+  the three creators are looked up in the registry, and the parser gets
+  ``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` where it exists (the nodes also carry
+  ``plugin_namespace``, which makes 10.15+/11.x parsers prefer the plugin). After parsing, every
+  custom node (``EventSPDEventSplat`` in precompute, ``EventSPDTopRRoute`` and
+  ``EventSPDDeformRead`` in the decoder) must have become a plugin layer; a parser that inlined
+  the model-local function instead (TensorRT <= 10.6 does) is an error, not a silent fallback.
+* **Profiles.** One optimisation profile per engine. ``num_queries``: ``k_min`` (1) / ``k_opt``
+  (256) / ``k_max`` (4096). ``num_events``: **min 0** (an empty window is a valid input: the
+  splat kernel zero-fills its grid and launches nothing, so the C++ app passes empty windows as
+  they are), opt ``events_opt``, max ``events_max`` (default: the export's recorded maximum).
+  Limits beyond the export's recorded ``--k-max``/``--events-max`` are refused (the kernels'
+  int32 indexing was checked up to those).
+* **Workspace** (``MemoryPoolType.WORKSPACE``) when given; **timing cache** loaded from and saved
+  to ``timing_cache`` when given (atomically; a cache from another GPU/TensorRT is rejected by
+  TensorRT, not ignored).
+* **Manifest.** Each engine gets an entry under ``"engines"`` in the sidecar
+  ``eventspd.manifest.json`` (TensorRT version, GPU name and compute capability, precision,
+  typing, profile, I/O table, sha256 of the engine, of its ONNX and of the plugin library).
+  Nothing is put in front of the TensorRT plan: ``trtexec --loadEngine`` and plain
+  ``deserializeCudaEngine`` read the files as they are.
+* **Files** are written atomically, engines first, the plugin library copy next, the manifest
+  last; nothing is written before every check passed and both engines are built, so a failed
+  run leaves no files behind.
+
+Without TensorRT or without a GPU the build stops before any work with a typed error whose
+message is one sentence saying which is missing and how to get it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from model_def import contract, ops
+from model_def.atomic import atomic_write_bytes
+from model_def.config import ModelConfig
+
+from .errors import UsageError
+from .onnx_export import EVENTS_LIMIT, K_LIMIT, MANIFEST_FILE
+
+log = logging.getLogger(__name__)
+
+GRAPHS = ("precompute", "decoder")
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_FILES = {"precompute": "precompute.engine", "decoder": "decoder.engine"}
+PLUGIN_LIBRARY = "libeventspd_plugins.so"
+DEFAULT_PLUGIN_BUILD = Path(__file__).resolve().parent.parent / "build" / "tensorrt_plugins" / PLUGIN_LIBRARY
+PLUGIN_NODES = {  # the custom nodes each graph carries (ONNX op_type == TensorRT plugin name)
+    "precompute": (ops.PLUGIN_SPECS["event_splat"].plugin_name,),
+    "decoder": (ops.PLUGIN_SPECS["topr_route"].plugin_name, ops.PLUGIN_SPECS["deform_read"].plugin_name),
+}
+DEFAULT_EVENTS_OPT = 100_000
+ENGINE_FORMAT = "eventspd-export/engine-1"
+TENSORRT_INSTALL_HINT = ("install TensorRT 10 or 11 for this Python (pip install tensorrt, or the "
+                         "python/ wheel of the TensorRT tar from developer.nvidia.com/tensorrt)")
+
+
+class TensorRTUnavailableError(UsageError):
+    """The ``tensorrt`` Python package does not import (or is too old)."""
+
+
+class NoGpuError(UsageError):
+    """No CUDA GPU is visible to this process."""
+
+
+class PluginLibraryError(UsageError):
+    """The plugin library is missing or does not register the EventSPD creators."""
+
+
+class ManifestError(UsageError):
+    """The export's manifest is missing, unreadable, or does not match the files."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse or build a graph, or the plugins were not used."""
+
+
+# ---- files next to the graphs -------------------------------------------------------------
+
+def onnx_file(graph: str, precision: str) -> str:
+    """``precompute.onnx``, ``decoder.fp16.onnx``, ``precompute.int8.onnx`` ..."""
+    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{path} not found: export the graphs first with `eventspd-export onnx "
+                            f"--out {folder}` (the manifest is written next to them)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path} is not readable JSON ({exc}); re-export the graphs") from None
+    if not isinstance(manifest, dict) or "config" not in manifest or "graphs" not in manifest:
+        raise ManifestError(f"{path} is not an eventspd-export manifest (no config/graphs); re-export")
+    return manifest
+
+
+def manifest_config(manifest: dict) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"the manifest's configuration is not valid: {exc}") from None
+
+
+def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
+    path = Path(folder) / MANIFEST_FILE
+    atomic_write_bytes(path, (json.dumps(manifest, indent=1) + "\n").encode())
+    return path
+
+
+# ---- options ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """The dynamic axes' ranges of the one optimisation profile of each engine."""
+
+    k_min: int = 1
+    k_opt: int = 256
+    k_max: int = 4096
+    events_opt: int | None = None  # default: min(DEFAULT_EVENTS_OPT, events_max)
+    events_max: int | None = None  # default: the export's recorded --events-max
+    events_min: int = 0  # empty windows are valid (module docstring)
+
+    def resolved(self, manifest: dict) -> "Profile":
+        axes = manifest.get("dynamic_axes", {})
+        events_max = self.events_max if self.events_max is not None else int(
+            axes.get(contract.NUM_EVENTS, {}).get("max", 2_000_000))
+        events_opt = self.events_opt if self.events_opt is not None else min(DEFAULT_EVENTS_OPT, events_max)
+        return Profile(self.k_min, self.k_opt, self.k_max, events_opt, events_max, self.events_min)
+
+    def validate(self, manifest: dict | None = None) -> None:
+        if not 1 <= self.k_min <= self.k_opt <= self.k_max:
+            raise UsageError(f"--k-min {self.k_min}, --k-opt {self.k_opt}, --k-max {self.k_max}: "
+                             "need 1 <= k-min <= k-opt <= k-max")
+        if self.k_max > K_LIMIT:
+            raise UsageError(f"--k-max {self.k_max} is above what the graphs support ({K_LIMIT})")
+        if self.events_opt is not None and self.events_max is not None and not (
+                self.events_min <= self.events_opt <= self.events_max):
+            raise UsageError(f"--events-opt {self.events_opt}, --events-max {self.events_max}: "
+                             f"need {self.events_min} <= events-opt <= events-max")
+        if self.events_max is not None and not 1 <= self.events_max <= EVENTS_LIMIT:
+            raise UsageError(f"--events-max {self.events_max} is outside 1..{EVENTS_LIMIT}")
+        if self.events_opt is not None and self.events_opt < 0:
+            raise UsageError(f"--events-opt {self.events_opt} must be >= 0")
+        if manifest is not None:
+            axes = manifest.get("dynamic_axes", {})
+            k_rec = axes.get(contract.NUM_QUERIES, {}).get("max")
+            ev_rec = axes.get(contract.NUM_EVENTS, {}).get("max")
+            if k_rec is not None and self.k_max > int(k_rec):
+                raise UsageError(f"--k-max {self.k_max} is above the {k_rec} the graphs were exported "
+                                 f"for; re-export with `eventspd-export onnx --k-max {self.k_max}`")
+            if ev_rec is not None and self.events_max is not None and self.events_max > int(ev_rec):
+                raise UsageError(f"--events-max {self.events_max} is above the {ev_rec} the graphs were "
+                                 f"exported for; re-export with `eventspd-export onnx --events-max "
+                                 f"{self.events_max}`")
+
+    def shapes(self, graph: str, cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """{input name: (min, opt, max) shape} for the graph's dynamic inputs (from the contract)."""
+        ranges = {contract.NUM_QUERIES: (self.k_min, self.k_opt, self.k_max),
+                  contract.NUM_EVENTS: (self.events_min, self.events_opt, self.events_max)}
+        specs = contract.precompute_inputs(cfg) if graph == "precompute" else contract.decoder_inputs(cfg)
+        out = {}
+        for spec in specs:
+            if spec.is_dynamic():
+                out[spec.name] = tuple(tuple(ranges[d][i] if isinstance(d, str) else d for d in spec.shape)
+                                       for i in range(3))
+        return out
+
+    def to_json(self) -> dict:
+        return {contract.NUM_QUERIES: {"min": self.k_min, "opt": self.k_opt, "max": self.k_max},
+                contract.NUM_EVENTS: {"min": self.events_min, "opt": self.events_opt, "max": self.events_max}}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    onnx_dir: Path
+    out_dir: Path
+    precision: str = "fp32"
+    profile: Profile = field(default_factory=Profile)
+    workspace_mib: int | None = None
+    timing_cache: Path | None = None
+    plugins: Path | None = None
+    weakly_typed: bool = False  # TensorRT 10 only: precision builder flags instead of typed ONNX
+
+
+@dataclass
+class BuildPlan:
+    """Everything checked before TensorRT is touched (all of it testable without TensorRT)."""
+
+    options: BuildOptions
+    manifest: dict
+    cfg: ModelConfig
+    profile: Profile
+    onnx: dict[str, Path]  # graph -> the ONNX the engine is built from
+    plugins: Path | None  # the given library; None: searched once TensorRT and the GPU are there
+
+
+def resolve_plugin_library(path: str | os.PathLike | None, *folders: Path | None) -> Path:
+    """The given library, else ``libeventspd_plugins.so`` in the first of ``folders`` that has
+    one, else the ``eventspd-export build-plugins`` output."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise PluginLibraryError(f"plugin library {p} not found: build it with `eventspd-export "
+                                     "build-plugins --tensorrt-root DIR` or pass --plugins PATH")
+        return p
+    places = [Path(f) for f in folders if f is not None] + [DEFAULT_PLUGIN_BUILD.parent]
+    for folder in places:
+        if (folder / PLUGIN_LIBRARY).is_file():
+            return folder / PLUGIN_LIBRARY
+    raise PluginLibraryError(f"{PLUGIN_LIBRARY} not found (looked in {', '.join(map(str, dict.fromkeys(places)))}): "
+                             "build it with `eventspd-export build-plugins --tensorrt-root DIR` or pass --plugins PATH")
+
+
+def plan_build(options: BuildOptions) -> BuildPlan:
+    """Validate options, files and manifest; raise ``UsageError`` subclasses. Writes nothing."""
+    if options.precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if options.workspace_mib is not None and options.workspace_mib < 1:
+        raise UsageError(f"--workspace {options.workspace_mib} MiB: must be at least 1")
+    if options.weakly_typed and options.precision == "fp32":
+        raise UsageError("--weakly-typed only changes fp16/int8 builds (precision builder flags); "
+                         "drop it for --fp32")
+    onnx_dir = Path(options.onnx_dir)
+    if not onnx_dir.is_dir():
+        raise UsageError(f"ONNX folder {onnx_dir} does not exist: export with `eventspd-export onnx "
+                         f"--out {onnx_dir}` first")
+    manifest = read_manifest(onnx_dir)
+    cfg = manifest_config(manifest)
+    # TensorRT 10's weak typing builds fp16 from the fp32 graph; everything else from its own ONNX.
+    source_precision = "fp32" if (options.weakly_typed and options.precision == "fp16") else options.precision
+    paths = {g: onnx_dir / onnx_file(g, source_precision) for g in GRAPHS}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        how = (f"`eventspd-export onnx --out {onnx_dir}`" if source_precision == "fp32" else
+               f"`eventspd-export calibrate --precision {source_precision} --onnx-dir {onnx_dir} "
+               f"--out {onnx_dir}`")
+        raise UsageError(f"{', '.join(missing)} not found in {onnx_dir}: create {'it' if len(missing) == 1 else 'them'} "
+                         f"with {how}")
+    for g in GRAPHS:  # the fp32 graphs must be the ones the manifest describes
+        fp32 = onnx_dir / onnx_file(g, "fp32")
+        want = manifest["graphs"].get(g, {}).get("sha256")
+        if fp32.is_file() and want and sha256_file(fp32) != want:
+            raise ManifestError(f"{fp32} does not match the sha256 in {onnx_dir / MANIFEST_FILE}: the "
+                                "graph was replaced after the export; re-export both graphs")
+    if not manifest.get("plugin_ops"):
+        raise UsageError(f"the graphs in {onnx_dir} were exported with --no-plugins; the engines need "
+                         "the plugin nodes: re-export without --no-plugins")
+    profile = options.profile.resolved(manifest)
+    options.profile.validate(manifest)
+    profile.validate(manifest)
+    if options.timing_cache is not None:
+        parent = Path(options.timing_cache).parent
+        if not parent.is_dir():
+            raise UsageError(f"--timing-cache {options.timing_cache}: folder {parent} does not exist")
+    out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {out} is not writable")
+    plugins = resolve_plugin_library(options.plugins) if options.plugins is not None else None
+    return BuildPlan(options, manifest, cfg, profile, paths, plugins)
+
+
+# ---- TensorRT and the GPU -----------------------------------------------------------------
+
+def import_tensorrt():
+    """The ``tensorrt`` module (10.x or 11.x), or ``TensorRTUnavailableError``."""
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except Exception as exc:  # ImportError, or a broken install failing to load libnvinfer
+        raise TensorRTUnavailableError(
+            f"TensorRT is not available to this Python (import tensorrt failed: {exc}); "
+            f"{TENSORRT_INSTALL_HINT}, on a machine with an NVIDIA GPU") from None
+    major = tensorrt_version_tuple(trt)[0]
+    if major < 10:
+        raise TensorRTUnavailableError(f"TensorRT {trt.__version__} is too old (10.x or 11.x needed: "
+                                       f"IPluginV3 plugins and strongly typed networks); {TENSORRT_INSTALL_HINT}")
+    return trt
+
+
+def tensorrt_version_tuple(trt) -> tuple[int, int, int]:
+    parts = [int(p) for p in str(trt.__version__).split(".")[:3] if p.isdigit()]
+    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    compute_capability: str  # "9.0"
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "name": self.name, "compute_capability": self.compute_capability}
+
+
+def gpu_info(index: int = 0) -> GpuInfo:
+    """Name and compute capability of CUDA device ``index`` via the driver API (libcuda)."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        raise NoGpuError("no CUDA GPU is visible (the NVIDIA driver library libcuda.so.1 is not "
+                         "installed); build engines on the machine with the NVIDIA GPU and driver that "
+                         "will run them") from None
+    count = ctypes.c_int(0)
+    rc = cuda.cuInit(0)
+    if rc == 0:
+        rc = cuda.cuDeviceGetCount(ctypes.byref(count))
+    if rc != 0 or count.value <= index:
+        reason = f"cuInit/cuDeviceGetCount returned CUDA error {rc}" if rc else f"{count.value} devices"
+        raise NoGpuError(f"no CUDA GPU is visible ({reason}; check nvidia-smi and CUDA_VISIBLE_DEVICES); "
+                         "build engines on the machine with the NVIDIA GPU that will run them")
+    dev = ctypes.c_int(0)
+    cuda.cuDeviceGet(ctypes.byref(dev), index)
+    name = ctypes.create_string_buffer(256)
+    cuda.cuDeviceGetName(name, 256, dev)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
+    return GpuInfo(index, name.value.decode(errors="replace"), f"{major.value}.{minor.value}")
+
+
+_LOADED_PLUGINS: dict[str, ctypes.CDLL] = {}
+
+
+def load_plugins(trt, path: Path) -> None:
+    """dlopen the plugin library (static registration) once per process and check that the
+    registry now has the three EventSPD creators."""
+    key = str(Path(path).resolve())
+    if key not in _LOADED_PLUGINS:
+        try:
+            _LOADED_PLUGINS[key] = ctypes.CDLL(key)
+        except OSError as exc:
+            raise PluginLibraryError(f"cannot load the plugin library {path} ({exc}); rebuild it against "
+                                     "this TensorRT with `eventspd-export build-plugins`") from None
+    registry = trt.get_plugin_registry()
+    missing = []
+    for spec in ops.PLUGIN_SPECS.values():
+        probed = found = False
+        for getter in ("get_creator", "get_plugin_creator"):  # 10.x+ / older bindings
+            fn = getattr(registry, getter, None)
+            if fn is None:
+                continue
+            probed = True
+            try:
+                found = fn(spec.plugin_name, spec.plugin_version, ops.PLUGIN_NAMESPACE) is not None
+            except Exception:  # noqa: BLE001 - binding differences between versions
+                found = False
+            if found:
+                break
+        if probed and not found:  # (no lookup in this binding: the post-parse check still guards)
+            missing.append(spec.plugin_name)
+    if missing:
+        raise PluginLibraryError(f"{path} loaded but the registry has no creator for "
+                                 f"{', '.join(missing)} (namespace {ops.PLUGIN_NAMESPACE!r}, version 1); "
+                                 "rebuild the library from this checkout with `eventspd-export build-plugins`")
+
+
+# ---- network inspection ---------------------------------------------------------------------
+
+def _plugin_layer_types(trt) -> set:
+    return {getattr(trt.LayerType, n) for n in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(trt.LayerType, n)}
+
+
+def _plugin_name_of(trt, layer) -> str | None:
+    """Best effort: the plugin name of a plugin layer (the Python bindings differ by version)."""
+    try:
+        if hasattr(trt.LayerType, "PLUGIN_V3") and layer.type == trt.LayerType.PLUGIN_V3:
+            layer.__class__ = trt.IPluginV3Layer
+            plugin = layer.get_plugin() if hasattr(layer, "get_plugin") else layer.plugin
+            core = plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
+            if hasattr(trt, "IPluginV3OneCore"):
+                core.__class__ = trt.IPluginV3OneCore
+            return str(core.plugin_name)
+        if hasattr(trt.LayerType, "PLUGIN_V2") and layer.type == trt.LayerType.PLUGIN_V2:
+            layer.__class__ = trt.IPluginV2Layer
+            return str(layer.plugin.plugin_type)
+    except Exception:  # noqa: BLE001
+        return None
+    return None
+
+
+def plugin_layers(trt, network) -> list[tuple[str, str | None]]:
+    """(layer name, plugin name or None) of every plugin layer of a parsed network."""
+    kinds = _plugin_layer_types(trt)
+    out = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in kinds:
+            out.append((layer.name, _plugin_name_of(trt, layer)))
+    return out
+
+
+def verify_plugin_layers(graph: str, layers: list[tuple[str, str | None]], onnx_nodes: dict[str, str]) -> list[str]:
+    """Check that each custom ONNX node (``{node name: op_type}``) became a plugin layer.
+
+    A layer matches a node when its plugin name is the node's op_type, or (bindings that do not
+    expose the name) when its layer name is the node's name — the parser names a node's layer
+    after the node. Returns the plugin names found; raises ``EngineBuildError`` otherwise."""
+    expected = list(PLUGIN_NODES[graph])
+    found = []
+    for node_name, op_type in onnx_nodes.items():
+        hit = [lyr for lyr in layers if lyr[1] == op_type
+               or (lyr[1] is None and (lyr[0] == node_name or lyr[0].startswith(node_name + "_")
+                                       or lyr[0].startswith(node_name + " ")))]
+        if hit:
+            found.append(op_type)
+    if sorted(found) != sorted(expected) or sorted(onnx_nodes.values()) != sorted(expected):
+        absent = sorted(set(expected) - set(found))
+        raise EngineBuildError(
+            f"{graph}: the custom node(s) {', '.join(absent) or expected} did not become plugin layers "
+            f"(plugin layers found: {[n or l for l, n in layers] or 'none'}); the parser inlined the "
+            "model-local function instead. Likely causes: TensorRT <= 10.6 (prefers the function; "
+            "use 10.7+), the plugin library was not loaded before parsing, or it was built for "
+            "another TensorRT version")
+    return found
+
+
+def onnx_plugin_nodes(path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {n.name: n.op_type for n in model.graph.node if n.domain == ops.PLUGIN_DOMAIN}
+
+
+# ---- build ----------------------------------------------------------------------------------
+
+def _dtype_name(trt, dtype) -> str:
+    table = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT8": "int8", "BOOL": "bool",
+             "INT64": "int64", "BF16": "bfloat16", "UINT8": "uint8"}
+    return table.get(str(dtype).split(".")[-1], str(dtype))
+
+
+def _check_engine_io(trt, logger, blob: bytes, graph: str, cfg: ModelConfig) -> None:
+    """The built engine's I/O must be the contract's names, directions and dtypes."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(blob)
+    if engine is None:
+        raise EngineBuildError(f"{graph}: TensorRT could not deserialise the engine it just built")
+    ins = contract.precompute_inputs(cfg) if graph == "precompute" else contract.decoder_inputs(cfg)
+    outs = contract.precompute_outputs(cfg) if graph == "precompute" else contract.decoder_outputs(cfg)
+    want = {s.name: ("input", s.dtype) for s in ins} | {s.name: ("output", s.dtype) for s in outs}
+    got = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        mode = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
+        got[name] = (mode, _dtype_name(trt, engine.get_tensor_dtype(name)))
+    if got != want:
+        diff = sorted(set(got.items()) ^ set(want.items()))
+        raise EngineBuildError(f"{graph}: the engine's I/O differs from the contract: {diff[:6]}")
+
+
+def _build_one(trt, logger, plan: BuildPlan, graph: str, major: int, cache_bytes: bytes | None,
+               log_fn: Callable[[str], None]) -> tuple[bytes, bytes | None, list[str], float]:
+    opts = plan.options
+    path = plan.onnx[graph]
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = not opts.weakly_typed
+    if strongly_typed and major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
+        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    if not parser.parse_from_file(str(path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 5)))
+        raise EngineBuildError(f"{graph}: TensorRT's ONNX parser rejected {path}: {errors}")
+    plugins = verify_plugin_layers(graph, plugin_layers(trt, network), onnx_plugin_nodes(path))
+
+    config = builder.create_builder_config()
+    if opts.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_mib) << 20)
+    if opts.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if opts.weakly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+        if opts.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in plan.profile.shapes(graph, plan.cfg).items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    cache = None
+    if opts.timing_cache is not None:
+        cache = config.create_timing_cache(cache_bytes or b"")
+        if not config.set_timing_cache(cache, False):
+            raise EngineBuildError(f"--timing-cache {opts.timing_cache} was made by another GPU or "
+                                   "TensorRT version; delete it or pass another path")
+
+    log_fn(f"building {ENGINE_FILES[graph]} from {path.name} ({opts.precision}, "
+           f"{'strongly typed' if strongly_typed else 'builder flags'}) ...")
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if serialized is None:
+        raise EngineBuildError(f"{graph}: TensorRT failed to build the engine (see its log above)")
+    blob = bytes(serialized)
+    new_cache = bytes(config.get_timing_cache().serialize()) if cache is not None else None
+    _check_engine_io(trt, logger, blob, graph, plan.cfg)
+    return blob, new_cache, plugins, seconds
+
+
+def io_table(graph: str, cfg: ModelConfig) -> dict:
+    ins = contract.precompute_inputs(cfg) if graph == "precompute" else contract.decoder_inputs(cfg)
+    outs = contract.precompute_outputs(cfg) if graph == "precompute" else contract.decoder_outputs(cfg)
+    row = lambda s: {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}  # noqa: E731
+    return {"inputs": [row(s) for s in ins], "outputs": [row(s) for s in outs]}
+
+
+def engine_entry(graph: str, plan: BuildPlan, engine_sha256: str, engine_bytes: int, trt_version: str,
+                 gpu: GpuInfo, plugin_sha256: str, onnx_sha256: str, plugins_used: list[str],
+                 seconds: float, typing: str) -> dict:
+    """The manifest entry of one engine (pure: testable without TensorRT)."""
+    shapes = plan.profile.shapes(graph, plan.cfg)
+    major, minor, patch = (list(int(p) for p in trt_version.split(".")[:3] if p.isdigit()) + [0, 0, 0])[:3]
+    return {
+        "format": ENGINE_FORMAT,
+        "file": ENGINE_FILES[graph],
+        "sha256": engine_sha256,
+        "bytes": engine_bytes,
+        "precision": plan.options.precision,
+        "typing": typing,
+        "onnx": {"file": plan.onnx[graph].name, "sha256": onnx_sha256},
+        "plugin_library": {"file": PLUGIN_LIBRARY, "sha256": plugin_sha256, "plugins": plugins_used},
+        "tensorrt": {"version": trt_version, "major": major, "minor": minor, "patch": patch},
+        "gpu": gpu.to_json(),
+        "profiles": [{name: {"min": list(lo), "opt": list(opt), "max": list(hi)}
+                      for name, (lo, opt, hi) in shapes.items()}],
+        "dynamic_axes": plan.profile.to_json(),
+        "workspace_mib": plan.options.workspace_mib,
+        "tf32_allowed": plan.options.precision != "fp32",
+        **io_table(graph, plan.cfg),
+        "build_seconds": round(seconds, 1),
+    }
+
+
+def compat_problems(entry: dict, trt_version: str, gpu: GpuInfo) -> list[str]:
+    """Why an engine of the manifest cannot run with this TensorRT on this GPU (empty: it can).
+    TensorRT plans are tied to the exact TensorRT version and to the GPU's compute capability
+    (and tuned for the GPU model)."""
+    problems = []
+    built = entry.get("tensorrt", {}).get("version", "?")
+    if built.split(".")[:3] != str(trt_version).split(".")[:3]:
+        problems.append(f"{entry.get('file')} was built with TensorRT {built}, this is TensorRT "
+                        f"{trt_version}: rebuild it with `eventspd-export trt`")
+    g = entry.get("gpu", {})
+    if g.get("compute_capability") != gpu.compute_capability or g.get("name") != gpu.name:
+        problems.append(f"{entry.get('file')} was built for {g.get('name')} (compute capability "
+                        f"{g.get('compute_capability')}), this GPU is {gpu.name} ({gpu.compute_capability}): "
+                        "rebuild it on this GPU with `eventspd-export trt`")
+    return problems
+
+
+def build_engines(options: BuildOptions, log_fn: Callable[[str], None] = log.info) -> dict:
+    """Build both engines and write them with the plugin library and the manifest into
+    ``options.out_dir``; returns the updated manifest."""
+    plan = plan_build(options)
+    trt = import_tensorrt()
+    major = tensorrt_version_tuple(trt)[0]
+    if options.weakly_typed and major >= 11:
+        raise UsageError(f"--weakly-typed needs TensorRT 10 (this is {trt.__version__}: TensorRT 11 "
+                         "removed the precision builder flags); build the fp16/int8 ONNX instead")
+    gpu = gpu_info()
+    if plan.plugins is None:
+        plan.plugins = resolve_plugin_library(None, Path(options.out_dir), Path(options.onnx_dir))
+    logger = trt.Logger(trt.Logger.WARNING)
+    load_plugins(trt, plan.plugins)
+    try:  # TensorRT's own plugin library; ours does not need it, lean installs may lack it
+        trt.init_libnvinfer_plugins(logger, "")
+    except Exception as exc:  # noqa: BLE001
+        log.debug("init_libnvinfer_plugins: %s", exc)
+    cache_bytes = None
+    if options.timing_cache is not None and Path(options.timing_cache).is_file():
+        cache_bytes = Path(options.timing_cache).read_bytes()
+        log_fn(f"timing cache {options.timing_cache} ({len(cache_bytes)} bytes)")
+    typing = "strongly typed" if not options.weakly_typed else (
+        "builder flags FP16" if options.precision == "fp16" else "builder flags INT8|FP16")
+
+    built = {}
+    for graph in GRAPHS:
+        blob, cache_bytes_new, plugins, seconds = _build_one(trt, logger, plan, graph, major, cache_bytes, log_fn)
+        cache_bytes = cache_bytes_new if cache_bytes_new is not None else cache_bytes
+        built[graph] = (blob, plugins, seconds)
+        log_fn(f"built {ENGINE_FILES[graph]}: {len(blob) / 1e6:.1f} MB in {seconds:.1f} s "
+               f"(plugins: {', '.join(plugins)})")
+
+    out = Path(options.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plugin_sha = sha256_file(plan.plugins)
+    # The export's manifest plus the new engines (both are always rebuilt together, so any
+    # earlier "engines" entry is replaced as a whole).
+    manifest = dict(plan.manifest)
+    if out.resolve() != Path(options.onnx_dir).resolve():
+        manifest["onnx_dir"] = str(Path(options.onnx_dir).resolve())
+    engines = {}
+    for graph, (blob, plugins, seconds) in built.items():
+        atomic_write_bytes(out / ENGINE_FILES[graph], blob)
+        engines[graph] = engine_entry(graph, plan, hashlib.sha256(blob).hexdigest(), len(blob),
+                                      str(trt.__version__), gpu, plugin_sha, sha256_file(plan.onnx[graph]),
+                                      plugins, seconds, typing)
+    lib_dest = out / PLUGIN_LIBRARY
+    if not lib_dest.exists() or lib_dest.resolve() != Path(plan.plugins).resolve():
+        atomic_write_bytes(lib_dest, Path(plan.plugins).read_bytes())
+        os.chmod(lib_dest, 0o755)  # a shared library, readable by whoever runs the engines
+    if options.timing_cache is not None and cache_bytes is not None:
+        atomic_write_bytes(options.timing_cache, cache_bytes)
+    manifest["engines"] = engines
+    write_manifest(out, manifest)
+    log_fn(f"wrote {out / ENGINE_FILES['precompute']}, {out / ENGINE_FILES['decoder']}, {lib_dest} and "
+           f"{out / MANIFEST_FILE}")
+    return manifest
