@@ -28,6 +28,7 @@ import onnx
 import torch
 
 from model_def import EventSPD, ModelConfig, contract
+from eventspd_export.onnx_export import onnx_file
 from model_def.atomic import atomic_write_bytes
 
 from . import int8 as q8
@@ -131,7 +132,7 @@ def _median_rel(depths: list[np.ndarray], refs: list[np.ndarray]) -> float:
 def ensure_fp32_graphs(model: EventSPD, onnx_dir: Path) -> dict[str, Path]:
     from eventspd_export.onnx_export import ExportOptions, MANIFEST_FILE, export_onnx
 
-    paths = {g: onnx_dir / f"{g}.onnx" for g in GRAPHS}
+    paths = {g: onnx_dir / onnx_file(g) for g in GRAPHS}
     manifest = onnx_dir / MANIFEST_FILE
     if all(p.is_file() for p in paths.values()) and manifest.is_file():
         stored = ModelConfig.from_dict(json.loads(manifest.read_text())["config"])
@@ -202,7 +203,7 @@ def calibrate(model: EventSPD, options: CalibrationOptions) -> dict:
     for precision in options.precisions:
         written[precision] = {}
         for g, m in models[precision].items():
-            path = out / f"{g}.{precision}.onnx"
+            path = out / onnx_file(g, precision)
             atomic_write_bytes(path, m.SerializeToString())
             written[precision][g] = str(path)
 

@@ -50,6 +50,12 @@ DECODER_FILE = "decoder.onnx"
 MANIFEST_FILE = "eventspd.manifest.json"
 
 
+def onnx_file(graph: str, precision: str = "fp32") -> str:
+    """File name of a graph at a precision: ``precompute.onnx``, ``decoder.fp16.onnx``,
+    ``precompute.int8.onnx`` (calibrate writes them, trt and check read them)."""
+    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     out_dir: Path

@@ -60,10 +60,11 @@ from typing import Callable
 
 from model_def import contract, ops
 from model_def.atomic import atomic_write_bytes
+from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
 from .errors import UsageError
-from .onnx_export import EVENTS_LIMIT, K_LIMIT, MANIFEST_FILE
+from .onnx_export import EVENTS_LIMIT, K_LIMIT, MANIFEST_FILE, onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +105,6 @@ class EngineBuildError(RuntimeError):
 
 # ---- files next to the graphs -------------------------------------------------------------
 
-def onnx_file(graph: str, precision: str) -> str:
-    """``precompute.onnx``, ``decoder.fp16.onnx``, ``precompute.int8.onnx`` ..."""
-    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
