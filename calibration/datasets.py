@@ -315,6 +315,14 @@ class _DatasetSource(WindowSource):
                 pass
         self._files = []
 
+    def _open_or_close(self, *args) -> None:
+        """``self._open(*args)``; if it fails, no file stays open behind the failed open."""
+        try:
+            self._open(*args)
+        except BaseException:
+            self.close()
+            raise
+
     def window_bounds(self, index: int) -> tuple[int, int]:
         i = self._check_index(index)
         return int(self._starts[i]), int(self._ends[i])
@@ -383,12 +391,8 @@ class DsecSource(_DatasetSource):
                  disparity_dir=None, disparity_timestamps=None, rectify: bool = True,
                  mode: str = "continuous", depth_tolerance_s: float | None = None) -> None:
         super().__init__(width, height, window_s, mode, depth_tolerance_s)
-        try:
-            self._open(Path(path), width, height, baseline_focal, disparity_dir,
-                       disparity_timestamps, rectify)
-        except BaseException:
-            self.close()  # no file stays open behind a failed open
-            raise
+        self._open_or_close(Path(path), width, height, baseline_focal, disparity_dir,
+                            disparity_timestamps, rectify)
 
     def _open(self, p: Path, width, height, baseline_focal, disparity_dir, disparity_timestamps,
               rectify) -> None:
@@ -563,11 +567,7 @@ class M3edSource(_DatasetSource):
     def __init__(self, path, width, height, window_s, *, depth_path=None,
                  mode: str = "continuous", depth_tolerance_s: float | None = None) -> None:
         super().__init__(width, height, window_s, mode, depth_tolerance_s)
-        try:
-            self._open(Path(path), width, height, depth_path)
-        except BaseException:
-            self.close()
-            raise
+        self._open_or_close(Path(path), width, height, depth_path)
 
     def _open(self, p: Path, width, height, depth_path) -> None:
         if p.is_dir():
@@ -668,11 +668,7 @@ class MvsecSource(_DatasetSource):
     def __init__(self, path, width, height, window_s, *, depth_path=None,
                  mode: str = "continuous", depth_tolerance_s: float | None = None) -> None:
         super().__init__(width, height, window_s, mode, depth_tolerance_s)
-        try:
-            self._open(Path(path), width, height, depth_path)
-        except BaseException:
-            self.close()
-            raise
+        self._open_or_close(Path(path), width, height, depth_path)
 
     def _open(self, p: Path, width, height, depth_path) -> None:
         if p.is_dir():
