@@ -541,16 +541,9 @@ def precompute_staged(model: EventSPD, events: torch.Tensor, hidden: torch.Tenso
     mark("l4")
     g4 = model.convgru(l4, hidden)
     mark("convgru")
-    tokens = g4.flatten(2).transpose(1, 2)
-    a3 = model.a3
     l2_tokens, l4_tokens = model.b1.project_maps(l2, g4)  # B1's Phase-A projections count as A3
-    out = {
-        "l1_map": l1, "l2_tokens": l2_tokens, "l3_map": l3, "l4_tokens": l4_tokens,
-        "b3_key1": a3.b3_k[0](tokens), "b3_value1": a3.b3_v[0](tokens),
-        "b3_key2": a3.b3_k[1](tokens), "b3_value2": a3.b3_v[1](tokens),
-        "anchor_feat": a3.w_g(tokens), "value_l2": a3.value_l2(l2), "value_l3": a3.value_l3(l3),
-        "value_l4": a3.value_l4(g4), "calib": model.a4(g4), "hidden_out": g4,
-    }
+    out = {"l1_map": l1, "l2_tokens": l2_tokens, "l3_map": l3, "l4_tokens": l4_tokens,
+           **model.a3(l2, l3, g4), "calib": model.a4(g4), "hidden_out": g4}
     mark("a3_a4")
     return out
 
