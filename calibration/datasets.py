@@ -315,6 +315,14 @@ class _DatasetSource(WindowSource):
                 pass
         self._files = []
 
+    def _data_file(self, p: Path, patterns: tuple[str, ...], what: str) -> Path:
+        """The data file: ``p`` itself, or the one file matching ``patterns`` in folder ``p``."""
+        if p.is_dir():
+            return _find_one(self.name, p, patterns, what)
+        if not p.exists():
+            raise CalibrationDataError(f"{self.name}: {p} does not exist")
+        return p
+
     def _open_or_close(self, *args) -> None:
         """``self._open(*args)``; if it fails, no file stays open behind the failed open."""
         try:
@@ -570,10 +578,7 @@ class M3edSource(_DatasetSource):
         self._open_or_close(Path(path), width, height, depth_path)
 
     def _open(self, p: Path, width, height, depth_path) -> None:
-        if p.is_dir():
-            p = _find_one(self.name, p, ("*_data.h5",), "M3ED data file (*_data.h5)")
-        elif not p.exists():
-            raise CalibrationDataError(f"{self.name}: {p} does not exist")
+        p = self._data_file(p, ("*_data.h5",), "M3ED data file (*_data.h5)")
         self._path = p
         f = _open_h5(self.name, p, "M3ED data file")
         self._files.append(f)
@@ -671,11 +676,7 @@ class MvsecSource(_DatasetSource):
         self._open_or_close(Path(path), width, height, depth_path)
 
     def _open(self, p: Path, width, height, depth_path) -> None:
-        if p.is_dir():
-            p = _find_one(self.name, p, ("*_data.hdf5", "*_data.h5"),
-                          "MVSEC data file (*_data.hdf5)")
-        elif not p.exists():
-            raise CalibrationDataError(f"{self.name}: {p} does not exist")
+        p = self._data_file(p, ("*_data.hdf5", "*_data.h5"), "MVSEC data file (*_data.hdf5)")
         self._path = p
         f = _open_h5(self.name, p, "MVSEC data file")
         self._files.append(f)
