@@ -40,8 +40,12 @@ def _floor_half(n: int) -> int:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One EventSPD configuration. Only ``name``, the sensor size and the window timing vary
-    between the built-in configurations; the rest is the seed's architecture."""
+    """One EventSPD configuration. The seed's architecture is the default; the built-in
+    configurations vary the sensor size and the window timing, and ``demo`` also the widths.
+
+    Width rule: ``d`` must equal ``dims[2]`` (the seed feeds L3 features to B1/B4 without a
+    projection, "L3: id"), and ``d``, ``dims[2]``, ``dims[3]`` must be multiples of the
+    32-wide attention heads."""
 
     name: str
     width: int
@@ -98,6 +102,12 @@ class ModelConfig:
                 f"config {self.name!r}: sensor {self.width}x{self.height} is too small; "
                 "both sides must be at least 64 pixels"
             )
+        if self.d != self.dims[2]:
+            raise ValueError(f"config {self.name!r}: d = {self.d} must equal the L3 width "
+                             f"dims[2] = {self.dims[2]} (B1 and B4 read L3 without a projection)")
+        if self.d % self.heads or self.dims[2] % self.attn_head_dim or self.dims[3] % self.attn_head_dim:
+            raise ValueError(f"config {self.name!r}: d = {self.d} must divide into {self.heads} "
+                             f"heads and dims[2:] = {self.dims[2:]} into {self.attn_head_dim}-wide heads")
         if self.grid_tokens < self.top_r:
             h4, w4 = self.level_hw(4)
             raise ValueError(
@@ -188,6 +198,11 @@ CONFIGS: dict[str, ModelConfig] = {
     "mvsec": ModelConfig("mvsec", 346, 260),
     # Small sensor for fast tests; 160 rows give L3 = 10 rows, so the Swin padding path runs.
     "tiny": ModelConfig("tiny", 256, 160),
+    # The committed trained demo checkpoint (artifacts/demo.pt, README "Demo checkpoint"): the
+    # tiny sensor at half the seed's widths everywhere (2.8M parameters instead of 11.1M),
+    # small enough to train on 2 CPU cores in about an hour and to commit.
+    "demo": ModelConfig("demo", 256, 160, f3_dim=32, dims=(32, 64, 96, 192), d=96, heads=3,
+                        ffn=384),
 }
 
 
