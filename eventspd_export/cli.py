@@ -180,9 +180,10 @@ def build_plugins_cmd(tensorrt_root, build_dir, cuda_archs):
 def _attach_commands() -> None:
     """Commands defined in their own modules (they share this module's option decorators)."""
     from .bench_cli import bench
+    from .train_cli import evaluate, train
     from .trt_cli import check, trt, write_events
 
-    for command in (bench, trt, check, write_events):
+    for command in (bench, trt, check, write_events, train, evaluate):
         main.add_command(command)
 
 

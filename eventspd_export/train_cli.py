@@ -1,0 +1,138 @@
+"""``eventspd-export train`` and ``eventspd-export evaluate``: click commands over train.py and
+evaluate.py (attached to the main CLI in cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from model_def import CONFIGS
+
+from .cli_options import EXIT_CHECK_FAILED, trust_option, user_errors
+from .errors import UsageError
+
+
+@click.command("train")
+@click.option("--config", "config_name", type=click.Choice(sorted(CONFIGS)), default="demo",
+              show_default=True, help="Model configuration to train (ignored with --resume: the "
+                                      "checkpoint's own is used, and must agree when given).")
+@click.option("--data", default="synthetic", show_default=True,
+              help="Training data with depth ground truth: synthetic[:SEED], dsec:PATH, "
+                   "m3ed:PATH, mvsec:PATH.")
+@click.option("--steps", type=click.IntRange(1), default=1000, show_default=True,
+              help="Optimisation steps (one BPTT sequence of windows each).")
+@click.option("--k-train", type=click.IntRange(1, 65536), default=2048, show_default=True,
+              help="Queries per window (seed §4.3: train with large K).")
+@click.option("--bptt", type=click.IntRange(1), default=4, show_default=True,
+              help="Windows per sequence through the ConvGRU, from h_0 = 0.")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--warmup-steps", type=click.IntRange(0), default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Initialisation and query-sampling seed.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch (default: torch's choice).")
+@click.option("--teacher", default=None,
+              help="L_feat teacher as module:factory (returns teacher(window, cfg) -> "
+                   "{'l3', 'l4'} 384-channel maps). Default: none (L_feat off).")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="artifacts/train.pt",
+              show_default=True, help="Training checkpoint (model + optimizer state; resumable).")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+              help="Continue from a checkpoint written by this command.")
+@click.option("--weights-out", type=click.Path(dir_okay=False), default=None,
+              help="Also write an inference-only checkpoint (fp16 weights, no optimizer state).")
+@user_errors
+def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, device, threads,
+          teacher, checkpoint_every, out_path, resume, weights_out):
+    """Train EventSPD with the seed's §4 losses on event windows with depth ground truth."""
+    import torch
+
+    from .train import TrainOptions, inference_checkpoint, run_training
+
+    if threads:
+        torch.set_num_threads(threads)
+    if resume is not None:
+        config_name = _resume_config(resume, config_name)
+    for path in (out_path, weights_out):
+        if path is not None and not Path(path).parent.is_dir():
+            raise UsageError(f"{path}: folder {Path(path).parent} does not exist")
+    options = TrainOptions(config=config_name, data=data, steps=steps, k_train=k_train, bptt=bptt,
+                           lr=lr, warmup_steps=warmup_steps, seed=seed, device=device,
+                           checkpoint_every=checkpoint_every, teacher=teacher)
+
+    def progress(steps_range):
+        return click.progressbar(steps_range, label="training", show_eta=True, show_pos=True,
+                                 file=sys.stderr)
+
+    trainer = run_training(options, out_path, resume=resume, progress=progress, log=click.echo)
+    last = trainer.history[-1] if trainer.history else {}
+    if last:
+        click.echo("last step: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()
+                                              if isinstance(v, float)))
+    if weights_out:
+        inference_checkpoint(out_path, weights_out)
+        click.echo(f"inference checkpoint: {weights_out}")
+
+
+def _resume_config(resume: str, config_name: str) -> str:
+    """The configuration stored in a resume file (a --config that disagrees is an error)."""
+    import torch
+
+    try:
+        payload = torch.load(resume, map_location="cpu", weights_only=True)
+        stored = payload["config"]["name"]
+    except FileNotFoundError:
+        raise UsageError(f"--resume {resume}: no such file") from None
+    except Exception as exc:
+        raise UsageError(f"--resume {resume}: not a checkpoint written by eventspd-export train "
+                         f"({type(exc).__name__}: {exc})") from None
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source("config_name") != click.core.ParameterSource.DEFAULT
+    if given and stored != config_name:
+        raise UsageError(f"--resume {resume}: checkpoint of configuration {stored!r}, but "
+                         f"--config {config_name} was given")
+    if stored not in CONFIGS:
+        raise UsageError(f"--resume {resume}: unknown configuration {stored!r}")
+    return stored
+
+
+@click.command("evaluate")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@trust_option
+@click.option("--data", default="synthetic:1", show_default=True,
+              help="Held-out windows with depth: synthetic[:SEED] (seed 1 = scenes the demo "
+                   "training never saw), dsec:PATH, m3ed:PATH, mvsec:PATH.")
+@click.option("--k", "k", type=click.IntRange(1, 65536), default=256, show_default=True,
+              help="GT-valid query pixels per window.")
+@click.option("--windows", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--sequence", type=click.IntRange(1), default=4, show_default=True,
+              help="Windows per sequence from h_0 = 0 (the training BPTT length).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Query sampling seed.")
+@click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False), default=None,
+              help="Also evaluate the precompute.onnx/decoder.onnx in this folder (ONNX Runtime).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as JSON here.")
+@user_errors
+def evaluate(checkpoint, trusted, data, k, windows, sequence, seed, onnx_dir, json_path):
+    """AbsRel, RMSE, δ<1.25^n and SILog (all depths and 10/20/30 m cut-offs) on held-out windows."""
+    from model_def.atomic import atomic_write_bytes
+    from model_def.checkpoint import load_checkpoint
+
+    from .evaluate import EvalOptions, evaluate as run_evaluate, format_report
+
+    options = EvalOptions(data=data, k=k, windows=windows, sequence=sequence, seed=seed,
+                          onnx_dir=Path(onnx_dir) if onnx_dir else None)
+    options.validate()
+    model, _ = load_checkpoint(checkpoint, trusted=trusted)
+    report = run_evaluate(model, options)
+    click.echo(format_report(report))
+    if json_path:
+        atomic_write_bytes(json_path, (json.dumps(report, indent=1) + "\n").encode())
+    if "onnx_vs_pytorch" in report and not report["onnx_vs_pytorch"]["max_rel"] <= 1e-3:
+        click.echo(f"error: ONNX Runtime depth differs from PyTorch by "
+                   f"{report['onnx_vs_pytorch']['max_rel']:.2e} (relative; limit 1e-3)", err=True)
+        sys.exit(EXIT_CHECK_FAILED)
