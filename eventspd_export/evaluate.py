@@ -1,0 +1,179 @@
+"""Held-out depth accuracy of a model, in PyTorch and through exported ONNX graphs.
+
+Protocol (one place, used by ``eventspd-export evaluate``, the README's demo figures and the
+test that checks them):
+
+* windows come from ``--data`` (default ``synthetic:1``: scenes the demo training, which uses
+  seed 0, never saw), in sequences of ``sequence`` windows run from h_0 = 0 through the
+  ConvGRU — the BPTT length the model was trained with;
+* in every window with ground truth, ``k`` query pixels are drawn uniformly among the
+  GT-valid pixels (integer pixel centres, seeded by (seed, window)), the way a sparse-query
+  user asks for depth where it can be checked;
+* the metrics (``metrics.depth_metrics``: AbsRel, RMSE, δ<1.25/1.25²/1.25³, SILog, ...) pool
+  every scored query, over all depths and with the 10/20/30 m cut-offs of E2Depth / Depth
+  AnyEvent;
+* the reference "constant-depth predictor" answers one depth everywhere: the constant that
+  minimises AbsRel on the evaluated queries themselves (the 1/depth-weighted median of the
+  ground truth: an oracle, so the strongest depth-blind baseline there is for AbsRel).
+
+ONNX graphs (``onnx_dir``) run on the same windows and queries with their own recurrent
+state, and their agreement with PyTorch is reported next to their metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration.windows import CalibrationDataError, open_source
+from model_def import EventSPD, contract
+from model_def.config import ModelConfig
+
+from .errors import UsageError
+from .metrics import CUTOFFS_M, agreement, depth_metrics, gt_at_queries
+from .onnx_export import DECODER_FILE, MANIFEST_FILE, PRECOMPUTE_FILE
+
+TABLE_METRICS = ("abs_rel", "rmse", "delta1", "delta2", "delta3", "silog")
+
+
+@dataclass
+class EvalOptions:
+    data: str = "synthetic:1"
+    k: int = 256
+    windows: int = 32
+    sequence: int = 4
+    seed: int = 0
+    onnx_dir: Path | None = None
+
+    def validate(self) -> None:
+        if self.k < 1 or self.windows < 1 or self.sequence < 1:
+            raise UsageError(f"evaluate: --k, --windows and --sequence must be >= 1 "
+                             f"(got {self.k}, {self.windows}, {self.sequence})")
+
+
+def valid_pixel_queries(depth: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k pixel centres (u, v) drawn uniformly, with replacement, among GT-valid pixels."""
+    valid = np.flatnonzero(np.isfinite(depth) & (depth > 0))
+    if valid.size == 0:
+        return np.zeros((0, 2), np.float32)
+    flat = valid[rng.integers(0, valid.size, k)]
+    w = depth.shape[1]
+    return np.stack([flat % w, flat // w], axis=1).astype(np.float32)
+
+
+def _onnx_sessions(onnx_dir: Path, model: EventSPD):
+    for name in (PRECOMPUTE_FILE, DECODER_FILE):
+        if not (onnx_dir / name).is_file():
+            raise UsageError(f"--onnx {onnx_dir}: no {name} there (export with "
+                             f"eventspd-export onnx CKPT --out {onnx_dir})")
+    manifest = onnx_dir / MANIFEST_FILE
+    if manifest.is_file():
+        stored = json.loads(manifest.read_text()).get("config", {})
+        if stored and ModelConfig.from_dict(stored) != model.cfg:
+            raise UsageError(f"--onnx {onnx_dir}: graphs of configuration "
+                             f"{stored.get('name')!r}, but the checkpoint is {model.cfg.name!r}")
+    from .ort_check import sessions
+
+    return sessions(onnx_dir)
+
+
+def evaluate(model: EventSPD, options: EvalOptions) -> dict:
+    options.validate()
+    cfg = model.cfg
+    model.eval()
+    synthetic = options.data.strip().lower().split(":")[0] == "synthetic"
+    extra = {"num_windows": options.windows, "windows_per_scene": options.sequence} if synthetic else {}
+    try:
+        source = open_source(options.data, cfg.width, cfg.height, cfg.window_s, **extra)
+    except CalibrationDataError as exc:
+        raise UsageError(str(exc)) from None
+    onnx = _onnx_sessions(Path(options.onnx_dir), model) if options.onnx_dir else None
+    out_names = [s.name for s in contract.precompute_outputs(cfg)]
+    preds: dict[str, list] = {"pytorch": []} | ({"onnx": []} if onnx else {})
+    gts, scored = [], 0
+    try:
+        if not source.has_depth:
+            raise UsageError(f"--data {options.data}: no depth ground truth to evaluate against")
+        count = min(options.windows, len(source))
+        for i in range(count):
+            window = source.window(i)
+            if i % options.sequence == 0:
+                hidden_t = model.initial_state()
+                hidden_o = hidden_t.numpy()
+            events = torch.from_numpy(window.events)
+            with torch.inference_mode():
+                pre = model.precompute(events, hidden_t)
+            hidden_t = pre["hidden_out"]
+            if onnx:
+                got = dict(zip(out_names, onnx[0].run(None, {"events": window.events,
+                                                              "hidden": hidden_o})))
+                hidden_o = got["hidden_out"]
+            if window.depth is None:
+                continue
+            rng = np.random.default_rng(np.random.SeedSequence([options.seed, 0xE7A1, i]))
+            queries = valid_pixel_queries(window.depth, options.k, rng)
+            if len(queries) == 0:
+                continue
+            scored += 1
+            gts.append(gt_at_queries(window.depth, queries))
+            with torch.inference_mode():
+                depth, _ = model.decode(pre, torch.from_numpy(queries)[None])
+            preds["pytorch"].append(depth[0].numpy())
+            if onnx:
+                feeds = {n: got[n] for n in contract.SHARED_NAMES}
+                feeds["queries"] = queries[None]
+                preds["onnx"].append(onnx[1].run(None, feeds)[0][0])
+    finally:
+        source.close()
+    if not gts:
+        raise UsageError(f"--data {options.data}: none of the {options.windows} windows has "
+                         "valid depth ground truth")
+    gt = np.concatenate(gts)
+    constant = np.full_like(gt, best_constant(gt))
+    rows = {name: _metric_set(np.concatenate(p), gt) for name, p in preds.items()}
+    rows["best constant"] = _metric_set(constant, gt)
+    report = {"config": cfg.name, "data": options.data, "windows": count, "scored_windows": scored,
+              "sequence": options.sequence, "k": options.k, "queries": int(gt.size),
+              "gt_median_m": float(np.median(gt)), "best_constant_m": float(constant[0]),
+              "metrics": rows}
+    if onnx:
+        report["onnx_vs_pytorch"] = agreement(np.concatenate(preds["onnx"]),
+                                              np.concatenate(preds["pytorch"]))
+    return report
+
+
+def best_constant(gt: np.ndarray) -> float:
+    """argmin_c mean(|c - g| / g): the median of g weighted by 1/g."""
+    g = np.sort(np.asarray(gt, np.float64))
+    cum = np.cumsum(1.0 / g)
+    return float(g[np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def _metric_set(pred: np.ndarray, gt: np.ndarray) -> dict:
+    out = {"all": depth_metrics(pred, gt)}
+    for cut in CUTOFFS_M:
+        out[f"{cut:g}m"] = depth_metrics(pred, gt, max_depth=cut)
+    return out
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['config']} on {report['data']}: {report['scored_windows']} windows with "
+             f"ground truth (sequences of {report['sequence']} from h0 = 0), K = {report['k']} "
+             f"GT-valid queries each, {report['queries']} in all; median GT "
+             f"{report['gt_median_m']:.2f} m; best constant {report['best_constant_m']:.2f} m",
+             f"{'predictor':<22}{'range':>7}{'count':>7}  AbsRel    RMSE  d<1.25 d<1.25^2 "
+             f"d<1.25^3  SILog"]
+    for name, sets in report["metrics"].items():
+        for rng, m in sets.items():
+            lines.append(f"{name:<22}{rng:>7}{m['count']:>7}  {m['abs_rel']:6.3f} {m['rmse']:7.3f}"
+                         f"  {m['delta1']:6.3f}   {m['delta2']:6.3f}   {m['delta3']:6.3f} "
+                         f"{m['silog']:6.2f}")
+    if "onnx_vs_pytorch" in report:
+        a = report["onnx_vs_pytorch"]
+        lines.append(f"ONNX Runtime vs PyTorch depth: max rel {a['max_rel']:.2e}, "
+                     f"median {a['median_rel']:.2e}")
+    return "\n".join(lines)
