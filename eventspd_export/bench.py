@@ -84,6 +84,7 @@ Backend entry: ``status`` ("ok", "skipped", "failed") and ``reason`` (null when 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -147,9 +148,12 @@ class BenchOptions:
     onnx_dir: Path | None = None
     seed: int = 0
     threads: int | None = None  # CPU threads of torch and ONNX Runtime; None: their defaults
+    checkpoint: Path | None = None  # weights to time (default: the seeded model of `config`)
 
     def resolved(self) -> "BenchOptions":
         """Check the options (UsageError with the reason) and fill the device defaults."""
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise UsageError(f"--checkpoint {self.checkpoint}: no such file")
         if self.config not in CONFIGS:
             raise UsageError(f"unknown configuration {self.config!r}; choose one of {', '.join(CONFIGS)}")
         if self.device not in DEVICES:
@@ -183,7 +187,8 @@ class BenchOptions:
         return BenchOptions(self.config, self.device, tuple(self.backends), ks, self.precision,
                             self.events, repeat, warmup, self.dense, tuple(self.dense_modes),
                             dict(self.dense_input_hw), self.stages,
-                            Path(self.onnx_dir) if self.onnx_dir else None, self.seed, self.threads)
+                            Path(self.onnx_dir) if self.onnx_dir else None, self.seed, self.threads,
+                            Path(self.checkpoint) if self.checkpoint else None)
 
 
 class BackendSkipped(Exception):
@@ -709,9 +714,22 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> dict
         torch.set_num_threads(threads_before)
 
 
+def _reference_model(opts: BenchOptions, cfg) -> EventSPD:
+    """The checkpoint's model (its configuration must be ``cfg``) or the seeded default, on CPU."""
+    if opts.checkpoint is None:
+        return EventSPD(cfg, seed=opts.seed).eval()
+    from model_def.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(opts.checkpoint, config=cfg)[0]
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _run(opts: BenchOptions, cfg, device: torch.device, log) -> dict:
     events = synthetic_window(cfg, opts.events, seed=opts.seed).to(device)
-    model = EventSPD(cfg, seed=opts.seed).eval().to(device)
+    base = _reference_model(opts, cfg)
+    model = base if device.type == "cpu" else copy.deepcopy(base).to(device)
     params = model.stage_parameters()
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -724,7 +742,8 @@ def _run(opts: BenchOptions, cfg, device: torch.device, log) -> dict:
                      "backends": list(opts.backends), "ks": list(opts.ks), "events": opts.events,
                      "repeat": opts.repeat, "warmup": opts.warmup, "timer": Clock(device).name,
                      "seed": opts.seed, "dense_modes": list(opts.dense_modes) if opts.dense else [],
-                     "stages": opts.stages, "threads": torch.get_num_threads()},
+                     "stages": opts.stages, "threads": torch.get_num_threads(),
+                     "checkpoint": str(opts.checkpoint) if opts.checkpoint else None},
         "eventspd_params": {"total": params["total"], "f3": params["f3"],
                             "decoder": params["decoder_total"]},
         "dense": {}, "dense_errors": {}, "backends": {}, "summary": [],
@@ -732,7 +751,7 @@ def _run(opts: BenchOptions, cfg, device: torch.device, log) -> dict:
     }
 
     def cpu_model() -> EventSPD:  # the ONNX export traces on CPU, fp32
-        return model if device.type == "cpu" else EventSPD(cfg, seed=opts.seed).eval()
+        return base
 
     dense_models: dict[str, DenseBaseline] = {}
     for name in opts.backends:

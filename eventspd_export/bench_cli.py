@@ -50,9 +50,27 @@ def _parse_ks(ctx, param, value: str) -> tuple[int, ...]:
     return tuple(ks)
 
 
+def _checkpoint_config(path: str) -> str:
+    """Name of the checkpoint's configuration (a user error when unreadable or not built in)."""
+    from model_def.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        name = load_checkpoint(path)[0].cfg.name
+    except CheckpointError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if name not in CONFIGS:
+        click.echo(f"error: {path}: configuration {name!r} is not a built-in one "
+                   f"({', '.join(CONFIGS)}); the benchmark times built-in configurations", err=True)
+        sys.exit(EXIT_USAGE)
+    return name
+
+
 @click.command("bench")
-@click.option("--config", "config_name", type=click.Choice(sorted(CONFIGS)), default="hd",
-              show_default=True, help="Model configuration (sensor size).")
+@click.option("--config", "config_name", type=click.Choice(sorted(CONFIGS)), default=None,
+              help="Model configuration (sensor size). Default: the checkpoint's, else hd.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Time these weights (default: the seeded model of --config).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--backends", default="torch,torch-plugins,onnxrt,trt", show_default=True,
               callback=_parse_backends,
@@ -80,7 +98,7 @@ def _parse_ks(ctx, param, value: str) -> tuple[int, ...]:
               help="Per-stage breakdown of the torch backends.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch and ONNX Runtime [default: theirs].")
-def bench(config_name, device, backends, ks, precision, num_events, repeat, warmup, json_path,
+def bench(config_name, checkpoint, device, backends, ks, precision, num_events, repeat, warmup, json_path,
           plot_path, onnx_dir, dense, stages, threads):
     """Latency T(K) = T_pre + beta*K per backend against the dense baseline: a table, JSON and
     a PNG plot."""
@@ -92,12 +110,14 @@ def bench(config_name, device, backends, ks, precision, num_events, repeat, warm
         if not torch.cuda.is_available():
             raise click.BadParameter(f"no CUDA device is visible to torch {torch.__version__}",
                                      param_hint="--device")
+    if config_name is None:
+        config_name = _checkpoint_config(checkpoint) if checkpoint else "hd"
     json_path = Path(json_path or f"artifacts/bench-{config_name}-{device}-{precision}.json")
     plot_path = Path(plot_path) if plot_path else json_path.with_suffix(".png")
     opts = BenchOptions(config=config_name, device=device, backends=backends, ks=ks,
                         precision=precision, events=num_events, repeat=repeat, warmup=warmup,
                         dense=dense, stages=stages, onnx_dir=Path(onnx_dir) if onnx_dir else None,
-                        threads=threads)
+                        threads=threads, checkpoint=Path(checkpoint) if checkpoint else None)
     try:
         for p in (json_path, plot_path):  # fail before minutes of timing, not after
             try:

@@ -305,6 +305,30 @@ def test_cli_runs_and_writes(tmp_path):
     assert (tmp_path / "out" / "b.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_cli_times_a_checkpoint(tmp_path):
+    from model_def import EventSPD, get_config
+    from model_def.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "demo.pt"
+    save_checkpoint(EventSPD(get_config("demo"), seed=5), ckpt)
+    res = CliRunner().invoke(bench_command, [
+        "--checkpoint", str(ckpt), "--backends", "torch", "--k", "1,4", "--events", "300",
+        "--repeat", "1", "--warmup", "0", "--no-dense", "--no-stages", "--threads", "1",
+        "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["config"]["name"] == "demo"  # the configuration comes from the checkpoint
+    assert data["settings"]["checkpoint"] == str(ckpt)
+    assert data["eventspd_params"]["total"] == EventSPD(get_config("demo")).stage_parameters()["total"]
+    for args, message in ((["--config", "tiny"], "configuration 'demo'"),
+                          ([], "no such file")):
+        target = str(ckpt) if args else str(tmp_path / "none.pt")
+        res = CliRunner().invoke(bench_command, ["--checkpoint", target, *args, "--json",
+                                                 str(tmp_path / "c.json")])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert not (tmp_path / "c.json").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--k", "64"], "at least two distinct K"),
     (["--k", "1,abc"], "comma-separated integers"),
