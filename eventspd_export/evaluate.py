@@ -137,7 +137,8 @@ def evaluate(model: EventSPD, options: EvalOptions) -> dict:
     rows = {name: _metric_set(np.concatenate(p), gt) for name, p in preds.items()}
     rows["best constant"] = _metric_set(constant, gt)
     report = {"config": cfg.name, "data": options.data, "windows": count, "scored_windows": scored,
-              "sequence": options.sequence, "k": options.k, "queries": int(gt.size),
+              "sequence": options.sequence, "k": options.k, "seed": options.seed,
+              "queries": int(gt.size),
               "gt_median_m": float(np.median(gt)), "best_constant_m": float(constant[0]),
               "metrics": rows}
     if onnx:
@@ -158,6 +159,18 @@ def _metric_set(pred: np.ndarray, gt: np.ndarray) -> dict:
     for cut in CUTOFFS_M:
         out[f"{cut:g}m"] = depth_metrics(pred, gt, max_depth=cut)
     return out
+
+
+def markdown_table(report: dict) -> str:
+    """The README's table of a report (one row per predictor and depth range)."""
+    lines = ["| predictor | range | queries | AbsRel | RMSE (m) | δ<1.25 | δ<1.25² | δ<1.25³ | SILog |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, sets in report["metrics"].items():
+        for rng, m in sets.items():
+            lines.append(f"| {name} | {rng} | {m['count']} | {m['abs_rel']:.3f} | {m['rmse']:.2f} | "
+                         f"{m['delta1']:.3f} | {m['delta2']:.3f} | {m['delta3']:.3f} | "
+                         f"{m['silog']:.1f} |")
+    return "\n".join(lines)
 
 
 def format_report(report: dict) -> str:

@@ -168,3 +168,15 @@ def test_train_cli(tmp_path):
         assert message in res.output, (args, res.output)
         assert "Traceback" not in res.output
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_bf16_autocast_path_trains():
+    """The bf16 autocast path (on by default on CUDA devices with bf16) runs the model, the
+    plugin ops' reference implementations and the losses; checked here with CPU autocast."""
+    torch.set_num_threads(1)
+    trainer = Trainer(TrainOptions(**{**FAST, "steps": 1}))
+    trainer.autocast = True
+    data = SequenceSource("synthetic", trainer.cfg, 2, 1, 0)
+    result = trainer.train_step(data.sequence(0))
+    assert np.isfinite(result.loss) and np.isfinite(result.grad_norm) and result.grad_norm > 0
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
