@@ -114,10 +114,13 @@ def _resume_config(resume: str, config_name: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Query sampling seed.")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False), default=None,
               help="Also evaluate the precompute.onnx/decoder.onnx in this folder (ONNX Runtime).")
+@click.option("--no-events", "drop_events", is_flag=True,
+              help="Ablation: remove every window's events, so the model answers from priors and "
+                   "query position alone (how much of the accuracy the events bring).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON here.")
 @user_errors
-def evaluate(checkpoint, trusted, data, k, windows, sequence, seed, onnx_dir, json_path):
+def evaluate(checkpoint, trusted, data, k, windows, sequence, seed, onnx_dir, drop_events, json_path):
     """AbsRel, RMSE, δ<1.25^n and SILog (all depths and 10/20/30 m cut-offs) on held-out windows."""
     from model_def.atomic import atomic_write_bytes
     from model_def.checkpoint import load_checkpoint
@@ -125,7 +128,7 @@ def evaluate(checkpoint, trusted, data, k, windows, sequence, seed, onnx_dir, js
     from .evaluate import EvalOptions, evaluate as run_evaluate, format_report
 
     options = EvalOptions(data=data, k=k, windows=windows, sequence=sequence, seed=seed,
-                          onnx_dir=Path(onnx_dir) if onnx_dir else None)
+                          onnx_dir=Path(onnx_dir) if onnx_dir else None, drop_events=drop_events)
     options.validate()
     model, _ = load_checkpoint(checkpoint, trusted=trusted)
     report = run_evaluate(model, options)

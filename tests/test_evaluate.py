@@ -59,6 +59,11 @@ def test_evaluate_report_fields_and_determinism(demo_untrained):
     assert 0 < a["best_constant_m"] <= a["gt_median_m"]  # 1/g weights pull it below the median
     other = evaluate(model, EvalOptions(windows=3, sequence=2, k=32, seed=1))
     assert other["metrics"]["pytorch"]["all"] != a["metrics"]["pytorch"]["all"]  # seed moves the queries
+    blind = evaluate(model, EvalOptions(windows=3, sequence=2, k=32, drop_events=True))
+    assert a["events"] == "as recorded" and blind["events"] == "dropped"
+    assert blind["queries"] == a["queries"]  # same windows, same ground truth, same queries
+    assert blind["metrics"]["best constant"] == a["metrics"]["best constant"]
+    assert blind["metrics"]["pytorch"]["all"] != a["metrics"]["pytorch"]["all"]
 
 
 def test_evaluate_cli_with_onnx_and_errors(demo_untrained, tmp_path):
