@@ -9,8 +9,11 @@ install:
 	$(PYTHON) -m pip install --quiet setuptools wheel
 	$(PYTHON) -m pip install --quiet --no-build-isolation -e ".[onnx,data,bench,test]"
 
+# The main job on the committed trained demo checkpoint: export + ONNX Runtime check, then
+# held-out depth accuracy in PyTorch and through the exported graphs.
 demo: install
-	eventspd-export onnx
+	eventspd-export onnx checkpoints/demo.pt --out artifacts/demo
+	eventspd-export evaluate checkpoints/demo.pt --onnx artifacts/demo
 
 test: install
 	$(PYTHON) -m pytest
