@@ -22,7 +22,6 @@ state, and their agreement with PyTorch is reported next to their metrics.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,6 @@ import torch
 
 from calibration.windows import CalibrationDataError, open_source
 from model_def import EventSPD, contract
-from model_def.config import ModelConfig
 
 from .errors import UsageError
 from .metrics import CUTOFFS_M, agreement, depth_metrics, gt_at_queries
@@ -73,12 +71,13 @@ def _onnx_sessions(onnx_dir: Path, model: EventSPD):
         if not (onnx_dir / name).is_file():
             raise UsageError(f"--onnx {onnx_dir}: no {name} there (export with "
                              f"eventspd-export onnx CKPT --out {onnx_dir})")
-    manifest = onnx_dir / MANIFEST_FILE
-    if manifest.is_file():
-        stored = json.loads(manifest.read_text()).get("config", {})
-        if stored and ModelConfig.from_dict(stored) != model.cfg:
-            raise UsageError(f"--onnx {onnx_dir}: graphs of configuration "
-                             f"{stored.get('name')!r}, but the checkpoint is {model.cfg.name!r}")
+    if (onnx_dir / MANIFEST_FILE).is_file():
+        from .trt_engine import manifest_config, read_manifest
+
+        stored = manifest_config(read_manifest(onnx_dir))
+        if stored != model.cfg:
+            raise UsageError(f"--onnx {onnx_dir}: graphs of configuration {stored.name!r}, but "
+                             f"the checkpoint is {model.cfg.name!r}")
     from .ort_check import sessions
 
     return sessions(onnx_dir)
