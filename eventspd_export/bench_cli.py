@@ -52,13 +52,14 @@ def _parse_ks(ctx, param, value: str) -> tuple[int, ...]:
 
 def _checkpoint_config(path: str) -> str:
     """Name of the checkpoint's configuration (a user error when unreadable or not built in)."""
-    from model_def.checkpoint import CheckpointError, load_checkpoint
+    from model_def.checkpoint import CheckpointError, stored_config
 
     try:
-        name = load_checkpoint(path)[0].cfg.name
+        stored = stored_config(path)
     except CheckpointError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    name = stored.name if stored is not None else "hd"  # a bare state_dict: load_checkpoint's default
     if name not in CONFIGS:
         click.echo(f"error: {path}: configuration {name!r} is not a built-in one "
                    f"({', '.join(CONFIGS)}); the benchmark times built-in configurations", err=True)

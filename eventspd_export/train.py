@@ -39,7 +39,7 @@ from calibration.sampler import QuerySampler
 from calibration.windows import CalibrationDataError, EventWindow, WindowSource, open_source
 from model_def import EventSPD, get_config
 from model_def.atomic import atomic_open
-from model_def.checkpoint import FORMAT, CheckpointError
+from model_def.checkpoint import FORMAT, read_payload
 from model_def.config import ModelConfig
 from model_def.training import (LAMBDA_FEAT, LAMBDA_SI, dense_loss, dense_weight, feature_loss,
                                 point_loss, silog_loss)
@@ -331,12 +331,7 @@ class Trainer:
 
     def load_state(self, path: str | Path) -> None:
         path = Path(path)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise TrainingError(f"--resume {path}: no such file") from None
-        except Exception as exc:  # torch raises many types for corrupt files
-            raise TrainingError(f"--resume {path}: not a readable training checkpoint ({exc})") from None
+        payload = read_payload(path)
         ts = payload.get("train_state") if isinstance(payload, dict) else None
         if not isinstance(ts, dict) or ts.get("format") != TRAIN_FORMAT:
             raise TrainingError(f"--resume {path}: has no training state (optimizer, step); "
@@ -364,10 +359,7 @@ def inference_checkpoint(train_path: str | Path, out_path: str | Path, half: boo
     """Write an inference-only checkpoint from a training one: no optimizer state and no
     training heads; ``half`` stores the weights as fp16 (half the size; they load into the
     fp32 model, so the stored values are what every later run uses)."""
-    try:
-        payload = torch.load(train_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{train_path}: cannot read ({exc})") from None
+    payload = read_payload(train_path)
     state = {k: (v.half() if half and v.is_floating_point() else v)
              for k, v in payload["model"].items() if not k.startswith("train_heads.")}
     ts = payload.get("train_state", {})

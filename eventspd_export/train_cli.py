@@ -80,16 +80,13 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
 
 def _resume_config(resume: str, config_name: str) -> str:
     """The configuration stored in a resume file (a --config that disagrees is an error)."""
-    import torch
+    from model_def.checkpoint import stored_config
 
-    try:
-        payload = torch.load(resume, map_location="cpu", weights_only=True)
-        stored = payload["config"]["name"]
-    except FileNotFoundError:
-        raise UsageError(f"--resume {resume}: no such file") from None
-    except Exception as exc:
-        raise UsageError(f"--resume {resume}: not a checkpoint written by eventspd-export train "
-                         f"({type(exc).__name__}: {exc})") from None
+    cfg = stored_config(resume)  # CheckpointError (exit 2) for a missing or unreadable file
+    if cfg is None:
+        raise UsageError(f"--resume {resume}: no stored configuration; it was not written by "
+                         "eventspd-export train")
+    stored = cfg.name
     ctx = click.get_current_context()
     given = ctx.get_parameter_source("config_name") != click.core.ParameterSource.DEFAULT
     if given and stored != config_name:

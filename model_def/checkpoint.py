@@ -69,7 +69,9 @@ def _short(names: list[str]) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_LISTED else "")
 
 
-def _read(path: Path, trusted: bool = False):
+def read_payload(path: str | os.PathLike, trusted: bool = False):
+    """``torch.load`` of a checkpoint file, every failure a ``CheckpointError`` naming the file."""
+    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
@@ -141,20 +143,30 @@ def _guess_config(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def stored_config(path: str | os.PathLike, trusted: bool = False) -> ModelConfig | None:
+    """The configuration a checkpoint file stores (None for a bare state_dict)."""
+    path = Path(path)
+    return _parse_config(_split_layout(read_payload(path, trusted), path)[1], path)
+
+
+def _parse_config(cfg_dict, path: Path) -> ModelConfig | None:
+    if cfg_dict is None:
+        return None
+    try:
+        return ModelConfig.from_dict(dict(cfg_dict))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its stored configuration is not valid ({exc})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, config: ModelConfig | None = None,
                     trusted: bool = False) -> tuple[EventSPD, LoadReport]:
     """Build an EventSPD from a checkpoint. ``config`` (when given) must match the one stored.
     ``trusted`` allows pickled Python objects in the file (torch.load weights_only=False)."""
     path = Path(path)
-    state, cfg_dict, layout = _split_layout(_read(path, trusted), path)
+    state, cfg_dict, layout = _split_layout(read_payload(path, trusted), path)
     state = _strip_wrappers(state)
 
-    stored = None
-    if cfg_dict is not None:
-        try:
-            stored = ModelConfig.from_dict(dict(cfg_dict))
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: its stored configuration is not valid ({exc})") from None
+    stored = _parse_config(cfg_dict, path)
     if stored is not None and config is not None and stored != config:
         raise CheckpointError(
             f"{path}: checkpoint of configuration {stored.name!r} ({stored.width}x{stored.height}), "
