@@ -28,6 +28,7 @@ __all__ = [
     "EventWindow",
     "WindowSource",
     "open_source",
+    "is_synthetic",
     "window_boundaries_us",
     "SOURCE_SCHEMES",
 ]
@@ -184,6 +185,12 @@ class WindowSource:
         if not 0 <= i < n:
             raise IndexError(f"{self.name}: window {index} out of range (source has {n})")
         return i
+
+
+def is_synthetic(spec: str) -> bool:
+    """Whether a ``--data`` spec names the built-in simulator (the one source that takes
+    ``num_windows`` / ``windows_per_scene``); the scheme is parsed as ``open_source`` does."""
+    return spec.strip().partition(":")[0].lower() == "synthetic"
 
 
 def open_source(spec: str, width: int, height: int, window_s: float, **options) -> WindowSource:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.windows import CalibrationDataError, open_source
+from calibration.windows import CalibrationDataError, is_synthetic, open_source
 from model_def import EventSPD, contract
 
 from .errors import UsageError
@@ -87,7 +87,7 @@ def evaluate(model: EventSPD, options: EvalOptions) -> dict:
     options.validate()
     cfg = model.cfg
     model.eval()
-    synthetic = options.data.strip().lower().split(":")[0] == "synthetic"
+    synthetic = is_synthetic(options.data)
     extra = {"num_windows": options.windows, "windows_per_scene": options.sequence} if synthetic else {}
     try:
         source = open_source(options.data, cfg.width, cfg.height, cfg.window_s, **extra)

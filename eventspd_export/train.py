@@ -23,6 +23,7 @@ The DAv2 teacher of L_feat cannot be downloaded here: ``teacher`` is pluggable (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -36,10 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from calibration.sampler import QuerySampler
-from calibration.windows import CalibrationDataError, EventWindow, WindowSource, open_source
+from calibration.windows import (CalibrationDataError, EventWindow, WindowSource, is_synthetic,
+                                 open_source)
 from model_def import EventSPD, get_config
 from model_def.atomic import atomic_open
-from model_def.checkpoint import FORMAT, read_payload
+from model_def.checkpoint import FORMAT, read_payload, save_checkpoint
 from model_def.config import ModelConfig
 from model_def.training import (LAMBDA_FEAT, LAMBDA_SI, dense_loss, dense_weight, feature_loss,
                                 point_loss, silog_loss)
@@ -145,7 +147,7 @@ class SequenceSource:
 
     def __init__(self, spec: str, cfg: ModelConfig, bptt: int, steps: int, seed: int):
         self.bptt, self.seed = bptt, seed
-        self.synthetic = spec.strip().lower().split(":")[0] == "synthetic"
+        self.synthetic = is_synthetic(spec)
         options = {"num_windows": steps * bptt, "windows_per_scene": bptt} if self.synthetic else {}
         try:
             self.source: WindowSource = open_source(spec, cfg.width, cfg.height, cfg.window_s, **options)
@@ -315,19 +317,17 @@ class Trainer:
         return StepResult(record["loss"], terms, valid, grad_norm)
 
     # ---- state -----------------------------------------------------------------------------------
-    def state(self) -> dict:
-        hm = self.sampler.hard_map
-        return {"format": FORMAT, "config": self.cfg.to_dict(),
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "train_state": {"format": TRAIN_FORMAT, "step": self.step,
-                                "options": dataclasses.asdict(self.options),
-                                "optimizer": self.optimizer.state_dict(),
-                                "hard_map": torch.from_numpy(hm.grid.copy()),
-                                "history": self.history}}
+    def train_state(self) -> dict:
+        """What a resume needs besides the weights (stored under ``train_state``)."""
+        return {"format": TRAIN_FORMAT, "step": self.step,
+                "options": dataclasses.asdict(self.options),
+                "optimizer": self.optimizer.state_dict(),
+                "hard_map": torch.from_numpy(self.sampler.hard_map.grid.copy()),
+                "history": self.history}
 
     def save(self, path: str | Path) -> None:
-        with atomic_open(path) as f:
-            torch.save(self.state(), f)
+        """The model checkpoint format (so ``load_checkpoint`` reads it) plus the train state."""
+        save_checkpoint(self.model, path, extra={"train_state": self.train_state()})
 
     def load_state(self, path: str | Path) -> None:
         path = Path(path)
@@ -386,21 +386,14 @@ def run_training(options: TrainOptions, out: str | Path, resume: str | Path | No
             + (", bf16 autocast" if trainer.autocast else ""))
         t0 = time.time()
         steps = range(trainer.step, options.steps)
-        bar = progress(steps) if progress else None
-        iterator = bar if bar is not None else steps
-        if bar is not None:
-            bar.__enter__()
-        try:
+        with (progress(steps) if progress else contextlib.nullcontext(steps)) as iterator:
             for step in iterator:
                 result = trainer.train_step(data.sequence(step))
-                if bar is not None:
-                    bar.label = _progress_label(result)
+                if progress:
+                    iterator.label = _progress_label(result)
                 if trainer.step % options.checkpoint_every == 0 or trainer.step == options.steps:
                     trainer.save(out)
                     log(f"step {trainer.step}: {_progress_label(result)}")  # also for logs without a tty
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
         log(f"trained steps {first}..{trainer.step} in {time.time() - t0:.0f} s; checkpoint {out}")
     finally:
         data.close()
