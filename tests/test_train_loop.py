@@ -34,7 +34,7 @@ def test_level_targets_average_inverse_depth_per_cell():
     assert v2[2, 0] and t2[2, 0] == pytest.approx(0.25)
     assert not v2[3, 0]
     assert t2[5, 5] == pytest.approx(0.25) and v2[5, 5]
-    # L3 cell (0, 0) covers 16x16 pixels: 64 at 2 m, 64 invalid, 40 at 1 m, 24 invalid... mean of valid
+    # L3 cell (0, 0) covers 16x16 pixels of mixed validity: the mean over its valid ones
     block = depth[:16, :16]
     ok = np.isfinite(block)
     assert targets["l3"][0, 0, 0].item() == pytest.approx(float(np.mean(1.0 / block[ok])), rel=1e-6)
@@ -74,8 +74,7 @@ def test_training_writes_resumable_checkpoints(tmp_path):
     torch.set_num_threads(1)
     straight = run_training(TrainOptions(**FAST), tmp_path / "a.pt", log=lambda s: None)
     assert [h["step"] for h in straight.history] == [1, 2, 3]
-    assert all(np.isfinite(h["loss"]) and h["valid"] if "valid" in h else np.isfinite(h["loss"])
-               for h in straight.history)
+    assert all(np.isfinite(h["loss"]) for h in straight.history)
     # a 3-step run stopped after two steps, then resumed: same weights as the uninterrupted run
     interrupted = Trainer(TrainOptions(**FAST))
     data = SequenceSource("synthetic", interrupted.cfg, FAST["bptt"], FAST["steps"], 0)
@@ -135,12 +134,10 @@ def test_data_without_depth_is_refused(monkeypatch):
 def test_window_without_depth_still_advances_the_state():
     torch.set_num_threads(1)
     trainer = Trainer(TrainOptions(**{**FAST, "steps": 1}))
-    cfg = trainer.cfg
     ev = np.array([[10, 10, 0.1, 1], [20, 30, 0.5, -1]], np.float32)
     windows = [EventWindow(ev, None, 0, 8333, "test", 0), EventWindow(ev, None, 8333, 8333, "test", 1)]
     result = trainer.train_step(windows)
     assert np.isnan(result.loss) and result.valid_queries == 0 and trainer.step == 1
-    assert cfg.name == "demo"
 
 
 def test_train_cli(tmp_path):
