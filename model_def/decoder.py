@@ -205,6 +205,11 @@ class DeformableRead(nn.Module):
         self.w_weight = nn.Linear(d, H * L * M)
         self.w_o = nn.Linear(d, d)
         self.e_deform = nn.Parameter(torch.zeros(d))
+        # eq. 13's normaliser (W, H), a buffer rather than a tensor made in forward: building
+        # a device tensor from Python values is a host-to-device copy, which CUDA-graph
+        # capture forbids (bench's *-cudagraph backends replay the decoder from a graph).
+        self.register_buffer("delta_norm", torch.tensor([float(cfg.width), float(cfg.height)]),
+                             persistent=False)
 
     def reset_parameters(self) -> None:
         # seed: offset and weight heads zero-initialised (every sample starts at its anchor,
@@ -222,7 +227,7 @@ class DeformableRead(nn.Module):
         flat = idx.reshape(B, K * R, 1).long()
         g = torch.gather(anchor_feat, 1, flat.expand(B, K * R, anchor_feat.shape[-1])).view(B, K, R, -1)
         delta = anchors - queries.unsqueeze(2)  # eq. 13, pixels
-        delta = delta / torch.tensor([cfg.width, cfg.height], dtype=delta.dtype, device=delta.device)
+        delta = delta / self.delta_norm.to(delta.dtype)
         cond = torch.cat([h.unsqueeze(2).expand(B, K, R, h.shape[-1]), g, fourier(delta, 8)], dim=-1)
         u = self.norm_u(F.gelu(self.w_u(cond)))
         H, L, M = cfg.heads, cfg.deform_levels, cfg.deform_points

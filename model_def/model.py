@@ -106,6 +106,10 @@ class EventSPD(nn.Module):
         self.b5 = FusedDecoder(cfg)
         # Training-only parts (seed §4.1); never used by precompute/decode.
         self.train_heads = TrainingHeads(cfg) if training_heads else None
+        # clamp_queries' upper limit as a buffer: no host-to-device copy per decode (which
+        # CUDA-graph capture forbids); not saved in checkpoints.
+        self.register_buffer("query_limit", torch.tensor([float(cfg.width - 1), float(cfg.height - 1)]),
+                             persistent=False)
 
     def _init_weights(self) -> None:
         # The training heads draw from the RNG last, so inference weights are the same with
@@ -206,9 +210,7 @@ class EventSPD(nn.Module):
         """Query semantics: continuous pixel coordinates (u, v), pixel centres at integers, so
         sub-pixel queries interpolate. Queries off the sensor are clamped to the nearest
         border pixel, [0, W-1] x [0, H-1] — in PyTorch and in the exported graphs alike."""
-        cfg = self.cfg
-        limit = torch.tensor([cfg.width - 1, cfg.height - 1], dtype=queries.dtype, device=queries.device)
-        return torch.minimum(torch.clamp(queries, min=0.0), limit)
+        return torch.minimum(torch.clamp(queries, min=0.0), self.query_limit.to(queries.dtype))
 
     def forward(self, events, queries: torch.Tensor, hidden: torch.Tensor | None = None):
         """Both phases. Returns (depth, inv_depth, hidden_out)."""
