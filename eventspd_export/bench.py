@@ -17,6 +17,19 @@ Backends
   ``onnxrt``         ONNX Runtime on the exported graphs (``--onnx-dir`` or a fresh export to a
                      temporary folder); CPU provider, or the CUDA provider on ``--device cuda``
                      (skipped when onnxruntime has none); fp32 only
+  ``torch-cudagraph``, ``torch-plugins-cudagraph``
+                     the same two on CUDA with each phase captured once into a CUDA graph
+                     (``torch.cuda.CUDAGraph``) and replayed: the launch overhead of the many
+                     small kernels goes, the arithmetic stays; queries are copied into the
+                     graph's static input, which the timing includes. Their dense baseline is
+                     graphed too (same optimisation level). Skipped on CPU. Their stage
+                     breakdown is the eager backends' (a graph replays a whole phase). The
+                     F^3 encoder runs channels-last there (cuDNN's NHWC depthwise kernels;
+                     same values)
+  ``torch-plugins-compiled``
+                     ``torch-plugins-cudagraph`` with Phase A, Phase B (once per K) and the
+                     dense baseline's stages compiled by ``torch.compile`` (inductor, default
+                     mode, static shapes) before capture
   ``trt``            skipped with the reason: ``tensorrt`` does not import here, and the
                      TensorRT engine timing path is not part of this benchmark yet
 A backend that cannot run is ``skipped`` with the reason; one that raises while running is
@@ -39,14 +52,16 @@ strings. Top level:
   ``config``           {name, width, height}
   ``environment``      {python, torch, numpy, onnxruntime (version or null), device_type,
                        device_name, cuda (torch.version.cuda or null), torch_threads, cpu_count,
-                       cudnn_benchmark, load_average_start, load_average_end (1-minute
+                       cudnn_benchmark, cudnn_allow_tf32, matmul_allow_tf32,
+                       load_average_start, load_average_end (1-minute
                        load of the machine when the run started and ended, or null)}
   ``settings``         {device, precision, precision_mode, backends (as requested), ks, events,
                        repeat, warmup, timer, seed, dense_modes, stages, threads (torch's CPU
                        threads; ONNX Runtime gets the same number when --threads is given)}
   ``eventspd_params``  {total (backbone + A3/A4 + decoder, the seed's 11.1M), f3, decoder}
   ``dense``            entry name (the torch backend whose ops it ran with) -> {ops_backend,
-                       params (``DenseBaseline.parameter_counts``), modes: mode -> {input_hw,
+                       cuda_graphs, compiled (true for the graphed/compiled backends'
+                       entries), params (``DenseBaseline.parameter_counts``), modes: mode -> {input_hw,
                        total (stats), stages: {f3, vit, dpt} (stats), memory}}; {} with
                        ``--no-dense``
   ``dense_errors``     entry name -> error, for a dense run that raised ({} normally)
@@ -106,8 +121,14 @@ from .errors import UsageError
 from .synthetic import random_queries, synthetic_window
 
 SCHEMA = "eventspd-export/bench-1"
-BACKENDS = ("torch", "torch-plugins", "onnxrt", "trt")
-TORCH_BACKENDS = {"torch": "reference", "torch-plugins": "plugin"}  # name -> model_def.ops backend
+BACKENDS = ("torch", "torch-plugins", "torch-cudagraph", "torch-plugins-cudagraph",
+            "torch-plugins-compiled", "onnxrt", "trt")
+# name -> model_def.ops backend
+TORCH_BACKENDS = {"torch": "reference", "torch-plugins": "plugin",
+                  "torch-cudagraph": "reference", "torch-plugins-cudagraph": "plugin",
+                  "torch-plugins-compiled": "plugin"}
+GRAPH_BACKENDS = ("torch-cudagraph", "torch-plugins-cudagraph", "torch-plugins-compiled")
+COMPILED_BACKENDS = ("torch-plugins-compiled",)  # torch.compile'd Phase A (and dense), then graphed
 PRECISIONS = ("fp32", "fp16")
 DEVICES = ("cpu", "cuda")
 K_MAX = 65_536  # onnx_export.K_LIMIT (repeated so the CLI does not import onnx to validate --k)
@@ -385,16 +406,21 @@ class Pipeline:
     clock: Clock
     model: EventSPD | None = None  # torch backends: for the stage breakdown
     window: tuple | None = None  # torch backends: (events, hidden)
+    stages_reason: str = "the stage breakdown needs the PyTorch modules"  # when model is None
 
 
-def _torch_context(ops_backend: str, precision: str, device: torch.device) -> Callable[[], ContextManager]:
+def _torch_context(ops_backend: str, precision: str, device: torch.device,
+                   graphs: bool = False) -> Callable[[], ContextManager]:
     @contextlib.contextmanager
     def context():
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
             stack.enter_context(ops.use_backend(ops_backend))
             if precision == "fp16":
-                stack.enter_context(torch.autocast(device.type, dtype=torch.float16))
+                # Under graph capture autocast's weight-cast cache must be off: cached casts
+                # made during capture would be freed when the autocast region closes.
+                stack.enter_context(torch.autocast(device.type, dtype=torch.float16,
+                                                   cache_enabled=not graphs))
             yield
 
     return context
@@ -431,6 +457,65 @@ def _torch_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: Benc
         decode=lambda pre, q: model.decode(pre, q),
         queries=lambda k: random_queries(cfg, k, seed=k).to(device),
         context=context, clock=Clock(device), model=model, window=(events, hidden))
+
+
+def _no_mark(_name: str) -> None:
+    pass
+
+
+def _graph_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: BenchOptions,
+                    device: torch.device) -> Pipeline:
+    """The torch pipeline with each phase replayed from a CUDA graph: Phase A captured once on
+    the prepared window, Phase B once per K (queries copied into the graph's static input).
+    The captured code is the staged pass without the decoder's host-side input checks."""
+    from .cuda_graph import StaticCall
+
+    if device.type != "cuda":
+        raise BackendSkipped("CUDA graphs need --device cuda")
+    ops_backend = TORCH_BACKENDS[name]
+    if ops_backend == "plugin":
+        reason = plugin_availability(device)
+        if reason:
+            raise BackendSkipped(reason)
+    compiled = name in COMPILED_BACKENDS
+    context = _torch_context(ops_backend, opts.precision, device, graphs=True)
+    model = copy.deepcopy(model)  # its own copy: F^3 weights go channels-last
+    model.f3.to(memory_format=torch.channels_last)
+    cfg = model.cfg
+    with context():
+        hidden = model.precompute(events)["hidden_out"]
+
+        def phase_a():
+            return precompute_staged(model, events, hidden, _no_mark, channels_last=True)
+
+        pre_graph = StaticCall(torch.compile(phase_a, dynamic=False) if compiled else phase_a)
+    pre_static = pre_graph.outputs
+    decoders: dict[int, tuple[torch.Tensor, Any]] = {}
+
+    def decode(pre, q):
+        if pre is not pre_static:
+            raise ValueError("the graphed decoder reads the graphed precompute's outputs only")
+        k = q.shape[1]
+        if k not in decoders:  # captured on first use, inside the caller's context
+            q_static = q.clone()
+
+            def phase_b():
+                return (decode_staged(model, pre_static, q_static, _no_mark),)
+
+            decoders[k] = (q_static, StaticCall(torch.compile(phase_b, dynamic=False) if compiled else phase_b))
+        q_static, call = decoders[k]
+        q_static.copy_(q)
+        return call()
+
+    return Pipeline(
+        runtime=f"PyTorch {torch.__version__}, ops backend {ops_backend!r}, "
+                + ("torch.compile'd phases, " if compiled else "") + "CUDA graphs, F^3 channels-last"
+                + (", autocast fp16 (no cast cache)" if opts.precision == "fp16" else ""),
+        precompute=pre_graph, decode=decode,
+        queries=lambda k: random_queries(cfg, k, seed=k).to(device),
+        context=context, clock=Clock(device), model=None, window=(events, hidden),
+        stages_reason="CUDA-graph backends replay whole phases: the eager backend of the same "
+                      "ops gives the stage breakdown")
 
 
 def _check_onnx_dir(onnx_dir: Path, config: str) -> None:
@@ -528,13 +613,22 @@ def _trt_pipeline() -> Pipeline:
 # ------------------------------------------------------------------------------------------
 # Staged passes (per-stage breakdown): the model's own order, one submodule call per stage
 # ------------------------------------------------------------------------------------------
+def f3_convs(f3, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """F^3's convolutions on the splatted grid; ``channels_last`` runs them on NHWC memory
+    (the module's weights should be channels-last too) and returns NCHW-contiguous features."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = f3.stage2(f3.down2(f3.stage1(f3.down1(x))))
+    return x.contiguous() if channels_last else x
+
+
 def precompute_staged(model: EventSPD, events: torch.Tensor, hidden: torch.Tensor,
-                      mark: Callable[[str], None]) -> dict[str, torch.Tensor]:
+                      mark: Callable[[str], None], channels_last: bool = False) -> dict[str, torch.Tensor]:
     """``EventSPD.precompute`` stage by stage (same outputs; the benchmark checks it)."""
     f3 = model.f3
     x = f3.splat(events)
     mark("f3_encode_splat")
-    x = f3.stage2(f3.down2(f3.stage1(f3.down1(x))))
+    x = f3_convs(f3, x, channels_last)
     mark("f3_convs")
     l1 = model.l1(model.stem(x))
     mark("stem_l1")
@@ -616,7 +710,7 @@ def measure_pipeline(p: Pipeline, opts: BenchOptions, log: Callable[[str], None]
             log(f"{name}: K={k} decoder {out['decoder'][str(k)]['median_ms']:.3f} ms, "
                 f"end to end {out['end_to_end'][str(k)]['median_ms']:.3f} ms")
         if p.model is None:
-            out["stages"], out["stages_reason"] = None, "the stage breakdown needs the PyTorch modules"
+            out["stages"], out["stages_reason"] = None, p.stages_reason
         elif not opts.stages:
             out["stages"], out["stages_reason"] = None, "not requested (--no-stages)"
         else:
@@ -631,13 +725,17 @@ def measure_pipeline(p: Pipeline, opts: BenchOptions, log: Callable[[str], None]
 
 def measure_dense(cfg, events: torch.Tensor, opts: BenchOptions, device: torch.device,
                   ops_backend: str, log: Callable[[str], None], label: str,
-                  built: dict[str, DenseBaseline] | None = None) -> dict:
+                  built: dict[str, DenseBaseline] | None = None, graphs: bool = False,
+                  compiled: bool = False) -> dict:
     """The dense baseline in each mode with ``ops_backend``'s ops; ``built`` caches the models
-    between calls (30M parameters each: their initialisation is slower than a tiny run)."""
+    between calls (30M parameters each: their initialisation is slower than a tiny run).
+    ``graphs``: each stage captured into its own CUDA graph and replayed (the stages chain
+    through the graphs' static outputs), for the ``*-cudagraph`` backends."""
     clock = Clock(device)
-    context = _torch_context(ops_backend, opts.precision, device)
+    context = _torch_context(ops_backend, opts.precision, device, graphs=graphs)
     built = {} if built is None else built
-    entry: dict[str, Any] = {"ops_backend": ops_backend, "params": None, "modes": {}}
+    entry: dict[str, Any] = {"ops_backend": ops_backend, "cuda_graphs": graphs, "compiled": compiled,
+                             "params": None, "modes": {}}
     for mode in opts.dense_modes:
         with MemoryProbe(device) as probe:
             if mode not in built:
@@ -656,6 +754,8 @@ def measure_dense(cfg, events: torch.Tensor, opts: BenchOptions, device: torch.d
                 return x
 
             with context():
+                if graphs:
+                    run = _graphed_dense_stages(dense, events, compiled)
                 samples, _ = timed_stages(clock, run, opts.warmup, opts.repeat)
         totals = [sum(parts) for parts in zip(*(samples[s] for s in DENSE_STAGES))]
         entry["modes"][mode] = {
@@ -667,6 +767,33 @@ def measure_dense(cfg, events: torch.Tensor, opts: BenchOptions, device: torch.d
         log(f"dense ({label}, {mode} {entry['modes'][mode]['input_hw']}): "
             f"{entry['modes'][mode]['total']['median_ms']:.3f} ms")
     return entry
+
+
+def _graphed_dense_stages(dense: DenseBaseline, events: torch.Tensor, compiled: bool) -> Callable:
+    """``run(mark)`` replaying one CUDA graph per dense stage (f3, vit, dpt); F^3 channels-last
+    as in the graphed EventSPD; ``compiled``: each stage through ``torch.compile`` first."""
+    from .cuda_graph import StaticCall
+
+    dense = copy.deepcopy(dense)  # the cached model stays as it was for the other backends
+    dense.f3.to(memory_format=torch.channels_last)
+
+    def stage(fn):
+        return StaticCall(torch.compile(fn, dynamic=False) if compiled else fn)
+
+    f3 = stage(lambda: f3_convs(dense.f3, dense.f3.splat(events), channels_last=True))
+    vit = stage(lambda: dense.vit_features(f3.outputs))
+    dpt = stage(lambda: dense.dpt(vit.outputs))
+
+    def run(mark):
+        f3()
+        mark("f3")
+        vit()
+        mark("vit")
+        out = dpt()
+        mark("dpt")
+        return out
+
+    return run
 
 
 def _compare_with_dense(entry: dict, dense: dict, dense_name: str | None) -> None:
@@ -758,7 +885,9 @@ def _run(opts: BenchOptions, cfg, device: torch.device, log) -> dict:
         log(f"{name}: starting")
         try:
             with MemoryProbe(device) as probe:
-                if name in TORCH_BACKENDS:
+                if name in GRAPH_BACKENDS:
+                    p = _graph_pipeline(name, model, events, opts, device)
+                elif name in TORCH_BACKENDS:
                     p = _torch_pipeline(name, model, events, opts, device)
                 elif name == "onnxrt":
                     p = _ort_pipeline(cpu_model, cfg, events, opts, device)
@@ -797,7 +926,9 @@ def _run(opts: BenchOptions, cfg, device: torch.device, log) -> dict:
 def _dense_entry(result: dict, name: str, cfg, events, opts: BenchOptions, device, ops_backend: str,
                  log, built: dict) -> None:
     try:
-        result["dense"][name] = measure_dense(cfg, events, opts, device, ops_backend, log, name, built)
+        result["dense"][name] = measure_dense(cfg, events, opts, device, ops_backend, log, name, built,
+                                              graphs=name in GRAPH_BACKENDS,
+                                              compiled=name in COMPILED_BACKENDS)
     except Exception as exc:  # the EventSPD figures stay; the comparisons say there is no dense time
         log(f"dense baseline [{name}] failed: {type(exc).__name__}: {exc}")
         result["dense_errors"][name] = f"{type(exc).__name__}: {exc}"
@@ -828,6 +959,9 @@ def _environment(device: torch.device) -> dict:
         else (platform.processor() or platform.machine()),
         "cuda": torch.version.cuda, "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "cudnn_benchmark": device.type == "cuda",
+        # fp32 on a GPU: cuDNN convolutions use TF32 unless this is off (torch's default is on)
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         # Other work on the machine inflates CPU times; the 1-minute load says how much.
         "load_average_start": _load_average(), "load_average_end": None,
     }
@@ -884,7 +1018,8 @@ def format_table(result: dict) -> str:
     lines.append(f"EventSPD parameters: {params['total']:,} (+ F^3 {params['f3']:,})")
     for name, d in result["dense"].items():
         p = d["params"]
-        lines.append(f"dense baseline [{name}: ops {d['ops_backend']}] F^3 ds2 + ViT-S/14 + DPT: "
+        graphs = (", torch.compile" if d.get("compiled") else "") + (", CUDA graphs" if d.get("cuda_graphs") else "")
+        lines.append(f"dense baseline [{name}: ops {d['ops_backend']}{graphs}] F^3 ds2 + ViT-S/14 + DPT: "
                      f"{p['dense_total']:,} parameters (ViT+DPT without patch embedding "
                      f"{p['vit_dpt']:,}; 64-channel patch embedding {p['patch_embed_64ch']:,}; "
                      f"DAv2-S {p['dav2_s_reference']:,})")
@@ -960,6 +1095,7 @@ def write_plot(result: dict, path: str | os.PathLike) -> dict:
     ok = {n: e for n, e in result["backends"].items() if e["status"] == "ok"}
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color_of = {name: colors[i % len(colors)] for i, name in enumerate(ok)}
     ks_all = [int(k) for k in result["settings"]["ks"]]
     k_hi = max(ks_all)
     for e in ok.values():  # extend the axis to show crossovers a little beyond the measured K
@@ -968,7 +1104,7 @@ def write_plot(result: dict, path: str | os.PathLike) -> dict:
                 k_hi = max(k_hi, c["k"])
     k_line = np.geomspace(max(1, min(ks_all)), k_hi * 1.3, 200)
     for i, (name, e) in enumerate(ok.items()):
-        col = colors[i % len(colors)]
+        col = color_of[name]
         ks = [int(k) for k in e["end_to_end"]]
         ax.plot(ks, [e["end_to_end"][str(k)]["median_ms"] for k in ks], "o", color=col,
                 label=f"{name}: measured end to end")
@@ -987,7 +1123,8 @@ def write_plot(result: dict, path: str | os.PathLike) -> dict:
     for j, (dname, d) in enumerate(result["dense"].items()):
         for mode, m in d["modes"].items():
             h, w = m["input_hw"]
-            ax.axhline(m["total"]["median_ms"], color="black" if j == 0 else "gray",
+            # a dense entry timed with a backend's ops and optimisation level takes its colour
+            ax.axhline(m["total"]["median_ms"], color=color_of.get(dname, "black" if j == 0 else "gray"),
                        linestyle=styles.get(mode, "-."), linewidth=1.2,
                        label=f"dense F^3+DAv2-S {w}x{h} [{dname}]: {_ms(m['total']['median_ms'])} ms")
     skipped = [f"{n} ({e['status']})" for n, e in result["backends"].items() if e["status"] != "ok"]

@@ -75,8 +75,10 @@ def _checkpoint_config(path: str) -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--backends", default="torch,torch-plugins,onnxrt,trt", show_default=True,
               callback=_parse_backends,
-              help="Comma-separated: torch, torch-plugins, onnxrt, trt. Those that cannot run "
-                   "here are reported as skipped, with the reason.")
+              help="Comma-separated: torch, torch-plugins, torch-cudagraph, "
+                   "torch-plugins-cudagraph (CUDA only: each phase replayed from a CUDA graph), "
+                   "onnxrt, trt. Those that cannot run here are reported as skipped, with the "
+                   "reason.")
 @click.option("--k", "ks", default="1,64,256,1024,4096", show_default=True, callback=_parse_ks,
               help="Comma-separated query counts K (at least two, for the fit).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,

@@ -160,7 +160,7 @@ def run(tmp_path_factory):
 
 
 def _expected_status(name: str) -> str:
-    if name == "trt":
+    if name == "trt" or name in bench.GRAPH_BACKENDS:  # no TensorRT; CUDA graphs need CUDA
         return "skipped"
     if name == "torch-plugins" and bench.plugin_availability(torch.device("cpu")) is not None:
         return "skipped"
@@ -177,6 +177,8 @@ def test_run_statuses(run):
         if entry["status"] != "ok":
             assert entry["reason"]
     assert "tensorrt" in result["backends"]["trt"]["reason"]
+    for name in bench.GRAPH_BACKENDS:
+        assert result["backends"][name]["reason"] == "CUDA graphs need --device cuda"
 
 
 def test_json_has_every_field(run):
