@@ -28,6 +28,7 @@ import dataclasses
 import importlib
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -371,9 +372,14 @@ def inference_checkpoint(train_path: str | Path, out_path: str | Path, half: boo
 
 
 def run_training(options: TrainOptions, out: str | Path, resume: str | Path | None = None,
-                 progress: Callable | None = None, log: Callable[[str], None] = print) -> Trainer:
+                 progress: Callable | None = None, log: Callable[[str], None] = print,
+                 time_limit_s: float | None = None) -> Trainer:
     """Train until ``options.steps``, writing ``out`` every ``checkpoint_every`` steps and at
-    the end (atomically: an interrupted run leaves the last complete checkpoint)."""
+    the end (atomically: an interrupted run leaves the last complete checkpoint).
+    ``time_limit_s``: stop after the step that passes this many seconds of training and write
+    the checkpoint there (resumable; the learning-rate schedule stays that of ``steps``).
+    The next sequence is read on a worker thread while the current step trains (on a GPU the
+    step is shorter than the event simulation)."""
     trainer = Trainer(options)
     if resume is not None:
         trainer.load_state(resume)
@@ -386,16 +392,28 @@ def run_training(options: TrainOptions, out: str | Path, resume: str | Path | No
             + (", bf16 autocast" if trainer.autocast else ""))
         t0 = time.time()
         steps = range(trainer.step, options.steps)
+        reader = ThreadPoolExecutor(max_workers=1)  # one worker: the source is read in order
+        pending = reader.submit(data.sequence, trainer.step) if steps else None
         with (progress(steps) if progress else contextlib.nullcontext(steps)) as iterator:
             for step in iterator:
-                result = trainer.train_step(data.sequence(step))
+                sequence = pending.result()
+                pending = reader.submit(data.sequence, step + 1) if step + 1 < options.steps else None
+                result = trainer.train_step(sequence)
                 if progress:
                     iterator.label = _progress_label(result)
-                if trainer.step % options.checkpoint_every == 0 or trainer.step == options.steps:
+                out_of_time = time_limit_s is not None and time.time() - t0 >= time_limit_s
+                if (trainer.step % options.checkpoint_every == 0 or trainer.step == options.steps
+                        or out_of_time):
                     trainer.save(out)
                     log(f"step {trainer.step}: {_progress_label(result)}")  # also for logs without a tty
+                if out_of_time:
+                    log(f"time limit of {time_limit_s:.0f} s reached at step {trainer.step} of "
+                        f"{options.steps}")
+                    break
         log(f"trained steps {first}..{trainer.step} in {time.time() - t0:.0f} s; checkpoint {out}")
     finally:
+        if "reader" in locals():
+            reader.shutdown(wait=True, cancel_futures=True)
         data.close()
     return trainer
 

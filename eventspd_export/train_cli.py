@@ -45,9 +45,12 @@ from .errors import UsageError
               help="Continue from a checkpoint written by this command.")
 @click.option("--weights-out", type=click.Path(dir_okay=False), default=None,
               help="Also write an inference-only checkpoint (fp16 weights, no optimizer state).")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after the step that passes this many seconds and write the checkpoint "
+                   "(resumable with --resume; the learning-rate schedule stays that of --steps).")
 @user_errors
 def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, device, threads,
-          teacher, checkpoint_every, out_path, resume, weights_out):
+          teacher, checkpoint_every, out_path, resume, weights_out, time_limit):
     """Train EventSPD with the seed's §4 losses on event windows with depth ground truth."""
     import torch
 
@@ -68,7 +71,8 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
         return click.progressbar(steps_range, label="training", show_eta=True, show_pos=True,
                                  file=sys.stderr)
 
-    trainer = run_training(options, out_path, resume=resume, progress=progress, log=click.echo)
+    trainer = run_training(options, out_path, resume=resume, progress=progress, log=click.echo,
+                           time_limit_s=time_limit)
     last = trainer.history[-1] if trainer.history else {}
     if last:
         click.echo("last step: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()

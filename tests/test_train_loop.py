@@ -149,6 +149,12 @@ def test_train_cli(tmp_path):
     assert res.exit_code == 0, res.output
     assert out.is_file() and (tmp_path / "w.pt").is_file()
     assert "step 1:" in res.output
+    # --time-limit: stops after the first step that passes it, with a resumable checkpoint there
+    res = runner.invoke(main, ["train", "--steps", "5", "--k-train", "16", "--bptt", "1",
+                               "--threads", "1", "--out", str(out), "--time-limit", "1e-3"])
+    assert res.exit_code == 0, res.output
+    assert "time limit of 0 s reached at step 1 of 5" in res.output
+    assert torch.load(out, weights_only=False)["train_state"]["step"] == 1
     # user errors: one line, exit code 2, nothing written
     for args, message in (
             (["--out", str(tmp_path / "missing" / "t.pt")], "does not exist"),
@@ -158,7 +164,8 @@ def test_train_cli(tmp_path):
             (["--data", "mvsec:" + str(tmp_path / "none.hdf5")], "does not exist"),
             (["--lr", "-1"], "--lr must be a positive number"),
             (["--teacher", "nomodule"], "module:factory"),
-            (["--device", "tpu"], "expected cpu, cuda")):
+            (["--device", "tpu"], "expected cpu, cuda"),
+            (["--time-limit", "0"], "--time-limit")):
         res = runner.invoke(main, ["train", "--steps", "1", "--k-train", "8", "--bptt", "1",
                                    "--out", str(tmp_path / "x.pt"), *args])
         assert res.exit_code == 2, (args, res.output)
