@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # One command for an H100/H200-class machine with CUDA 13 + PyTorch (no TensorRT, no
 # onnxruntime-gpu): builds the CUDA extension of plugins/, runs `eventspd-export bench` on the
-# GPU (hd; backends torch and torch-plugins; K 1..4096; fp32 and fp16) and the kernel
-# benchmark plugins/bench_gpu.py, and writes every JSON/PNG/log into the folder given as $1.
+# kernel benchmark plugins/bench_gpu.py and `eventspd-export bench` on the GPU (hd; K 1..4096;
+# fp16 and fp32), and writes every JSON/PNG/log into the folder given as $1.
 #
-#     scripts/bench_gpu.sh results/h100
+#     scripts/bench_gpu.sh results/h100            # build + benchmarks
+#     scripts/bench_gpu.sh results/h100 --tests    # build + `pytest -m gpu` + benchmarks
+#
+# The model benchmark runs the eager backends (torch, torch-plugins), the CUDA-graph ones
+# (torch-cudagraph, torch-plugins-cudagraph) and torch-plugins-compiled (torch.compile + CUDA
+# graphs), each against the dense baseline at the same level. Environment overrides:
+#   PRECISIONS="fp16 fp32"   BACKENDS=torch,torch-plugins,...   KERNELS=1 (0: skip the kernel
+#   benchmark)
 #
 # Budget: under 5 minutes (the extension build is most of it). torch is NOT installed or
 # upgraded: the Makefile/pyproject pin torch==2.13.0, a CPU build, which would replace the
@@ -12,7 +19,12 @@
 # pure-Python dependencies are added.
 set -uo pipefail
 
-OUT="${1:?usage: scripts/bench_gpu.sh OUT_DIR}"
+OUT="${1:?usage: scripts/bench_gpu.sh OUT_DIR [--tests]}"
+TESTS=0
+[ "${2:-}" = "--tests" ] && TESTS=1
+PRECISIONS="${PRECISIONS:-fp16 fp32}"
+BACKENDS="${BACKENDS:-torch,torch-plugins,torch-cudagraph,torch-plugins-cudagraph,torch-plugins-compiled}"
+KERNELS="${KERNELS:-1}"
 PY="${PYTHON:-python}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
@@ -61,9 +73,23 @@ fi
 "$PY" -c "import plugins.torch_ext as e; print('plugins._C CUDA kernels:', e.has_cuda_kernels())" \
     || echo "warning: plugins.torch_ext does not import; torch-plugins will be reported as skipped"
 
-for prec in fp32 fp16; do
+if [ "$TESTS" = 1 ]; then
+    step "pytest -m gpu (CUDA kernels against the reference ops, whole model plugin vs reference)"
+    if ! "$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu-tests.txt"; then
+        FAILED+=("pytest -m gpu")
+    fi
+fi
+
+if [ "$KERNELS" = 1 ]; then
+    step "plugins/bench_gpu.py (kernels against the reference ops)"
+    if ! "$PY" -m plugins.bench_gpu "$OUT/kernels-hd.json" --config hd 2>&1 | tee "$OUT/kernels-hd.txt"; then
+        FAILED+=("plugins.bench_gpu")
+    fi
+fi
+
+for prec in $PRECISIONS; do
     step "eventspd-export bench --config hd --device cuda --precision $prec"
-    if ! "$PY" -m eventspd_export.bench_cli --config hd --device cuda --backends torch,torch-plugins \
+    if ! "$PY" -m eventspd_export.bench_cli --config hd --device cuda --backends "$BACKENDS" \
             --k 1,64,256,1024,4096 --precision "$prec" \
             --json "$OUT/bench-hd-cuda-$prec.json" --plot "$OUT/bench-hd-cuda-$prec.png" \
             2> "$OUT/bench-hd-cuda-$prec.log" | tee "$OUT/bench-hd-cuda-$prec.txt"; then
@@ -71,11 +97,6 @@ for prec in fp32 fp16; do
         FAILED+=("bench $prec")
     fi
 done
-
-step "plugins/bench_gpu.py (kernels against the reference ops)"
-if ! "$PY" -m plugins.bench_gpu "$OUT/kernels-hd.json" --config hd 2>&1 | tee "$OUT/kernels-hd.txt"; then
-    FAILED+=("plugins.bench_gpu")
-fi
 
 step "done; files in $OUT:"
 ls -l "$OUT"
