@@ -90,6 +90,10 @@ Backend entry: ``status`` ("ok", "skipped", "failed") and ``reason`` (null when 
   ``stages``           {precompute: stage -> stats, decoder: K -> stage -> stats, check:
                        {precompute_max_abs_diff, decoder_max_abs_diff}} or null
   ``stages_reason``    why ``stages`` is null (null otherwise)
+  ``graph_check``      graphed/compiled backends only: {precompute_max_rel, decoder_max_rel},
+                       the replayed outputs against the eager model's once, max |diff| / max
+                       |eager| over all outputs and K (fp16, channels-last and compiled code
+                       round differently; a broken capture shows as O(1))
   ``memory``           {host_peak_rss_mb, host_scope ("block" or "process"), device_peak_mb}:
                        the process's peak resident memory during the backend's block (all that
                        is resident counts, the Python runtime and the models included) and
@@ -407,6 +411,7 @@ class Pipeline:
     model: EventSPD | None = None  # torch backends: for the stage breakdown
     window: tuple | None = None  # torch backends: (events, hidden)
     stages_reason: str = "the stage breakdown needs the PyTorch modules"  # when model is None
+    graph_check: dict | None = None  # graphed backends: replay vs eager, filled as phases are captured
 
 
 def _torch_context(ops_backend: str, precision: str, device: torch.device,
@@ -489,7 +494,11 @@ def _graph_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: Benc
             return precompute_staged(model, events, hidden, _no_mark, channels_last=True)
 
         pre_graph = StaticCall(torch.compile(phase_a, dynamic=False) if compiled else phase_a)
-    pre_static = pre_graph.outputs
+        pre_static = pre_graph()
+        eager = model.precompute(events, hidden)
+        # A graph that replays wrong kernels would still time well: check it against eager once.
+        check = {"precompute_max_rel": max(_max_rel_diff(pre_static[n], eager[n]) for n in eager),
+                 "decoder_max_rel": 0.0}
     decoders: dict[int, tuple[torch.Tensor, Any]] = {}
 
     def decode(pre, q):
@@ -503,6 +512,8 @@ def _graph_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: Benc
                 return (decode_staged(model, pre_static, q_static, _no_mark),)
 
             decoders[k] = (q_static, StaticCall(torch.compile(phase_b, dynamic=False) if compiled else phase_b))
+            check["decoder_max_rel"] = max(check["decoder_max_rel"], _max_rel_diff(
+                decoders[k][1]()[0], model.decode(pre_static, q)[0]))
         q_static, call = decoders[k]
         q_static.copy_(q)
         return call()
@@ -515,7 +526,7 @@ def _graph_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: Benc
         queries=lambda k: random_queries(cfg, k, seed=k).to(device),
         context=context, clock=Clock(device), model=None, window=(events, hidden),
         stages_reason="CUDA-graph backends replay whole phases: the eager backend of the same "
-                      "ops gives the stage breakdown")
+                      "ops gives the stage breakdown", graph_check=check)
 
 
 def _check_onnx_dir(onnx_dir: Path, config: str) -> None:
@@ -670,6 +681,11 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
 
 
+def _max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (0 for empty tensors)."""
+    return _max_abs_diff(a, b) / max(float(b.float().abs().max()), 1e-30) if b.numel() else 0.0
+
+
 def _stage_breakdown(p: Pipeline, ks, pre_ref, depth_ref: dict, warmup: int, repeat: int) -> dict:
     model, (events, hidden) = p.model, p.window
     samples, pre = timed_stages(p.clock, lambda m: precompute_staged(model, events, hidden, m),
@@ -716,6 +732,8 @@ def measure_pipeline(p: Pipeline, opts: BenchOptions, log: Callable[[str], None]
         else:
             out["stages"] = _stage_breakdown(p, opts.ks, pre, depth_ref, w, r)
             out["stages_reason"] = None
+        if p.graph_check is not None:
+            out["graph_check"] = dict(p.graph_check)  # complete now: every K was captured
     ks = list(opts.ks)
     t_pre = out["precompute"]["median_ms"]
     out["fit"] = fit_latency(ks, [(t_pre + out["decoder"][str(k)]["median_ms"]) / 1e3 for k in ks])
@@ -1069,6 +1087,10 @@ def format_table(result: dict) -> str:
                          f"{st['check']['decoder_max_abs_diff']:.2e}")
         elif e["stages_reason"]:
             lines.append(f"  stages: {e['stages_reason']}")
+        if e.get("graph_check"):
+            g = e["graph_check"]
+            lines.append(f"  graph check (replay vs eager, max relative difference): precompute "
+                         f"{g['precompute_max_rel']:.2e}, decoder {g['decoder_max_rel']:.2e}")
         mem = e["memory"]
         dev = f", device peak {mem['device_peak_mb']:.0f} MB" if mem["device_peak_mb"] is not None else ""
         lines.append(f"  memory: host peak RSS {mem['host_peak_rss_mb']:.0f} MB ({mem['host_scope']}){dev}")
