@@ -44,8 +44,8 @@ from model_def import EventSPD, get_config
 from model_def.atomic import atomic_open
 from model_def.checkpoint import FORMAT, read_payload, save_checkpoint
 from model_def.config import ModelConfig
-from model_def.training import (LAMBDA_FEAT, LAMBDA_SI, dense_loss, dense_weight, feature_loss,
-                                point_loss, silog_loss)
+from model_def.training import (LAMBDA_FEAT, LAMBDA_SI, absrel_loss, dense_loss, dense_weight,
+                                feature_loss, point_loss, silog_loss)
 
 from .errors import UsageError
 from .metrics import gt_at_queries
@@ -74,6 +74,8 @@ class TrainOptions:
     device: str = "cpu"
     checkpoint_every: int = 100
     teacher: str | None = None
+    absrel_weight: float = 0.0  # not the seed's: + w * AbsRel on the queries (0 = seed losses only)
+    init: str | None = None  # start from this checkpoint's weights (fresh optimizer and heads)
 
     def validate(self) -> None:
         get_config(self.config)  # KeyError names the known configurations
@@ -84,6 +86,8 @@ class TrainOptions:
             raise TrainingError(f"--lr must be a positive number, got {self.lr}")
         if self.warmup_steps < 0:
             raise TrainingError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if not (self.absrel_weight >= 0 and math.isfinite(self.absrel_weight)):
+            raise TrainingError(f"--absrel-weight must be a number >= 0, got {self.absrel_weight}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise TrainingError(f"--device {self.device!r}: expected cpu, cuda or cuda:N")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -217,6 +221,8 @@ class Trainer:
         self.model = (model or EventSPD(self.cfg, training_heads=True, seed=options.seed)).to(self.device)
         if self.model.train_heads is None:
             raise TrainingError("the model to train needs its training heads (training_heads=True)")
+        if options.init:
+            self._load_init(options.init)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, options.lr, options.weight_decay),
                                            lr=options.lr, betas=(0.9, 0.999))
         self.sampler = QuerySampler(self.cfg.width, self.cfg.height)
@@ -224,6 +230,20 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.autocast = (self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+    def _load_init(self, path: str) -> None:
+        """Fine-tuning: the inference weights of ``path`` (its configuration must be this run's);
+        the training heads keep their fresh initialisation when the file has none."""
+        from model_def.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            source, _ = load_checkpoint(path, config=self.cfg)
+        except CheckpointError as exc:
+            raise TrainingError(f"--init {path}: {exc}") from None
+        missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("train_heads.") for k in missing):
+            raise TrainingError(f"--init {path}: does not match the model (missing {missing}, "
+                                f"unexpected {unexpected})")
 
     # ---- one step ------------------------------------------------------------------------------
     def window_loss(self, window: EventWindow, hidden, rng: np.random.Generator):
@@ -254,6 +274,9 @@ class Trainer:
                                         {k: v.to(dev) for k, v in tvalid.items()},
                                         weight=dense_weight(self.step, self.options.steps))
             loss = terms["point"] + LAMBDA_SI * terms["silog"] + terms["dense"]
+            if self.options.absrel_weight:
+                terms["absrel"] = absrel_loss(depth, gt_depth, valid)
+                loss = loss + self.options.absrel_weight * terms["absrel"]
             # the hard-example map follows each query's own data loss (eq. 33)
             if valid_np.any():
                 per_query = F.huber_loss(inv.detach(), gt_inv, reduction="none")[valid]
@@ -421,4 +444,5 @@ def run_training(options: TrainOptions, out: str | Path, resume: str | Path | No
 def _progress_label(result: StepResult) -> str:
     t = result.terms
     return (f"loss {result.loss:.4f} (point {t.get('point', float('nan')):.4f} "
-            f"silog {t.get('silog', float('nan')):.3f} dense {t.get('dense', float('nan')):.4f})")
+            f"silog {t.get('silog', float('nan')):.3f} dense {t.get('dense', float('nan')):.4f}"
+            + (f" absrel {t['absrel']:.3f}" if "absrel" in t else "") + ")")

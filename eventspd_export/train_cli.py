@@ -45,12 +45,20 @@ from .errors import UsageError
               help="Continue from a checkpoint written by this command.")
 @click.option("--weights-out", type=click.Path(dir_okay=False), default=None,
               help="Also write an inference-only checkpoint (fp16 weights, no optimizer state).")
+@click.option("--absrel-weight", type=float, default=0.0, show_default=True,
+              help="Add this weight x AbsRel (mean |d - d*| / d*) to the seed's losses. Not in "
+                   "the seed: its inverse-depth Huber + SILog leave AbsRel above the best "
+                   "constant's on ambiguous data (README).")
+@click.option("--init", "init_path", type=click.Path(dir_okay=False), default=None,
+              help="Fine-tune: start from this checkpoint's weights (same configuration) with a "
+                   "fresh optimizer and schedule.")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after the step that passes this many seconds and write the checkpoint "
                    "(resumable with --resume; the learning-rate schedule stays that of --steps).")
 @user_errors
 def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, device, threads,
-          teacher, checkpoint_every, out_path, resume, weights_out, time_limit):
+          teacher, checkpoint_every, out_path, resume, weights_out, absrel_weight, init_path,
+          time_limit):
     """Train EventSPD with the seed's §4 losses on event windows with depth ground truth."""
     import torch
 
@@ -58,14 +66,20 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
 
     if threads:
         torch.set_num_threads(threads)
+    if resume is not None and init_path is not None:
+        raise UsageError("--resume and --init exclude each other (--resume continues a run, "
+                         "--init starts a new one from a checkpoint's weights)")
     if resume is not None:
         config_name = _resume_config(resume, config_name)
+    if init_path is not None and not Path(init_path).is_file():
+        raise UsageError(f"--init {init_path}: no such file")
     for path in (out_path, weights_out):
         if path is not None and not Path(path).parent.is_dir():
             raise UsageError(f"{path}: folder {Path(path).parent} does not exist")
     options = TrainOptions(config=config_name, data=data, steps=steps, k_train=k_train, bptt=bptt,
                            lr=lr, warmup_steps=warmup_steps, seed=seed, device=device,
-                           checkpoint_every=checkpoint_every, teacher=teacher)
+                           checkpoint_every=checkpoint_every, teacher=teacher,
+                           absrel_weight=absrel_weight, init=init_path)
 
     def progress(steps_range):
         return click.progressbar(steps_range, label="training", show_eta=True, show_pos=True,

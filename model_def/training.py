@@ -71,6 +71,16 @@ def silog_loss(pred_depth: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Te
     return torch.sqrt(((delta - mean) ** 2).mean() + (1.0 - lambda_var) * mean ** 2 + 1e-12)
 
 
+def absrel_loss(pred_depth: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """mean(|d - d*| / d*) over GT-valid queries: the AbsRel metric as a loss. Not one of the
+    seed's losses (an opt-in of ``train --absrel-weight``): under depth ambiguity the seed's
+    inverse-depth Huber + SILog settle on answers whose AbsRel is above the best constant's
+    (measured on the synthetic scenes: README, "Training and the demo checkpoint")."""
+    if not valid.any():
+        return pred_depth.sum() * 0.0
+    return ((pred_depth[valid] - gt_depth[valid]).abs() / gt_depth[valid]).mean()
+
+
 def dense_loss(dense_inv: dict[str, torch.Tensor], gt_inv: dict[str, torch.Tensor],
                valid: dict[str, torch.Tensor], weight: float = 1.0) -> torch.Tensor:
     """L_dense (eq. 31) with lambda_d2 = 0.5, lambda_d3 = 0.25, times the warm-down weight."""

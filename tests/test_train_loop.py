@@ -11,7 +11,7 @@ from eventspd_export.train import (Trainer, TrainingError, TrainOptions, Sequenc
                                    event_counts, inference_checkpoint, level_targets, lr_factor,
                                    parameter_groups, run_training)
 from model_def import EventSPD, get_config
-from model_def.checkpoint import load_checkpoint
+from model_def.checkpoint import load_checkpoint, save_checkpoint
 
 FAST = dict(config="demo", steps=3, k_train=24, bptt=2, warmup_steps=1, checkpoint_every=1)
 
@@ -184,3 +184,38 @@ def test_bf16_autocast_path_trains():
     result = trainer.train_step(data.sequence(0))
     assert np.isfinite(result.loss) and np.isfinite(result.grad_norm) and result.grad_norm > 0
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
+
+
+def test_absrel_loss_is_the_metric():
+    from model_def.training import absrel_loss
+
+    pred, gt = torch.tensor([2.0, 1.0, 9.0]), torch.tensor([1.0, 2.0, 3.0])
+    valid = torch.tensor([True, True, False])
+    assert absrel_loss(pred, gt, valid).item() == pytest.approx((1.0 + 0.5) / 2)
+    assert absrel_loss(pred, gt, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+
+def test_init_fine_tunes_from_a_checkpoint_with_the_absrel_term(tmp_path):
+    torch.set_num_threads(1)
+    start = EventSPD(get_config("demo"), seed=7).eval()
+    save_checkpoint(start, tmp_path / "start.pt")
+    trainer = Trainer(TrainOptions(**{**FAST, "steps": 1, "init": str(tmp_path / "start.pt"),
+                                      "absrel_weight": 1.0}))
+    # the inference weights are the checkpoint's; the training heads are fresh
+    for name, value in start.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], value, msg=name)
+    data = SequenceSource("synthetic", trainer.cfg, 2, 1, 0)
+    result = trainer.train_step(data.sequence(0))
+    assert result.terms["absrel"] > 0 and np.isfinite(result.loss)
+    runner = CliRunner()
+    for args, message in ((["--init", str(tmp_path / "none.pt")], "no such file"),
+                          (["--init", str(tmp_path / "start.pt"), "--resume", str(tmp_path / "start.pt")],
+                           "exclude each other"),
+                          (["--init", str(tmp_path / "start.pt"), "--config", "tiny"], "--init"),
+                          (["--absrel-weight", "-1"], "--absrel-weight must be")):
+        res = runner.invoke(main, ["train", "--steps", "1", "--k-train", "8", "--bptt", "1",
+                                   "--out", str(tmp_path / "x.pt"), *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+    assert not (tmp_path / "x.pt").exists()
