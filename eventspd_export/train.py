@@ -409,13 +409,13 @@ def run_training(options: TrainOptions, out: str | Path, resume: str | Path | No
         log(f"resumed from {resume} at step {trainer.step}")
     first = trainer.step
     data = SequenceSource(options.data, trainer.cfg, options.bptt, options.steps, options.seed)
+    reader = ThreadPoolExecutor(max_workers=1)  # one worker: the source is read in order
     try:
         log(f"training {trainer.cfg.name} on {data.source.describe()}: {options.steps} steps x "
             f"{options.bptt} windows x K={options.k_train}, device {options.device}"
             + (", bf16 autocast" if trainer.autocast else ""))
         t0 = time.time()
         steps = range(trainer.step, options.steps)
-        reader = ThreadPoolExecutor(max_workers=1)  # one worker: the source is read in order
         pending = reader.submit(data.sequence, trainer.step) if steps else None
         with (progress(steps) if progress else contextlib.nullcontext(steps)) as iterator:
             for step in iterator:
@@ -435,8 +435,7 @@ def run_training(options: TrainOptions, out: str | Path, resume: str | Path | No
                     break
         log(f"trained steps {first}..{trainer.step} in {time.time() - t0:.0f} s; checkpoint {out}")
     finally:
-        if "reader" in locals():
-            reader.shutdown(wait=True, cancel_futures=True)
+        reader.shutdown(wait=True, cancel_futures=True)
         data.close()
     return trainer
 
