@@ -69,8 +69,8 @@ def test_demo_beats_the_best_constant(measured):
 
 
 def test_demo_uses_the_events(demo, stored, measured):
-    """The same windows with every event removed: AbsRel rises clearly, so the accuracy is not
-    the query-position prior alone (`evaluate --no-events`)."""
+    """The same windows with every event removed (`evaluate --no-events`): AbsRel rises
+    clearly, i.e. the answers move with the events (README: what this does and does not show)."""
     blind = evaluate(demo, EvalOptions(data=stored["data"], k=stored["k"], windows=stored["windows"],
                                        sequence=stored["sequence"], seed=stored["seed"], drop_events=True))
     assert blind["metrics"]["pytorch"]["all"]["abs_rel"] > measured["metrics"]["pytorch"]["all"]["abs_rel"] + 0.03
