@@ -56,6 +56,13 @@ class EvalOptions:
                              f"(got {self.k}, {self.windows}, {self.sequence})")
 
 
+def window_queries(depth: np.ndarray, k: int, seed: int, index: int) -> np.ndarray:
+    """The queries ``evaluate`` scores in window ``index``: deterministic in (seed, index), so
+    every predictor (and scripts/absrel_probe.py) sees the same pixels."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xE7A1, index]))
+    return valid_pixel_queries(depth, k, rng)
+
+
 def valid_pixel_queries(depth: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k pixel centres (u, v) drawn uniformly, with replacement, among GT-valid pixels."""
     valid = np.flatnonzero(np.isfinite(depth) & (depth > 0))
@@ -118,8 +125,7 @@ def evaluate(model: EventSPD, options: EvalOptions) -> dict:
                 hidden_o = got["hidden_out"]
             if window.depth is None:
                 continue
-            rng = np.random.default_rng(np.random.SeedSequence([options.seed, 0xE7A1, i]))
-            queries = valid_pixel_queries(window.depth, options.k, rng)
+            queries = window_queries(window.depth, options.k, options.seed, i)
             if len(queries) == 0:
                 continue
             scored += 1

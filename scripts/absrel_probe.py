@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibration.windows import open_source  # noqa: E402
-from eventspd_export.evaluate import best_constant, valid_pixel_queries  # noqa: E402
+from eventspd_export.evaluate import best_constant, window_queries  # noqa: E402
 from eventspd_export.metrics import gt_at_queries  # noqa: E402
 from model_def import get_config  # noqa: E402
 from model_def.training import LAMBDA_SI, absrel_loss, point_loss, silog_loss  # noqa: E402
@@ -66,8 +66,7 @@ def features(spec: str, windows: int, k: int = 256, seed: int = 0):
             np.add.at(counts, (np.clip(ev[:, 1].astype(int), 0, cfg.height - 1),
                                np.clip(ev[:, 0].astype(int), 0, cfg.width - 1)), 1.0)
             sequence += counts
-            rng = np.random.default_rng(np.random.SeedSequence([seed, 0xE7A1, i]))  # evaluate's
-            q = valid_pixel_queries(window.depth, k, rng)
+            q = window_queries(window.depth, k, seed, i)
             u, v = q[:, 0].astype(int), q[:, 1].astype(int)
             position = (q / [cfg.width, cfg.height] - 0.5) * 2
             xs.append(np.concatenate([box_sums(counts, u, v), box_sums(sequence, u, v), position,
@@ -93,9 +92,11 @@ def fit(x_train, y_train, loss_name: str, steps: int = 2000):
         idx = torch.randint(0, len(x), (4096,))
         pred, gt = predict(x[idx]), y[idx]
         valid = torch.ones_like(gt, dtype=torch.bool)
-        seed = point_loss(1 / pred, 1 / gt, valid) + LAMBDA_SI * silog_loss(pred, gt, valid)
-        absrel = absrel_loss(pred, gt, valid)
-        loss = {"absrel": absrel, "seed": seed, "seed+absrel": seed + absrel}[loss_name]
+        loss = 0.0
+        if "seed" in loss_name:
+            loss = point_loss(1 / pred, 1 / gt, valid) + LAMBDA_SI * silog_loss(pred, gt, valid)
+        if "absrel" in loss_name:
+            loss = loss + absrel_loss(pred, gt, valid)
         opt.zero_grad()
         loss.backward()
         opt.step()
