@@ -443,13 +443,19 @@ def plugin_availability(device: torch.device) -> str | None:
     return None
 
 
-def _torch_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: BenchOptions,
-                    device: torch.device) -> Pipeline:
+def _ops_backend(name: str, device: torch.device) -> str:
+    """The model_def.ops backend of a torch backend; BackendSkipped when its ops cannot run."""
     ops_backend = TORCH_BACKENDS[name]
     if ops_backend == "plugin":
         reason = plugin_availability(device)
         if reason:
             raise BackendSkipped(reason)
+    return ops_backend
+
+
+def _torch_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: BenchOptions,
+                    device: torch.device) -> Pipeline:
+    ops_backend = _ops_backend(name, device)
     context = _torch_context(ops_backend, opts.precision, device)
     cfg = model.cfg
     with context():
@@ -477,11 +483,7 @@ def _graph_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: Benc
 
     if device.type != "cuda":
         raise BackendSkipped("CUDA graphs need --device cuda")
-    ops_backend = TORCH_BACKENDS[name]
-    if ops_backend == "plugin":
-        reason = plugin_availability(device)
-        if reason:
-            raise BackendSkipped(reason)
+    ops_backend = _ops_backend(name, device)
     compiled = name in COMPILED_BACKENDS
     context = _torch_context(ops_backend, opts.precision, device, graphs=True)
     model = copy.deepcopy(model)  # its own copy: F^3 weights go channels-last
