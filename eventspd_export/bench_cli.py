@@ -77,6 +77,7 @@ def _checkpoint_config(path: str) -> str:
               callback=_parse_backends,
               help="Comma-separated: torch, torch-plugins, torch-cudagraph, "
                    "torch-plugins-cudagraph (CUDA only: each phase replayed from a CUDA graph), "
+                   "torch-plugins-compiled (CUDA only: torch.compile, then CUDA graphs), "
                    "onnxrt, trt. Those that cannot run here are reported as skipped, with the "
                    "reason.")
 @click.option("--k", "ks", default="1,64,256,1024,4096", show_default=True, callback=_parse_ks,

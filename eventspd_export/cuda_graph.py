@@ -1,8 +1,8 @@
 """Capture a call into a CUDA graph once and replay it (``bench``'s ``*-cudagraph`` backends).
 
-A graph replays the captured kernels with the captured pointers: inputs must be written into
-the tensors the capture read (``StaticCall.inputs``) and the outputs are the same tensors on
-every replay. Capture fails with a clear error when the call synchronises with the host
+A graph replays the captured kernels with the captured pointers: new inputs must be copied
+into the very tensors the captured call read (the caller keeps them), and the outputs are the
+same tensors on every replay. Capture fails with a clear error when the call synchronises with the host
 (``.item()``, ``bool(tensor)``, data-dependent shapes) or launches outside the current stream.
 """
 from __future__ import annotations
