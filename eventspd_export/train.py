@@ -239,7 +239,7 @@ class Trainer:
         try:
             source, _ = load_checkpoint(path, config=self.cfg)
         except CheckpointError as exc:
-            raise TrainingError(f"--init {path}: {exc}") from None
+            raise TrainingError(f"--init: {exc}") from None  # the message names the file
         missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=False)
         if unexpected or any(not k.startswith("train_heads.") for k in missing):
             raise TrainingError(f"--init {path}: does not match the model (missing {missing}, "

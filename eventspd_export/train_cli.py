@@ -71,8 +71,6 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
                          "--init starts a new one from a checkpoint's weights)")
     if resume is not None:
         config_name = _resume_config(resume, config_name)
-    if init_path is not None and not Path(init_path).is_file():
-        raise UsageError(f"--init {init_path}: no such file")
     for path in (out_path, weights_out):
         if path is not None and not Path(path).parent.is_dir():
             raise UsageError(f"{path}: folder {Path(path).parent} does not exist")
