@@ -137,10 +137,33 @@ def _set_io_shapes(model: onnx.ModelProto, specs) -> None:
                 dim.dim_value = want
 
 
+def _reshapes_allow_zero(model: onnx.ModelProto) -> int:
+    """Set ``allowzero=1`` on every Reshape whose target shape is computed at run time.
+
+    Those shapes are built from ``Shape`` of real tensors, so a 0 in them is an empty axis (K = 0
+    queries, N = 0 events); with ONNX's default ``allowzero=0`` a 0 means "copy the input's
+    axis", which breaks when the ranks differ and makes TensorRT call a profile minimum of 0
+    "not self-consistent" (ARCHITECTURE §8). Constant shapes are left alone: a literal 0 there
+    may mean "copy". Returns the number of nodes changed."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.input[1] in constants:
+            continue
+        for attr in list(node.attribute):
+            if attr.name == "allowzero":
+                node.attribute.remove(attr)
+        node.attribute.append(onnx.helper.make_attribute("allowzero", 1))
+        changed += 1
+    return changed
+
+
 def _finish(model: onnx.ModelProto, cfg, opset: int, plugins: bool, graph: str) -> onnx.ModelProto:
     io_specs = {"precompute": (*contract.precompute_inputs(cfg), *contract.precompute_outputs(cfg)),
                 "decoder": (*contract.decoder_inputs(cfg), *contract.decoder_outputs(cfg))}[graph]
     _set_io_shapes(model, io_specs)
+    _reshapes_allow_zero(model)
     used = sorted({n.op_type for n in model.graph.node if n.domain == ops.PLUGIN_DOMAIN})
     for name in used:
         model.functions.append(FUNCTION_BUILDERS[name](cfg, opset))
@@ -245,7 +268,7 @@ def export_onnx(model: EventSPD, options: ExportOptions, load: LoadReport | None
             } for name in files
         },
         "dynamic_axes": {contract.NUM_EVENTS: {"min": 0, "max": options.events_max},
-                         contract.NUM_QUERIES: {"min": 1, "max": options.k_max}},
+                         contract.NUM_QUERIES: {"min": 0, "max": options.k_max}},
         "plugin_ops": plugin_ops_used(model) if options.plugins else [],
         "versions": {"eventspd_export": __version__, "torch": torch.__version__,
                      "onnx": onnx.__version__},

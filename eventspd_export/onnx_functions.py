@@ -48,6 +48,11 @@ class _Body:
     def unsq(self, x: str, axis: int) -> str:
         return self.op("Unsqueeze", x, self.i([axis]))
 
+    def reshape(self, x: str, shape: str, name: str | None = None) -> str:
+        """Reshape with ``allowzero=1``: a 0 in ``shape`` is a real empty axis (K = 0 queries),
+        not ONNX's default "copy this axis from the input", which fails when ranks differ."""
+        return self.op("Reshape", x, shape, name=name, allowzero=1)
+
     def take(self, x: str, index: int, axis: int) -> str:
         """x[..., index, ...] along axis, removing that axis."""
         return self.op("Gather", x, self.i(index), axis=axis)
@@ -92,9 +97,10 @@ def deform_read_function(cfg: ModelConfig, opset: int) -> onnx.FunctionProto:
     K = b.op("Slice", shape, b.i([1]), b.i([2]))
     R = b.op("Slice", shape, b.i([2]), b.i([3]))
     BH = b.op("Mul", B, b.i([Hh]))
-    logits = b.op("Reshape", "logits", b.op("Concat", B, K, R, b.i([Hh, L * M]), axis=0))
+    KR = b.op("Mul", K, R)  # spelled out, never -1: a -1 cannot be inferred at K = 0
+    logits = b.reshape("logits", b.op("Concat", B, K, R, b.i([Hh, L * M]), axis=0))
     a = b.op("Softmax", logits, axis=-1)
-    a = b.op("Reshape", a, b.op("Concat", B, K, R, b.i([Hh, L, M]), axis=0))
+    a = b.reshape(a, b.op("Concat", B, K, R, b.i([Hh, L, M]), axis=0))
     a = b.op("Transpose", a, perm=[0, 3, 1, 2, 4, 5])  # [B, Hh, K, R, L, M]
     anchor_xy = [b.take("anchors", j, axis=-1) for j in (0, 1)]  # [B, K, R]
     offset_xy = [b.take("offsets", j, axis=-1) for j in (0, 1)]  # [B, K, R, Hh, L, M]
@@ -109,16 +115,16 @@ def deform_read_function(cfg: ModelConfig, opset: int) -> onnx.FunctionProto:
             norm = b.op("Sub", b.op("Mul", b.op("Add", pos, b.f(0.5)), b.f(2.0 / size)), b.f(1.0))
             grid.append(b.unsq(norm, -1))
         grid = b.op("Transpose", b.op("Concat", *grid, axis=-1), perm=[0, 3, 1, 2, 4, 5])
-        grid = b.op("Reshape", grid, b.op("Concat", BH, b.i([-1, M, 2]), axis=0))
-        vmap = b.op("Reshape", value, b.op("Concat", BH, b.i([Ch, H, W]), axis=0))
+        grid = b.reshape(grid, b.op("Concat", BH, KR, b.i([M, 2]), axis=0))
+        vmap = b.reshape(value, b.op("Concat", BH, b.i([Ch, H, W]), axis=0))
         samp = b.op("GridSample", vmap, grid, mode="bilinear", padding_mode="zeros",
                     align_corners=0)  # [B*Hh, Ch, K*R, M]
-        weight = b.op("Reshape", b.take(a, lvl, axis=4), b.op("Concat", BH, b.i([1, -1, M]), axis=0))
+        weight = b.reshape(b.take(a, lvl, axis=4), b.op("Concat", BH, b.i([1]), KR, b.i([M]), axis=0))
         contrib = b.op("ReduceSum", b.op("Mul", samp, weight), b.i([3]), keepdims=0)
         acc = contrib if acc is None else b.op("Add", acc, contrib)
-    out = b.op("Reshape", acc, b.op("Concat", B, b.i([Hh, Ch]), K, R, axis=0))
+    out = b.reshape(acc, b.op("Concat", B, b.i([Hh, Ch]), K, R, axis=0))
     out = b.op("Transpose", out, perm=[0, 3, 4, 1, 2])  # [B, K, R, Hh, Ch]
-    b.op("Reshape", out, b.op("Concat", B, K, R, b.i([C]), axis=0), name="out")
+    b.reshape(out, b.op("Concat", B, K, R, b.i([C]), axis=0), name="out")
     return _function(spec.plugin_name, ["v2", "v3", "v4", "anchors", "offsets", "logits"], ["out"],
                      b, spec.fields, opset)
 
@@ -177,7 +183,7 @@ def event_splat_function(cfg: ModelConfig, opset: int) -> onnx.FunctionProto:
                  value=numpy_helper.from_array(np.zeros(1, np.float32)))
     grid = b.op("ScatterElements", empty, index, b.op("Transpose", feat, perm=[1, 0]), axis=1,
                 reduction="add")
-    b.op("Reshape", grid, b.i([1, channels, H, W]), name="grid")
+    b.reshape(grid, b.i([1, channels, H, W]), name="grid")
     return _function(spec.plugin_name, ["events", "table"], ["grid"], b, spec.fields, opset)
 
 

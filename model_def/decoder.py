@@ -12,7 +12,7 @@ from torch import nn
 
 from . import ops
 from .config import ModelConfig
-from .layers import Mlp, attention_weights, fourier
+from .layers import Mlp, attention_weights, fourier, merge_last2
 
 # B1 sampling grids (in level cells, row-major, dy outer): 5x5 without the centre for L1,
 # 5x5 for L2/L3, 3x3 for L4.
@@ -111,6 +111,7 @@ class CrossAttentionLayer(nn.Module):
     def __init__(self, d: int, heads: int, ffn: int, project_kv: bool, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
+        self.head_dim = d // heads
         self.norm_q = nn.LayerNorm(d)
         self.q = nn.Linear(d, d)
         if project_kv:
@@ -120,8 +121,10 @@ class CrossAttentionLayer(nn.Module):
         self.norm_ff = nn.LayerNorm(d)
         self.ffn = Mlp(d, ffn)
 
+    # Reshapes name every trailing size (no -1): with an empty query set (K = 0) a -1 cannot be
+    # inferred, and ONNX Runtime and TensorRT reject such a Reshape (ARCHITECTURE §8).
     def _split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(*x.shape[:-1], self.heads, -1)
+        return x.view(*x.shape[:-1], self.heads, self.head_dim)
 
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None,
                 key: torch.Tensor | None = None, value: torch.Tensor | None = None):
@@ -137,7 +140,7 @@ class CrossAttentionLayer(nn.Module):
         k = self._split(self.k(context)).transpose(2, 3)  # [B,K,H,T,dh]
         v = self._split(self.v(context)).transpose(2, 3)
         attn = F.dropout(attention_weights(q, k), self.dropout, self.training)
-        y = torch.matmul(attn, v).squeeze(-2).flatten(-2)  # [B,K,d]
+        y = merge_last2(torch.matmul(attn, v).squeeze(-2), self.heads * self.head_dim)  # [B,K,d]
         return self._ffn(h + self.o(y))
 
     def forward_shared(self, h: torch.Tensor, key: torch.Tensor, value: torch.Tensor
@@ -148,7 +151,7 @@ class CrossAttentionLayer(nn.Module):
         v = self._split(value).transpose(1, 2)
         attn = attention_weights(q, k)  # [B,H,K,T]
         y = torch.matmul(F.dropout(attn, self.dropout, self.training), v)
-        h = self._ffn(h + self.o(y.transpose(1, 2).flatten(-2)))
+        h = self._ffn(h + self.o(merge_last2(y.transpose(1, 2), self.heads * self.head_dim)))
         return h, attn.transpose(1, 2)
 
     def _ffn(self, h: torch.Tensor) -> torch.Tensor:
@@ -225,7 +228,7 @@ class DeformableRead(nn.Module):
         cfg = self.cfg
         B, K, R = idx.shape
         flat = idx.reshape(B, K * R, 1).long()
-        g = torch.gather(anchor_feat, 1, flat.expand(B, K * R, anchor_feat.shape[-1])).view(B, K, R, -1)
+        g = torch.gather(anchor_feat, 1, flat.expand(B, K * R, anchor_feat.shape[-1])).view(B, K, R, anchor_feat.shape[-1])
         delta = anchors - queries.unsqueeze(2)  # eq. 13, pixels
         delta = delta / self.delta_norm.to(delta.dtype)
         cond = torch.cat([h.unsqueeze(2).expand(B, K, R, h.shape[-1]), g, fourier(delta, 8)], dim=-1)

@@ -96,7 +96,16 @@ def fourier(x: torch.Tensor, n: int) -> torch.Tensor:
     """
     freqs = (2.0 ** torch.arange(n, dtype=x.dtype, device=x.device)) * math.pi
     ang = x.unsqueeze(-1) * freqs  # [..., 2, n]
-    return torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(-2)
+    return merge_last2(torch.cat([ang.sin(), ang.cos()], dim=-1), 4 * n)
+
+
+def merge_last2(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x.flatten(-2)`` with the merged ``size`` (a Python int) spelled out. ``flatten`` exports
+    as a Reshape to ``[..., -1]``, and a size computed from the tensor's shape is folded back into
+    one by ONNX Runtime's optimiser; a -1 cannot be inferred when a leading axis is 0 (an empty
+    query set, K = 0), so ONNX Runtime and TensorRT reject it (ARCHITECTURE §8). A constant
+    trailing size keeps every decoder Reshape valid at K = 0."""
+    return x.reshape(*x.shape[:-2], size)
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None
