@@ -38,7 +38,15 @@ def plugins_option(f):
 @onnx_dir_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where the engines, the plugin library and the manifest go [default: --onnx-dir].")
-@click.option("--k-min", type=int, default=1, show_default=True, help="Profile minimum of K (num_queries).")
+@click.option("--runtime", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
+              help="TensorRT flavour: tensorrt (10.x/11.x, builds on the GPU that will run the engines) or "
+                   "tensorrt-rtx (1.7+, builds ahead of time for --compute-capability, no GPU needed); auto "
+                   "prefers tensorrt when it imports.")
+@click.option("--compute-capability", "compute_capability", default=None,
+              help="tensorrt-rtx: comma-separated target compute capabilities [default: 8.6,8.9,12.0, its "
+                   "portable set]. tensorrt: builds for the visible GPU only.")
+@click.option("--k-min", type=int, default=0, show_default=True,
+              help="Profile minimum of K (num_queries); 0: empty query sets are valid.")
 @click.option("--k-opt", type=int, default=256, show_default=True, help="Profile optimum of K.")
 @click.option("--k-max", type=int, default=4096, show_default=True, help="Profile maximum of K.")
 @click.option("--events-opt", type=int, default=None,
@@ -55,10 +63,11 @@ def plugins_option(f):
               help="TensorRT 10 only: precision builder flags (fp16 from the fp32 ONNX + FP16; int8 "
                    "from the Q/DQ ONNX + INT8|FP16) instead of a strongly typed network.")
 @user_errors
-def trt(fp32, fp16, int8, onnx_dir, out_dir, k_min, k_opt, k_max, events_opt, events_max, workspace_mib,
-        timing_cache, plugins, weakly_typed):
-    """Build precompute.engine and decoder.engine (TensorRT) + their manifest entries."""
+def trt(fp32, fp16, int8, runtime, compute_capability, onnx_dir, out_dir, k_min, k_opt, k_max, events_opt,
+        events_max, workspace_mib, timing_cache, plugins, weakly_typed):
+    """Build precompute.engine and decoder.engine (TensorRT or TensorRT-RTX) + their manifest entries."""
     from .trt_engine import ENGINE_FILES, BuildOptions, EngineBuildError, Profile, build_engines
+    from .trt_flavour import parse_compute_capabilities
 
     chosen = [name for name, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
     if len(chosen) > 1:
@@ -67,15 +76,22 @@ def trt(fp32, fp16, int8, onnx_dir, out_dir, k_min, k_opt, k_max, events_opt, ev
         Path(onnx_dir), Path(out_dir or onnx_dir), precision=(chosen or ["fp32"])[0],
         profile=Profile(k_min, k_opt, k_max, events_opt, events_max), workspace_mib=workspace_mib,
         timing_cache=Path(timing_cache) if timing_cache else None,
-        plugins=Path(plugins) if plugins else None, weakly_typed=weakly_typed)
+        plugins=Path(plugins) if plugins else None, weakly_typed=weakly_typed, runtime=runtime,
+        compute_capabilities=parse_compute_capabilities(compute_capability))
     try:
         manifest = build_engines(options, log_fn=click.echo)
     except EngineBuildError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CHECK_FAILED)
+    from .trt_flavour import FLAVOURS
+
     for graph, entry in manifest["engines"].items():
-        click.echo(f"{graph}: {options.out_dir / ENGINE_FILES[graph]} ({entry['bytes'] / 1e6:.1f} MB, "
-                   f"{entry['precision']}, TensorRT {entry['tensorrt']['version']}, {entry['gpu']['name']})")
+        rt, target = entry["tensorrt"], entry["target"]
+        where = (target["built_on"]["name"] if target.get("built_on") else
+                 "compute capabilities " + ", ".join(target["compute_capabilities"]))
+        click.echo(f"{graph}: {options.out_dir / ENGINE_FILES[graph]} ({entry['bytes'] / 1e6:.1f} MB in "
+                   f"{entry['build_seconds']:.1f} s, {entry['precision']}, {FLAVOURS[rt['flavour']].title} "
+                   f"{rt['version']}, {where})")
 
 
 @click.command("check")

@@ -65,6 +65,8 @@ from model_def.config import ModelConfig
 
 from .errors import UsageError
 from .onnx_export import EVENTS_LIMIT, K_LIMIT, MANIFEST_FILE, onnx_file
+from .trt_flavour import (RUNTIME_CHOICES, GpuInfo, NoGpuError, Runtime, Target, TensorRTUnavailableError, gpu_info,  # noqa: F401
+                          load_runtime)
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +80,7 @@ PLUGIN_NODES = {  # the custom nodes each graph carries (ONNX op_type == TensorR
     "decoder": (ops.PLUGIN_SPECS["topr_route"].plugin_name, ops.PLUGIN_SPECS["deform_read"].plugin_name),
 }
 DEFAULT_EVENTS_OPT = 100_000
-ENGINE_FORMAT = "eventspd-export/engine-1"
-TENSORRT_INSTALL_HINT = ("install TensorRT 10 or 11 for this Python (pip install tensorrt, or the "
-                         "python/ wheel of the TensorRT tar from developer.nvidia.com/tensorrt)")
-
-
-class TensorRTUnavailableError(UsageError):
-    """The ``tensorrt`` Python package does not import (or is too old)."""
-
-
-class NoGpuError(UsageError):
-    """No CUDA GPU is visible to this process."""
+ENGINE_FORMAT = "eventspd-export/engine-2"  # -2: runtime flavour and build target recorded
 
 
 class PluginLibraryError(UsageError):
@@ -104,8 +96,6 @@ class EngineBuildError(RuntimeError):
 
 
 # ---- files next to the graphs -------------------------------------------------------------
-
-
 
 def read_manifest(folder: str | os.PathLike) -> dict:
     path = Path(folder) / MANIFEST_FILE
@@ -140,7 +130,7 @@ def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
 class Profile:
     """The dynamic axes' ranges of the one optimisation profile of each engine."""
 
-    k_min: int = 1
+    k_min: int = 0  # an empty query set is valid (the decoder graph runs at K = 0)
     k_opt: int = 256
     k_max: int = 4096
     events_opt: int | None = None  # default: min(DEFAULT_EVENTS_OPT, events_max)
@@ -155,9 +145,9 @@ class Profile:
         return Profile(self.k_min, self.k_opt, self.k_max, events_opt, events_max, self.events_min)
 
     def validate(self, manifest: dict | None = None) -> None:
-        if not 1 <= self.k_min <= self.k_opt <= self.k_max:
+        if not 0 <= self.k_min <= self.k_opt <= self.k_max or self.k_max < 1:
             raise UsageError(f"--k-min {self.k_min}, --k-opt {self.k_opt}, --k-max {self.k_max}: "
-                             "need 1 <= k-min <= k-opt <= k-max")
+                             "need 0 <= k-min <= k-opt <= k-max and k-max >= 1")
         if self.k_max > K_LIMIT:
             raise UsageError(f"--k-max {self.k_max} is above what the graphs support ({K_LIMIT})")
         if self.events_opt is not None and self.events_max is not None and not (
@@ -207,6 +197,8 @@ class BuildOptions:
     timing_cache: Path | None = None
     plugins: Path | None = None
     weakly_typed: bool = False  # TensorRT 10 only: precision builder flags instead of typed ONNX
+    runtime: str = "auto"  # auto | tensorrt | tensorrt-rtx (trt_flavour)
+    compute_capabilities: tuple[str, ...] | None = None  # TensorRT-RTX targets; None: its default set
 
 
 @dataclass
@@ -238,6 +230,20 @@ def resolve_plugin_library(path: str | os.PathLike | None, *folders: Path | None
                              "build it with `eventspd-export build-plugins --tensorrt-root DIR` or pass --plugins PATH")
 
 
+def check_onnx_readable(path: Path) -> None:
+    """A truncated or corrupt ONNX file is a user error with its name, not a parser crash."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        raise ManifestError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}); re-export it "
+                            "(truncated or corrupt)") from None
+    if not model.graph.node:
+        raise ManifestError(f"{path} holds no graph nodes (truncated or not an ONNX model); re-export it")
+
+
 def plan_build(options: BuildOptions) -> BuildPlan:
     """Validate options, files and manifest; raise ``UsageError`` subclasses. Writes nothing."""
     if options.precision not in PRECISIONS:
@@ -247,6 +253,8 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     if options.weakly_typed and options.precision == "fp32":
         raise UsageError("--weakly-typed only changes fp16/int8 builds (precision builder flags); "
                          "drop it for --fp32")
+    if options.runtime not in RUNTIME_CHOICES:
+        raise UsageError(f"--runtime {options.runtime!r}: choose one of {', '.join(RUNTIME_CHOICES)}")
     onnx_dir = Path(options.onnx_dir)
     if not onnx_dir.is_dir():
         raise UsageError(f"ONNX folder {onnx_dir} does not exist: export with `eventspd-export onnx "
@@ -270,8 +278,14 @@ def plan_build(options: BuildOptions) -> BuildPlan:
             raise ManifestError(f"{fp32} does not match the sha256 in {onnx_dir / MANIFEST_FILE}: the "
                                 "graph was replaced after the export; re-export both graphs")
     if not manifest.get("plugin_ops"):
-        raise UsageError(f"the graphs in {onnx_dir} were exported with --no-plugins; the engines need "
-                         "the plugin nodes: re-export without --no-plugins")
+        # Measured: TensorRT-RTX builds the standard-op decoder, but its parser rejects the event
+        # splat's ScatterElements(reduction="add") (and ScatterND with any reduction).
+        raise UsageError(f"the graphs in {onnx_dir} were exported with --no-plugins, and TensorRT's ONNX parser "
+                         "rejects the standard-op event splat (ScatterElements with reduction=\"add\"), so the "
+                         "engines need the plugin nodes and library: re-export without --no-plugins and build "
+                         "the library with `eventspd-export build-plugins`")
+    for g, path in paths.items():
+        check_onnx_readable(path)
     profile = options.profile.resolved(manifest)
     options.profile.validate(manifest)
     profile.validate(manifest)
@@ -289,98 +303,58 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     return BuildPlan(options, manifest, cfg, profile, paths, plugins)
 
 
-# ---- TensorRT and the GPU -----------------------------------------------------------------
-
-def import_tensorrt():
-    """The ``tensorrt`` module (10.x or 11.x), or ``TensorRTUnavailableError``."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-    except Exception as exc:  # ImportError, or a broken install failing to load libnvinfer
-        raise TensorRTUnavailableError(
-            f"TensorRT is not available to this Python (import tensorrt failed: {exc}); "
-            f"{TENSORRT_INSTALL_HINT}, on a machine with an NVIDIA GPU") from None
-    major = tensorrt_version_tuple(trt)[0]
-    if major < 10:
-        raise TensorRTUnavailableError(f"TensorRT {trt.__version__} is too old (10.x or 11.x needed: "
-                                       f"IPluginV3 plugins and strongly typed networks); {TENSORRT_INSTALL_HINT}")
-    return trt
-
-
-def tensorrt_version_tuple(trt) -> tuple[int, int, int]:
-    parts = [int(p) for p in str(trt.__version__).split(".")[:3] if p.isdigit()]
-    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    compute_capability: str  # "9.0"
-
-    def to_json(self) -> dict:
-        return {"index": self.index, "name": self.name, "compute_capability": self.compute_capability}
-
-
-def gpu_info(index: int = 0) -> GpuInfo:
-    """Name and compute capability of CUDA device ``index`` via the driver API (libcuda)."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        raise NoGpuError("no CUDA GPU is visible (the NVIDIA driver library libcuda.so.1 is not "
-                         "installed); build engines on the machine with the NVIDIA GPU and driver that "
-                         "will run them") from None
-    count = ctypes.c_int(0)
-    rc = cuda.cuInit(0)
-    if rc == 0:
-        rc = cuda.cuDeviceGetCount(ctypes.byref(count))
-    if rc != 0 or count.value <= index:
-        reason = f"cuInit/cuDeviceGetCount returned CUDA error {rc}" if rc else f"{count.value} devices"
-        raise NoGpuError(f"no CUDA GPU is visible ({reason}; check nvidia-smi and CUDA_VISIBLE_DEVICES); "
-                         "build engines on the machine with the NVIDIA GPU that will run them")
-    dev = ctypes.c_int(0)
-    cuda.cuDeviceGet(ctypes.byref(dev), index)
-    name = ctypes.create_string_buffer(256)
-    cuda.cuDeviceGetName(name, 256, dev)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
-    return GpuInfo(index, name.value.decode(errors="replace"), f"{major.value}.{minor.value}")
-
+# ---- the plugin library --------------------------------------------------------------------
 
 _LOADED_PLUGINS: dict[str, ctypes.CDLL] = {}
 
 
-def load_plugins(trt, path: Path) -> None:
-    """dlopen the plugin library (static registration) once per process and check that the
-    registry now has the three EventSPD creators."""
+def load_plugins(runtime: Runtime, path: Path) -> None:
+    """dlopen the plugin library once per process and check that the registry now has the three
+    EventSPD creators.
+
+    Registration: the library registers its creators statically when it is loaded
+    (``REGISTER_TENSORRT_PLUGIN``); the Python tools use only that (``ctypes.CDLL``, the mechanism
+    of ``polygraphy --plugins`` and ``trtexec --staticPlugins``). ``IPluginRegistry.loadLibrary``
+    (``registry.load_library``, ``trtexec --dynamicPlugins``) would also call ``getCreators`` and
+    register each creator a second time in the same process, so it is not used here. The check
+    reads ``all_creators``: TensorRT-RTX's ``get_creator`` does not see statically registered
+    creators (ARCHITECTURE §8); ``get_creator`` is the fallback for bindings without the list."""
     key = str(Path(path).resolve())
     if key not in _LOADED_PLUGINS:
         try:
             _LOADED_PLUGINS[key] = ctypes.CDLL(key)
         except OSError as exc:
-            raise PluginLibraryError(f"cannot load the plugin library {path} ({exc}); rebuild it against "
-                                     "this TensorRT with `eventspd-export build-plugins`") from None
-    registry = trt.get_plugin_registry()
-    missing = []
+            raise PluginLibraryError(f"cannot load the plugin library {path} ({exc}); rebuild it for "
+                                     f"{runtime.title} with `eventspd-export build-plugins --runtime "
+                                     f"{runtime.name}`") from None
+    listed = runtime.registered_creators()
+    registry = runtime.trt.get_plugin_registry()
+    missing, doubled = [], []
     for spec in ops.PLUGIN_SPECS.values():
-        probed = found = False
-        for getter in ("get_creator", "get_plugin_creator"):  # 10.x+ / older bindings
-            fn = getattr(registry, getter, None)
-            if fn is None:
-                continue
-            probed = True
+        ident = (spec.plugin_name, spec.plugin_version, ops.PLUGIN_NAMESPACE)
+        if listed is not None:
+            count = listed.count(ident)
+            if count == 0:
+                missing.append(spec.plugin_name)
+            elif count > 1:
+                doubled.append(spec.plugin_name)
+            continue
+        getter = getattr(registry, "get_creator", None)
+        if getter is not None:
             try:
-                found = fn(spec.plugin_name, spec.plugin_version, ops.PLUGIN_NAMESPACE) is not None
+                found = getter(*ident) is not None
             except Exception:  # noqa: BLE001 - binding differences between versions
                 found = False
-            if found:
-                break
-        if probed and not found:  # (no lookup in this binding: the post-parse check still guards)
-            missing.append(spec.plugin_name)
+            if not found:
+                missing.append(spec.plugin_name)
     if missing:
         raise PluginLibraryError(f"{path} loaded but the registry has no creator for "
                                  f"{', '.join(missing)} (namespace {ops.PLUGIN_NAMESPACE!r}, version 1); "
-                                 "rebuild the library from this checkout with `eventspd-export build-plugins`")
+                                 f"rebuild the library from this checkout for {runtime.title} with "
+                                 f"`eventspd-export build-plugins --runtime {runtime.name}`")
+    if doubled:
+        log.warning("the registry holds %s twice (the plugin library was loaded twice, e.g. by dlopen "
+                    "and by loadLibrary); the parser uses the first", ", ".join(doubled))
 
 
 # ---- network inspection ---------------------------------------------------------------------
@@ -458,42 +432,76 @@ def _dtype_name(trt, dtype) -> str:
     return table.get(str(dtype).split(".")[-1], str(dtype))
 
 
-def _check_engine_io(trt, logger, blob: bytes, graph: str, cfg: ModelConfig) -> None:
-    """The built engine's I/O must be the contract's names, directions and dtypes."""
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(blob)
-    if engine is None:
-        raise EngineBuildError(f"{graph}: TensorRT could not deserialise the engine it just built")
+def _contract_io(graph: str, cfg: ModelConfig) -> dict[str, tuple[str, str]]:
     ins = contract.precompute_inputs(cfg) if graph == "precompute" else contract.decoder_inputs(cfg)
     outs = contract.precompute_outputs(cfg) if graph == "precompute" else contract.decoder_outputs(cfg)
-    want = {s.name: ("input", s.dtype) for s in ins} | {s.name: ("output", s.dtype) for s in outs}
+    return {s.name: ("input", s.dtype) for s in ins} | {s.name: ("output", s.dtype) for s in outs}
+
+
+def check_network_io(trt, network, graph: str, cfg: ModelConfig) -> None:
+    """The parsed network's I/O must be the contract's names, directions and dtypes. Checked on the
+    network before the build, so it needs no GPU (an engine cannot be deserialised without one)."""
+    got = {}
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        got[t.name] = ("input", _dtype_name(trt, t.dtype))
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        got[t.name] = ("output", _dtype_name(trt, t.dtype))
+    want = _contract_io(graph, cfg)
+    if got != want:
+        diff = sorted(set(got.items()) ^ set(want.items()))
+        raise EngineBuildError(f"{graph}: the network's I/O differs from the contract: {diff[:6]}")
+
+
+def _check_engine_io(trt, logger, blob: bytes, graph: str, cfg: ModelConfig) -> None:
+    """The deserialised engine's I/O against the contract (only where a GPU it targets is here)."""
+    engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
+    if engine is None:
+        raise EngineBuildError(f"{graph}: TensorRT could not deserialise the engine it just built")
     got = {}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         mode = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
         got[name] = (mode, _dtype_name(trt, engine.get_tensor_dtype(name)))
+    want = _contract_io(graph, cfg)
     if got != want:
         diff = sorted(set(got.items()) ^ set(want.items()))
         raise EngineBuildError(f"{graph}: the engine's I/O differs from the contract: {diff[:6]}")
 
 
-def _build_one(trt, logger, plan: BuildPlan, graph: str, major: int, cache_bytes: bytes | None,
-               log_fn: Callable[[str], None]) -> tuple[bytes, bytes | None, list[str], float]:
-    opts = plan.options
-    path = plan.onnx[graph]
-    builder = trt.Builder(logger)
-    flags = 0
-    strongly_typed = not opts.weakly_typed
-    if strongly_typed and major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+@dataclass
+class BuiltEngine:
+    blob: bytes
+    plugins: list[str]
+    seconds: float
+    deserialised: bool  # whether the I/O was also checked on the deserialised engine
+
+
+def _parse(runtime: Runtime, logger, builder, graph: str, path: Path, strongly_typed: bool):
+    trt = runtime.trt
+    network = builder.create_network(runtime.network_flags(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
         parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
     if not parser.parse_from_file(str(path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 5)))
-        raise EngineBuildError(f"{graph}: TensorRT's ONNX parser rejected {path}: {errors}")
+        raise EngineBuildError(f"{graph}: {runtime.title}'s ONNX parser rejected {path}: {errors}")
+    return network, parser
+
+
+def _build_one(runtime: Runtime, logger, plan: BuildPlan, graph: str, target: Target,
+               cache_bytes: bytes | None, log_fn: Callable[[str], None]) -> tuple[BuiltEngine, bytes | None]:
+    trt = runtime.trt
+    opts = plan.options
+    path = plan.onnx[graph]
+    builder = trt.Builder(logger)
+    strongly_typed = not opts.weakly_typed
+    log_fn(f"building {ENGINE_FILES[graph]} from {path.name} ({opts.precision}, "
+           f"{'strongly typed' if strongly_typed else 'builder flags'}, {runtime.title}, for {target.describe()}) ...")
+    network, _parser = _parse(runtime, logger, builder, graph, path, strongly_typed)
     plugins = verify_plugin_layers(graph, plugin_layers(trt, network), onnx_plugin_nodes(path))
+    check_network_io(trt, network, graph, plan.cfg)
 
     config = builder.create_builder_config()
     if opts.workspace_mib is not None:
@@ -504,6 +512,7 @@ def _build_one(trt, logger, plan: BuildPlan, graph: str, major: int, cache_bytes
         config.set_flag(trt.BuilderFlag.FP16)
         if opts.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
+    runtime.apply_target(config, target)
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in plan.profile.shapes(graph, plan.cfg).items():
         profile.set_shape(name, lo, opt, hi)
@@ -513,19 +522,19 @@ def _build_one(trt, logger, plan: BuildPlan, graph: str, major: int, cache_bytes
         cache = config.create_timing_cache(cache_bytes or b"")
         if not config.set_timing_cache(cache, False):
             raise EngineBuildError(f"--timing-cache {opts.timing_cache} was made by another GPU or "
-                                   "TensorRT version; delete it or pass another path")
+                                   f"TensorRT version; delete it or pass another path")
 
-    log_fn(f"building {ENGINE_FILES[graph]} from {path.name} ({opts.precision}, "
-           f"{'strongly typed' if strongly_typed else 'builder flags'}) ...")
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
     if serialized is None:
-        raise EngineBuildError(f"{graph}: TensorRT failed to build the engine (see its log above)")
+        raise EngineBuildError(f"{graph}: {runtime.title} failed to build the engine (see its log above)")
     blob = bytes(serialized)
     new_cache = bytes(config.get_timing_cache().serialize()) if cache is not None else None
-    _check_engine_io(trt, logger, blob, graph, plan.cfg)
-    return blob, new_cache, plugins, seconds
+    deserialised = runtime.can_deserialize(target)
+    if deserialised:
+        _check_engine_io(trt, logger, blob, graph, plan.cfg)
+    return BuiltEngine(blob, plugins, seconds, deserialised), new_cache
 
 
 def io_table(graph: str, cfg: ModelConfig) -> dict:
@@ -535,12 +544,12 @@ def io_table(graph: str, cfg: ModelConfig) -> dict:
     return {"inputs": [row(s) for s in ins], "outputs": [row(s) for s in outs]}
 
 
-def engine_entry(graph: str, plan: BuildPlan, engine_sha256: str, engine_bytes: int, trt_version: str,
-                 gpu: GpuInfo, plugin_sha256: str, onnx_sha256: str, plugins_used: list[str],
+def engine_entry(graph: str, plan: BuildPlan, engine_sha256: str, engine_bytes: int, runtime: dict,
+                 target: Target, plugin_sha256: str, onnx_sha256: str, plugins_used: list[str],
                  seconds: float, typing: str) -> dict:
-    """The manifest entry of one engine (pure: testable without TensorRT)."""
+    """The manifest entry of one engine (pure: testable without TensorRT). ``runtime`` is
+    ``Runtime.manifest_entry()`` (flavour, version, major, minor, patch)."""
     shapes = plan.profile.shapes(graph, plan.cfg)
-    major, minor, patch = (list(int(p) for p in trt_version.split(".")[:3] if p.isdigit()) + [0, 0, 0])[:3]
     return {
         "format": ENGINE_FORMAT,
         "file": ENGINE_FILES[graph],
@@ -550,8 +559,9 @@ def engine_entry(graph: str, plan: BuildPlan, engine_sha256: str, engine_bytes: 
         "typing": typing,
         "onnx": {"file": plan.onnx[graph].name, "sha256": onnx_sha256},
         "plugin_library": {"file": PLUGIN_LIBRARY, "sha256": plugin_sha256, "plugins": plugins_used},
-        "tensorrt": {"version": trt_version, "major": major, "minor": minor, "patch": patch},
-        "gpu": gpu.to_json(),
+        "tensorrt": dict(runtime),
+        "target": target.to_json(),
+        "gpu": target.gpu.to_json() if target.gpu else None,  # the build GPU (TensorRT only)
         "profiles": [{name: {"min": list(lo), "opt": list(opt), "max": list(hi)}
                       for name, (lo, opt, hi) in shapes.items()}],
         "dynamic_axes": plan.profile.to_json(),
@@ -562,41 +572,22 @@ def engine_entry(graph: str, plan: BuildPlan, engine_sha256: str, engine_bytes: 
     }
 
 
-def compat_problems(entry: dict, trt_version: str, gpu: GpuInfo) -> list[str]:
-    """Why an engine of the manifest cannot run with this TensorRT on this GPU (empty: it can).
-    TensorRT plans are tied to the exact TensorRT version and to the GPU's compute capability
-    (and tuned for the GPU model)."""
-    problems = []
-    built = entry.get("tensorrt", {}).get("version", "?")
-    if built.split(".")[:3] != str(trt_version).split(".")[:3]:
-        problems.append(f"{entry.get('file')} was built with TensorRT {built}, this is TensorRT "
-                        f"{trt_version}: rebuild it with `eventspd-export trt`")
-    g = entry.get("gpu", {})
-    if g.get("compute_capability") != gpu.compute_capability or g.get("name") != gpu.name:
-        problems.append(f"{entry.get('file')} was built for {g.get('name')} (compute capability "
-                        f"{g.get('compute_capability')}), this GPU is {gpu.name} ({gpu.compute_capability}): "
-                        "rebuild it on this GPU with `eventspd-export trt`")
-    return problems
-
-
 def build_engines(options: BuildOptions, log_fn: Callable[[str], None] = log.info) -> dict:
     """Build both engines and write them with the plugin library and the manifest into
     ``options.out_dir``; returns the updated manifest."""
     plan = plan_build(options)
-    trt = import_tensorrt()
-    major = tensorrt_version_tuple(trt)[0]
-    if options.weakly_typed and major >= 11:
-        raise UsageError(f"--weakly-typed needs TensorRT 10 (this is {trt.__version__}: TensorRT 11 "
-                         "removed the precision builder flags); build the fp16/int8 ONNX instead")
-    gpu = gpu_info()
+    runtime = load_runtime(options.runtime)
+    if options.weakly_typed and not runtime.has_precision_flags:
+        raise UsageError(f"--weakly-typed needs TensorRT 10's precision builder flags ({runtime.title} has none: "
+                         "its networks are always strongly typed); build the fp16/int8 ONNX instead")
+    target = runtime.resolve_target(options.compute_capabilities)
+    if options.timing_cache is not None and runtime.builds_without_gpu and not runtime.can_deserialize(target):
+        raise UsageError(f"--timing-cache needs a GPU of the build's targets to time kernels on ({runtime.title} "
+                         f"builds for {target.describe()} here without one); drop --timing-cache")
     if plan.plugins is None:
         plan.plugins = resolve_plugin_library(None, Path(options.out_dir), Path(options.onnx_dir))
-    logger = trt.Logger(trt.Logger.WARNING)
-    load_plugins(trt, plan.plugins)
-    try:  # TensorRT's own plugin library; ours does not need it, lean installs may lack it
-        trt.init_libnvinfer_plugins(logger, "")
-    except Exception as exc:  # noqa: BLE001
-        log.debug("init_libnvinfer_plugins: %s", exc)
+    logger = runtime.trt.Logger(runtime.trt.Logger.WARNING)
+    load_plugins(runtime, plan.plugins)
     cache_bytes = None
     if options.timing_cache is not None and Path(options.timing_cache).is_file():
         cache_bytes = Path(options.timing_cache).read_bytes()
@@ -604,13 +595,14 @@ def build_engines(options: BuildOptions, log_fn: Callable[[str], None] = log.inf
     typing = "strongly typed" if not options.weakly_typed else (
         "builder flags FP16" if options.precision == "fp16" else "builder flags INT8|FP16")
 
-    built = {}
+    built: dict[str, BuiltEngine] = {}
     for graph in GRAPHS:
-        blob, cache_bytes_new, plugins, seconds = _build_one(trt, logger, plan, graph, major, cache_bytes, log_fn)
-        cache_bytes = cache_bytes_new if cache_bytes_new is not None else cache_bytes
-        built[graph] = (blob, plugins, seconds)
-        log_fn(f"built {ENGINE_FILES[graph]}: {len(blob) / 1e6:.1f} MB in {seconds:.1f} s "
-               f"(plugins: {', '.join(plugins)})")
+        engine, cache_new = _build_one(runtime, logger, plan, graph, target, cache_bytes, log_fn)
+        cache_bytes = cache_new if cache_new is not None else cache_bytes
+        built[graph] = engine
+        log_fn(f"built {ENGINE_FILES[graph]}: {len(engine.blob) / 1e6:.1f} MB in {engine.seconds:.1f} s "
+               f"(plugins: {', '.join(engine.plugins)}; I/O checked on the network"
+               f"{' and the deserialised engine' if engine.deserialised else ', not deserialised: no GPU of its targets here'})")
 
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -621,11 +613,11 @@ def build_engines(options: BuildOptions, log_fn: Callable[[str], None] = log.inf
     if out.resolve() != Path(options.onnx_dir).resolve():
         manifest["onnx_dir"] = str(Path(options.onnx_dir).resolve())
     engines = {}
-    for graph, (blob, plugins, seconds) in built.items():
-        atomic_write_bytes(out / ENGINE_FILES[graph], blob)
-        engines[graph] = engine_entry(graph, plan, hashlib.sha256(blob).hexdigest(), len(blob),
-                                      str(trt.__version__), gpu, plugin_sha, sha256_file(plan.onnx[graph]),
-                                      plugins, seconds, typing)
+    for graph, engine in built.items():
+        atomic_write_bytes(out / ENGINE_FILES[graph], engine.blob)
+        engines[graph] = engine_entry(graph, plan, hashlib.sha256(engine.blob).hexdigest(), len(engine.blob),
+                                      runtime.manifest_entry(), target, plugin_sha, sha256_file(plan.onnx[graph]),
+                                      engine.plugins, engine.seconds, typing)
     lib_dest = out / PLUGIN_LIBRARY
     if not lib_dest.exists() or lib_dest.resolve() != Path(plan.plugins).resolve():
         atomic_write_bytes(lib_dest, Path(plan.plugins).read_bytes())
