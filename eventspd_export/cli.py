@@ -162,16 +162,25 @@ def calibrate_cmd(checkpoint, config_name, trusted, onnx_dir, out_dir, data, pre
 @click.option("--tensorrt-root", type=click.Path(file_okay=False), default=None,
               help="TensorRT install root (include/ + lib/). Default: $TENSORRT_ROOT, then the "
                    "usual locations.")
+@click.option("--runtime", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
+              show_default=True, help="Which TensorRT the library links against (it loads into that one only); "
+                                      "auto: TensorRT when found, else the installed TensorRT-RTX.")
+@click.option("--tensorrt-include", "include_dir", type=click.Path(file_okay=False), default=None,
+              help="TensorRT headers (NvInferRuntime.h); TensorRT-RTX needs TensorRT 11.x headers. "
+                   "Default: $TENSORRT_INCLUDE, then the root's include/.")
+@click.option("--tensorrt-library", "library", type=click.Path(dir_okay=False), default=None,
+              help="The library to link (libnvinfer.so* or libtensorrt_rtx.so.1), with --tensorrt-include.")
 @click.option("--build-dir", type=click.Path(file_okay=False), default=None,
               help="CMake build folder. Default: build/tensorrt_plugins.")
 @click.option("--cuda-archs", default=None, help="CMAKE_CUDA_ARCHITECTURES, e.g. '80;90'.")
 @user_errors
-def build_plugins_cmd(tensorrt_root, build_dir, cuda_archs):
-    """Build libeventspd_plugins.so (TensorRT IPluginV3 plugins, no torch) with CMake."""
+def build_plugins_cmd(tensorrt_root, runtime, include_dir, library, build_dir, cuda_archs):
+    """Build libeventspd_plugins.so (TensorRT IPluginV3 plugins, no torch) with CMake; no GPU needed."""
     from plugins.trt_build import PluginBuildError, build_plugins
 
     try:
-        path = build_plugins(tensorrt_root, build_dir, cuda_architectures=cuda_archs, log=click.echo)
+        path = build_plugins(tensorrt_root, build_dir, cuda_architectures=cuda_archs, log=click.echo,
+                             runtime=runtime, include_dir=include_dir, library=library)
     except PluginBuildError as exc:
         raise UsageError(str(exc)) from None
     click.echo(str(path))

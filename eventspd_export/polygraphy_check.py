@@ -72,6 +72,7 @@ import contextlib
 import inspect
 import logging
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
@@ -86,7 +87,7 @@ from model_def.config import ModelConfig
 
 from .errors import UsageError
 from .synthetic import random_queries, synthetic_window
-from .trt_engine import (ENGINE_FILES, GRAPHS, PRECISIONS, compat_problems, manifest_config, onnx_file,
+from .trt_engine import (ENGINE_FILES, GRAPHS, PRECISIONS, manifest_config, onnx_file,
                          read_manifest, resolve_plugin_library, sha256_file)
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ def onnxrt_backend(options: CheckOptions) -> Backend:
 
 
 def trt_backend(options: CheckOptions, manifest: dict) -> Backend:
-    from .trt_engine import gpu_info, import_tensorrt
+    from .trt_flavour import engine_problems, engine_runtime, gpu_info, load_runtime
 
     engine_dir = Path(options.engine_dir or options.onnx_dir)
     engines = manifest.get("engines") or {}
@@ -315,11 +316,14 @@ def trt_backend(options: CheckOptions, manifest: dict) -> Backend:
         if sha256_file(files[g]) != engines[g].get("sha256"):
             raise UsageError(f"{files[g]} does not match the sha256 in the manifest: rebuild with "
                              "`eventspd-export trt`")
-    trt = import_tensorrt()
+    # The engines run on the flavour that built them (TensorRT or TensorRT-RTX); the guard then
+    # checks its version and this GPU against each engine's targets.
+    runtime = load_runtime(engine_runtime(engines["decoder"])["flavour"])
     gpu = gpu_info()
-    problems = [p for g in GRAPHS for p in compat_problems(engines[g], str(trt.__version__), gpu)]
+    problems = [p for g in GRAPHS for p in engine_problems(engines[g], runtime.name, runtime.version, gpu)]
     if problems:
         raise UsageError(problems[0])
+    os.environ.update(runtime.polygraphy_env())  # read when polygraphy imports TensorRT
     plugins = resolve_plugin_library(options.plugins, engine_dir)
     want = engines["decoder"].get("plugin_library", {}).get("sha256")
     if want and sha256_file(plugins) != want:

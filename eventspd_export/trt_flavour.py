@@ -194,7 +194,8 @@ class Runtime:
     @property
     def has_precision_flags(self) -> bool:
         """TensorRT 10's FP16/INT8 builder flags (``--weakly-typed``); gone in 11 and in RTX."""
-        return hasattr(self.trt.BuilderFlag, "FP16") and hasattr(self.trt.BuilderFlag, "INT8")
+        flags = getattr(self.trt, "BuilderFlag", None)
+        return hasattr(flags, "FP16") and hasattr(flags, "INT8")
 
     @property
     def builds_without_gpu(self) -> bool:
@@ -269,11 +270,19 @@ class Runtime:
 
 
 def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def rtx_libs_dir() -> Path | None:
-    spec = importlib.util.find_spec("tensorrt_rtx_libs")
+    try:
+        spec = importlib.util.find_spec("tensorrt_rtx_libs")
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])

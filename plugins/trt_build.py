@@ -1,8 +1,18 @@
-"""Builds the TensorRT plugin library ``libeventspd_plugins.so`` with CMake.
+"""Builds the TensorRT plugin library ``libeventspd_plugins.so`` with CMake; no GPU needed.
 
-``build_plugins(tensorrt_root=None, build_dir=None, jobs=None) -> Path`` configures and builds
-``plugins/CMakeLists.txt`` and returns the library path. The TensorRT root is the argument, else
-``$TENSORRT_ROOT``, else the first of ``COMMON_ROOTS`` holding TensorRT's headers and library.
+``build_plugins(...) -> Path`` configures and builds ``plugins/CMakeLists.txt`` and returns the
+library path. What it builds against, a header folder plus one TensorRT library:
+
+* ``runtime="tensorrt"``: TensorRT's root (the argument, else ``$TENSORRT_ROOT``, else the first
+  of ``COMMON_ROOTS``) with ``include/NvInferRuntime.h`` and ``libnvinfer``.
+* ``runtime="tensorrt-rtx"``: the ``libtensorrt_rtx.so.1`` of the installed ``tensorrt-rtx``
+  wheel, and TensorRT **11.x** headers from ``include_dir`` / ``$TENSORRT_INCLUDE`` / the root's
+  ``include/`` (the wheel ships no headers; 10.x headers do not work: the IPluginRegistry layout
+  differs and ``REGISTER_TENSORRT_PLUGIN`` crashes at load — ARCHITECTURE §8).
+* ``runtime="auto"``: TensorRT when its root is found, else TensorRT-RTX when installed.
+* ``include_dir`` + ``library`` given together: exactly those.
+
+The library links against the flavour's runtime library, so it loads into that flavour only.
 Raises ``TensorRTNotFoundError`` (headers or library missing) or ``PluginBuildError`` (cmake or the
 compiler failed; the message ends with the tail of the build log).
 """
@@ -82,18 +92,82 @@ def find_tensorrt(tensorrt_root: str | os.PathLike | None = None) -> tuple[Path,
         "or set TENSORRT_ROOT.")
 
 
+def _header_major(inc: Path) -> int | None:
+    version = tensorrt_version(inc)
+    return int(version.split(".")[0]) if version != "unknown" else None
+
+
+def find_tensorrt_rtx(include_dir: str | os.PathLike | None = None,
+                      tensorrt_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(include dir, libtensorrt_rtx.so.1) for a build against TensorRT-RTX."""
+    from eventspd_export.trt_flavour import RTX_LIBRARY, rtx_libs_dir
+
+    libs = rtx_libs_dir()
+    if libs is None or not (libs / RTX_LIBRARY).is_file():
+        raise TensorRTNotFoundError("TensorRT-RTX is not installed for this Python (no tensorrt_rtx_libs/"
+                                    f"{RTX_LIBRARY}): install it with `pip install -e .[tensorrt-rtx]`")
+    candidates = [Path(p) for p in (include_dir, os.environ.get("TENSORRT_INCLUDE")) if p]
+    if tensorrt_root:
+        candidates.append(Path(tensorrt_root) / "include")
+    inc = next((c for c in candidates if (c / _HEADER).is_file()), None)
+    if inc is None:
+        looked = ", ".join(map(str, candidates)) or "nowhere: none given"
+        raise TensorRTNotFoundError(
+            f"TensorRT-RTX ships no C++ headers and no TensorRT 11 headers were found (looked in {looked}): pass "
+            "--tensorrt-include DIR (TensorRT 11.x's include/ folder, with NvInferRuntime.h) or set TENSORRT_INCLUDE")
+    if _header_major(inc) != 11:
+        raise TensorRTNotFoundError(f"{inc} holds TensorRT {tensorrt_version(inc)} headers; a plugin library for "
+                                    "TensorRT-RTX 1.7 needs TensorRT 11.x headers (10.x ones crash at load)")
+    return inc, libs / RTX_LIBRARY
+
+
+def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=None,
+                         library=None) -> tuple[str, Path, Path]:
+    """(flavour, include dir, library) to build against; see the module docstring."""
+    if runtime not in ("auto", "tensorrt", "tensorrt-rtx"):
+        raise PluginBuildError(f"--runtime {runtime!r}: choose auto, tensorrt or tensorrt-rtx")
+    if include_dir is not None or library is not None:
+        if include_dir is None or library is None:
+            raise PluginBuildError("--tensorrt-include and --tensorrt-library go together (a header folder "
+                                   "and the TensorRT or TensorRT-RTX library to link)")
+        inc, lib = Path(include_dir), Path(library)
+        if not (inc / _HEADER).is_file():
+            raise TensorRTNotFoundError(f"{inc} has no {_HEADER}: pass TensorRT's include/ folder")
+        if not lib.is_file():
+            raise TensorRTNotFoundError(f"TensorRT library {lib} not found")
+        flavour = "tensorrt-rtx" if "tensorrt_rtx" in lib.name else "tensorrt"
+        if runtime != "auto" and runtime != flavour:
+            raise PluginBuildError(f"--runtime {runtime} but {lib.name} is a {flavour} library")
+        return flavour, inc, lib
+    if runtime == "tensorrt-rtx":
+        return ("tensorrt-rtx", *find_tensorrt_rtx(None, tensorrt_root))
+    try:
+        _root, inc, lib = find_tensorrt(tensorrt_root)
+        return "tensorrt", inc, lib
+    except TensorRTNotFoundError as exc:
+        if runtime == "tensorrt":
+            raise
+        try:
+            return ("tensorrt-rtx", *find_tensorrt_rtx(None, tensorrt_root))
+        except TensorRTNotFoundError as rtx_exc:
+            raise TensorRTNotFoundError(f"{exc} Nor for TensorRT-RTX: {rtx_exc}") from None
+
+
 def build_plugins(tensorrt_root: str | os.PathLike | None = None, build_dir: str | os.PathLike | None = None,
-                  jobs: int | None = None, cuda_architectures: str | None = None, log=print) -> Path:
+                  jobs: int | None = None, cuda_architectures: str | None = None, log=print,
+                  runtime: str = "auto", include_dir: str | os.PathLike | None = None,
+                  library: str | os.PathLike | None = None) -> Path:
     """Configures and builds libeventspd_plugins.so; returns its path."""
-    root, inc, lib = find_tensorrt(tensorrt_root)
+    flavour, inc, lib = resolve_build_inputs(runtime, tensorrt_root, include_dir, library)
     cmake = shutil.which("cmake")
     if cmake is None:
         raise PluginBuildError("cmake not found on PATH; install CMake >= 3.18 to build the TensorRT plugins")
     build = Path(build_dir) if build_dir else PLUGINS_DIR.parent / "build" / "tensorrt_plugins"
     build.mkdir(parents=True, exist_ok=True)
-    log(f"building {LIBRARY_NAME} against TensorRT {tensorrt_version(inc)} ({root}) in {build}")
-    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build), f"-DTENSORRT_ROOT={root}",
-                 "-DCMAKE_BUILD_TYPE=Release"]
+    log(f"building {LIBRARY_NAME} for {flavour} against TensorRT {tensorrt_version(inc)} headers ({inc}) and "
+        f"{lib} in {build}")
+    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build), f"-DTENSORRT_INCLUDE_DIR={inc}",
+                 f"-DTENSORRT_LIBRARY={lib}", "-DCMAKE_BUILD_TYPE=Release"]
     if cuda_architectures:
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
     _run(configure, "configure")
@@ -101,7 +175,7 @@ def build_plugins(tensorrt_root: str | os.PathLike | None = None, build_dir: str
     out = build / LIBRARY_NAME
     if not out.is_file():
         raise PluginBuildError(f"the build finished but {out} is missing")
-    log(f"built {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    log(f"built {out} ({out.stat().st_size / 1e6:.1f} MB, for {flavour})")
     return out
 
 

@@ -22,6 +22,7 @@ from eventspd_export.event_file import EventFileError, read_event_file, write_ev
 from eventspd_export.onnx_export import MANIFEST_FILE
 from eventspd_export.trt_cli import write_events
 from eventspd_export.trt_engine import BuildOptions, GpuInfo, engine_entry, plan_build
+from eventspd_export.trt_flavour import FLAVOURS, Runtime, Target
 from test_trt import fake_export
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,9 +116,13 @@ def preflight(tmp_path_factory):
     return exe
 
 
-def engines_folder(folder: Path, gpu: GpuInfo = H100, trt_version: str = "11.1.0.106") -> Path:
+def engines_folder(folder: Path, gpu: GpuInfo | None = H100, trt_version: str = "11.1.0.106",
+                   flavour: str = "tensorrt", targets: tuple[str, ...] = ("9.0",)) -> Path:
     """An export + engine manifest entries as `eventspd-export trt` writes them (stand-in engine
-    bytes; the manifest entries are the real ones)."""
+    bytes; the manifest entries are the real ones). ``gpu=None``: a TensorRT-RTX ahead-of-time
+    build for ``targets``."""
+    runtime = Runtime(FLAVOURS[flavour], None, trt_version).manifest_entry()
+    target = Target((gpu.compute_capability,), gpu) if gpu is not None else Target(targets)
     art = fake_export(folder)
     lib = art / trt_engine.PLUGIN_LIBRARY
     lib.write_bytes(b"plugin library bytes")
@@ -128,7 +133,7 @@ def engines_folder(folder: Path, gpu: GpuInfo = H100, trt_version: str = "11.1.0
         blob = f"{graph} plan".encode()
         (art / trt_engine.ENGINE_FILES[graph]).write_bytes(blob)
         manifest["engines"][graph] = engine_entry(
-            graph, plan, hashlib.sha256(blob).hexdigest(), len(blob), trt_version, gpu,
+            graph, plan, hashlib.sha256(blob).hexdigest(), len(blob), runtime, target,
             hashlib.sha256(lib.read_bytes()).hexdigest(), "00" * 32, list(trt_engine.PLUGIN_NODES[graph]), 1.0,
             "strongly typed")
     trt_engine.write_manifest(art, manifest)
@@ -151,7 +156,7 @@ def test_cpp_preflight_reads_manifest_and_event_file(preflight, tmp_path):
     out = proc.stdout
     assert "config tiny 256x160; engines fp32, decoder.engine (TensorRT 11.1.0.106, NVIDIA H100 80GB HBM3, sm 9.0)" in out
     assert "roles: events=events hidden=hidden hidden_out=hidden_out queries=queries shared=13 outputs=depth,inv_depth" in out
-    assert "profiles: K 1..4096, events 0..2000000" in out
+    assert "profiles: K 0..4096, events 0..2000000" in out
     assert "event file: 3 windows, 47 events, K=64, sensor 256x160" in out
     x, y, t, p = windows[0][0]
     assert f"first event: {x:.3f} {y:.3f} {t:.6f} {p:.1f}" in out and out.rstrip().endswith("ok")
@@ -184,6 +189,33 @@ def test_cpp_refuses_other_tensorrt_gpu_and_changed_files(preflight, tmp_path):
     assert proc.returncode == 2 and "plugin library" in proc.stderr and "not found" in proc.stderr
 
 
+def test_cpp_refuses_engines_of_the_other_flavour_and_gpus_outside_the_targets(preflight, tmp_path):
+    art = engines_folder(tmp_path / "rtx", gpu=None, trt_version="1.7.1.116", flavour="tensorrt-rtx",
+                         targets=("8.6", "8.9", "12.0"))
+    events = tmp_path / "events.bin"
+    write_event_file(events, [np.zeros((3, 4), np.float32)], np.zeros((8, 2)), 256, 160)
+    rtx = ["--runtime", "tensorrt-rtx", "--tensorrt", "1.7.1"]
+    proc = _run(preflight, art, events, *rtx, "--gpu", "NVIDIA GeForce RTX 4090", "--capability", "8.9")
+    assert proc.returncode == 0, proc.stderr
+    assert "engines fp32, decoder.engine (TensorRT-RTX 1.7.1.116, sm 8.6, 8.9, 12.0)" in proc.stdout
+    proc = _run(preflight, art, events, *rtx, "--gpu", "NVIDIA H200", "--capability", "9.0")
+    assert proc.returncode == 2
+    assert ("error: precompute.engine was built for compute capabilities 8.6, 8.9, 12.0, this GPU is NVIDIA H200 "
+            "(compute capability 9.0): rebuild them with `eventspd-export trt --runtime tensorrt-rtx "
+            "--compute-capability 9.0`") in proc.stderr
+    proc = _run(preflight, art, events, "--tensorrt", "11.1.0", "--gpu", "NVIDIA GeForce RTX 4090", "--capability", "8.9")
+    assert proc.returncode == 2
+    assert ("error: precompute.engine was built with TensorRT-RTX 1.7.1.116, this program runs TensorRT 11.1.0: "
+            "rebuild the engines with `eventspd-export trt --runtime tensorrt`") in proc.stderr
+    proc = _run(preflight, art, events, "--runtime", "tensorrt-rtx", "--tensorrt", "1.8.0", "--gpu", "RTX", "--capability", "8.6")
+    assert proc.returncode == 2 and "was built with TensorRT-RTX 1.7.1.116, this program runs TensorRT-RTX 1.8.0" in proc.stderr
+    # and a TensorRT engine on a TensorRT-RTX program
+    trt_art = engines_folder(tmp_path / "trt")
+    proc = _run(preflight, trt_art, events, "--runtime", "tensorrt-rtx", "--tensorrt", "1.7.1", "--gpu", H100.name,
+                "--capability", "9.0")
+    assert proc.returncode == 2 and "was built with TensorRT 11.1.0.106, this program runs TensorRT-RTX 1.7.1" in proc.stderr
+
+
 def test_cpp_refuses_inputs_outside_config_and_profiles(preflight, tmp_path):
     art = engines_folder(tmp_path / "art")
     wrong_size = tmp_path / "hd.bin"
@@ -193,7 +225,7 @@ def test_cpp_refuses_inputs_outside_config_and_profiles(preflight, tmp_path):
     many_queries = tmp_path / "k.bin"
     write_event_file(many_queries, [np.zeros((1, 4), np.float32)], np.zeros((5000, 2)), 256, 160)
     proc = _run(preflight, art, many_queries)
-    assert proc.returncode == 2 and "K=5000 queries, the decoder engine's profile allows 1..4096" in proc.stderr
+    assert proc.returncode == 2 and "K=5000 queries, the decoder engine's profile allows 0..4096" in proc.stderr
     no_engines = fake_export(tmp_path / "plain")
     proc = _run(preflight, no_engines, many_queries)
     assert proc.returncode == 2 and "no \"engines\" entry: build the engines with `eventspd-export trt" in proc.stderr

@@ -21,11 +21,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from eventspd_export import trt_engine
+from eventspd_export import trt_engine, trt_flavour
 from eventspd_export.onnx_export import MANIFEST_FILE, plugin_ops_used
 from eventspd_export.trt_cli import trt
-from eventspd_export.trt_engine import (BuildOptions, EngineBuildError, GpuInfo, Profile, compat_problems,
-                                        engine_entry, plan_build, verify_plugin_layers)
+from eventspd_export.trt_engine import (BuildOptions, EngineBuildError, GpuInfo, Profile, engine_entry, plan_build,
+                                        verify_plugin_layers)
+from eventspd_export.trt_flavour import FLAVOURS, Runtime, Target, engine_problems
 from model_def import contract, get_config, ops
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ def fake_export(folder: Path, cfg=None, plugins: bool = True, precisions=("fp32"
     manifest = {"format": "eventspd-export/manifest-1", "config": cfg.to_dict(),
                 "checkpoint": {"default_seed": 0}, "graphs": graphs,
                 "dynamic_axes": {contract.NUM_EVENTS: {"min": 0, "max": 2_000_000},
-                                 contract.NUM_QUERIES: {"min": 1, "max": 4096}},
+                                 contract.NUM_QUERIES: {"min": 0, "max": 4096}},
                 "plugin_ops": plugin_ops_used(SimpleNamespace(cfg=cfg)) if plugins else []}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return folder
@@ -98,10 +99,10 @@ def test_plan_uses_the_matching_onnx_and_profile(export):
                                                            "decoder": "decoder.fp16.onnx"}
     assert plan.plugins is None  # searched only once TensorRT and a GPU are there
     assert trt_engine.resolve_plugin_library(None, export / "engines", export) == export / trt_engine.PLUGIN_LIBRARY
-    assert plan.profile == Profile(1, 256, 4096, 100_000, 2_000_000, 0)
+    assert plan.profile == Profile(0, 256, 4096, 100_000, 2_000_000, 0)
     cfg = plan.cfg
     assert plan.profile.shapes("precompute", cfg) == {"events": ((0, 4), (100_000, 4), (2_000_000, 4))}
-    assert plan.profile.shapes("decoder", cfg) == {"queries": ((1, 1, 2), (1, 256, 2), (1, 4096, 2))}
+    assert plan.profile.shapes("decoder", cfg) == {"queries": ((1, 0, 2), (1, 256, 2), (1, 4096, 2))}
     # TensorRT 10's weak typing builds fp16 from the fp32 graph
     weak = plan_build(BuildOptions(export, export, precision="fp16", weakly_typed=True))
     assert weak.onnx["decoder"].name == "decoder.onnx"
@@ -110,7 +111,9 @@ def test_plan_uses_the_matching_onnx_and_profile(export):
 @pytest.mark.parametrize("args, message", [
     (["--fp16", "--int8"], "--fp16 and --int8: choose one precision"),
     (["--int8"], "precompute.int8.onnx, decoder.int8.onnx not found in"),
-    (["--k-min", "8", "--k-opt", "4"], "need 1 <= k-min <= k-opt <= k-max"),
+    (["--k-min", "8", "--k-opt", "4"], "need 0 <= k-min <= k-opt <= k-max"),
+    (["--k-min", "-1"], "need 0 <= k-min <= k-opt <= k-max"),
+    (["--runtime", "tensorrt-rtx", "--compute-capability", "eight"], "expected comma-separated M.m values"),
     (["--k-max", "8192"], "--k-max 8192 is above the 4096 the graphs were exported for"),
     (["--k-max", "100000"], "--k-max 100000 is above what the graphs support"),
     (["--events-opt", "10", "--events-max", "5"], "need 0 <= events-opt <= events-max"),
@@ -170,12 +173,23 @@ def _tensorrt_importable() -> bool:
 @pytest.mark.skipif(_tensorrt_importable(), reason="TensorRT is installed here: this is the no-TensorRT path")
 def test_without_tensorrt_one_sentence_exit_2_no_files(export, tmp_path):
     out = tmp_path / "engines"
-    r = CliRunner().invoke(trt, ["--fp16", "--onnx-dir", str(export), "--out", str(out)])
+    r = CliRunner().invoke(trt, ["--fp16", "--runtime", "tensorrt", "--onnx-dir", str(export), "--out", str(out)])
     assert r.exit_code == 2
     (line,) = [ln for ln in r.output.splitlines() if ln.strip()]
     assert line.startswith("error: TensorRT is not available to this Python")
     assert "pip install tensorrt" in line and line.count(". ") == 0  # one sentence
     assert not out.exists()
+
+
+def test_auto_without_any_flavour_names_both(export, tmp_path, monkeypatch):
+    monkeypatch.setattr(trt_flavour, "_importable", lambda module: False)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails
+    r = CliRunner().invoke(trt, ["--onnx-dir", str(export), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2
+    (line,) = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert line.startswith("error: neither TensorRT nor TensorRT-RTX is available to this Python")
+    assert "pip install tensorrt" in line and ".[tensorrt-rtx]" in line
+    assert not (tmp_path / "o").exists()
 
 
 class _Trt(types.ModuleType):
@@ -189,10 +203,13 @@ class _Trt(types.ModuleType):
 def test_old_tensorrt_and_weak_typing_on_11_are_refused(export, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", _Trt("8.6.1"))
     r = CliRunner().invoke(trt, ["--onnx-dir", str(export)])
-    assert r.exit_code == 2 and "TensorRT 8.6.1 is too old (10.x or 11.x needed" in r.output
+    assert r.exit_code == 2 and "TensorRT 8.6.1 is too old (10.0 or newer needed)" in r.output
     monkeypatch.setitem(sys.modules, "tensorrt", _Trt("11.1.0.106"))
     r = CliRunner().invoke(trt, ["--fp16", "--weakly-typed", "--onnx-dir", str(export)])
-    assert r.exit_code == 2 and "--weakly-typed needs TensorRT 10" in r.output
+    assert r.exit_code == 2 and "--weakly-typed needs TensorRT 10's precision builder flags" in r.output
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", _Trt("1.6.0"))
+    r = CliRunner().invoke(trt, ["--runtime", "tensorrt-rtx", "--onnx-dir", str(export)])
+    assert r.exit_code == 2 and "TensorRT-RTX 1.6.0 is too old (1.7 or newer needed)" in r.output
 
 
 def test_without_gpu_one_sentence_exit_2(export, tmp_path, monkeypatch):
@@ -203,9 +220,9 @@ def test_without_gpu_one_sentence_exit_2(export, tmp_path, monkeypatch):
                                     "installed); build engines on the machine with the NVIDIA GPU and driver "
                                     "that will run them")
 
-    monkeypatch.setattr(trt_engine, "gpu_info", no_gpu)
+    monkeypatch.setattr(trt_flavour, "gpu_info", no_gpu)
     out = tmp_path / "engines"
-    r = CliRunner().invoke(trt, ["--onnx-dir", str(export), "--out", str(out)])
+    r = CliRunner().invoke(trt, ["--runtime", "tensorrt", "--onnx-dir", str(export), "--out", str(out)])
     assert r.exit_code == 2 and r.output.startswith("error: no CUDA GPU is visible")
     assert not out.exists()
 
@@ -224,26 +241,51 @@ def test_gpu_info_without_a_driver_raises_no_gpu_error():
 
 # ---- manifest entries and compatibility ---------------------------------------------------------
 
+def _runtime(name="tensorrt", version="11.1.0.106"):
+    return Runtime(FLAVOURS[name], types.ModuleType(FLAVOURS[name].module), version)
+
+
 def test_engine_entry_and_compatibility(export):
     plan = plan_build(BuildOptions(export, export, precision="fp16", workspace_mib=512))
     gpu = GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0")
-    entry = engine_entry("decoder", plan, "ab" * 32, 1234, "11.1.0.106", gpu, "cd" * 32, "ef" * 32,
-                         ["EventSPDTopRRoute", "EventSPDDeformRead"], 12.34, "strongly typed")
+    entry = engine_entry("decoder", plan, "ab" * 32, 1234, _runtime().manifest_entry(), Target(("9.0",), gpu),
+                         "cd" * 32, "ef" * 32, ["EventSPDTopRRoute", "EventSPDDeformRead"], 12.34, "strongly typed")
     assert entry["file"] == "decoder.engine" and entry["precision"] == "fp16"
-    assert entry["tensorrt"] == {"version": "11.1.0.106", "major": 11, "minor": 1, "patch": 0}
+    assert entry["tensorrt"] == {"flavour": "tensorrt", "version": "11.1.0.106", "major": 11, "minor": 1, "patch": 0}
     assert entry["gpu"] == {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    assert entry["target"] == {"compute_capabilities": ["9.0"], "built_on": entry["gpu"]}
     assert entry["onnx"] == {"file": "decoder.fp16.onnx", "sha256": "ef" * 32}
     assert entry["plugin_library"]["sha256"] == "cd" * 32
-    assert entry["profiles"] == [{"queries": {"min": [1, 1, 2], "opt": [1, 256, 2], "max": [1, 4096, 2]}}]
+    assert entry["profiles"] == [{"queries": {"min": [1, 0, 2], "opt": [1, 256, 2], "max": [1, 4096, 2]}}]
     cfg = plan.cfg
     assert [t["name"] for t in entry["inputs"]] == [s.name for s in contract.decoder_inputs(cfg)]
     assert entry["outputs"][0] == {"name": "depth", "dtype": "float32", "shape": [1, "num_queries"]}
     json.dumps(entry)  # serialisable
-    assert compat_problems(entry, "11.1.0.200", gpu) == []  # the build number does not matter
-    (p,) = compat_problems(entry, "10.15.1", gpu)
+    assert engine_problems(entry, "tensorrt", "11.1.0.200", gpu) == []  # the build number does not matter
+    (p,) = engine_problems(entry, "tensorrt", "10.15.1", gpu)
     assert "built with TensorRT 11.1.0.106, this is TensorRT 10.15.1" in p
-    (p,) = compat_problems(entry, "11.1.0", GpuInfo(0, "NVIDIA A100-SXM4-80GB", "8.0"))
-    assert "built for NVIDIA H100 80GB HBM3 (compute capability 9.0)" in p and "rebuild it on this GPU" in p
+    (p,) = engine_problems(entry, "tensorrt", "11.1.0", GpuInfo(0, "NVIDIA A100-SXM4-80GB", "8.0"))
+    assert "built for NVIDIA H100 80GB HBM3 (compute capability 9.0), this GPU is NVIDIA A100-SXM4-80GB" in p
+    assert "on this GPU" in p
+    (p,) = engine_problems(entry, "tensorrt", "11.1.0", GpuInfo(0, "NVIDIA H100 PCIe", "9.0"))
+    assert "TensorRT tuned it for the other model" in p
+    (p,) = engine_problems(entry, "tensorrt-rtx", "1.7.1.116", gpu)  # the other flavour: one sentence
+    assert p == ("decoder.engine was built with TensorRT 11.1.0.106, this is TensorRT-RTX 1.7.1.116: rebuild it "
+                 "with `eventspd-export trt --runtime tensorrt-rtx` (an engine runs only on the flavour that built it)")
+    # a TensorRT-RTX engine: targets, not a build GPU
+    rtx = engine_entry("decoder", plan, "ab" * 32, 1234, _runtime("tensorrt-rtx", "1.7.1.116").manifest_entry(),
+                       Target(("8.6", "8.9", "12.0")), "cd" * 32, "ef" * 32, [], 1.0, "strongly typed")
+    assert rtx["gpu"] is None and rtx["target"] == {"compute_capabilities": ["8.6", "8.9", "12.0"], "built_on": None}
+    assert engine_problems(rtx, "tensorrt-rtx", "1.7.1.116", GpuInfo(0, "NVIDIA GeForce RTX 4090", "8.9")) == []
+    (p,) = engine_problems(rtx, "tensorrt-rtx", "1.7.1.116", GpuInfo(0, "NVIDIA RTX A6000", "8.0"))
+    assert p == ("decoder.engine was built for compute capabilities 8.6, 8.9, 12.0, this GPU is NVIDIA RTX A6000 "
+                 "(8.0): rebuild it with `eventspd-export trt --runtime tensorrt-rtx --compute-capability 8.0`")
+    (p,) = engine_problems(rtx, "tensorrt-rtx", "1.7.1.116", gpu)
+    assert "TensorRT-RTX has no target for it: build with enterprise TensorRT on this GPU" in p
+    (p,) = engine_problems(rtx, "tensorrt", "11.1.0", gpu)
+    assert "was built with TensorRT-RTX 1.7.1.116, this is TensorRT 11.1.0" in p
+    (p,) = engine_problems(rtx, "tensorrt-rtx", "1.8.0", GpuInfo(0, "NVIDIA GeForce RTX 4090", "8.9"))
+    assert "built with TensorRT-RTX 1.7.1.116, this is TensorRT-RTX 1.8.0" in p
 
 
 def test_verify_plugin_layers():
@@ -301,6 +343,15 @@ class FakeTensorRT(types.ModuleType):
 
             def get_layer(self, i):
                 return self.layers[i]
+
+            num_inputs = property(lambda self: len(self.inputs))
+            num_outputs = property(lambda self: len(self.outputs))
+
+            def get_input(self, i):
+                return SimpleNamespace(name=self.inputs[i], dtype="DataType.FLOAT")
+
+            def get_output(self, i):
+                return SimpleNamespace(name=self.outputs[i], dtype="DataType.FLOAT")
 
         class Parser:
             def __init__(self, network, logger):
@@ -409,7 +460,9 @@ class FakeTensorRT(types.ModuleType):
                 return Engine(blob)
 
         self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, Parser, Runtime
-        self.get_plugin_registry = lambda: SimpleNamespace(get_creator=lambda n, v, ns: object())
+        creators = [SimpleNamespace(name=spec.plugin_name, plugin_version=spec.plugin_version,
+                                    plugin_namespace=ops.PLUGIN_NAMESPACE) for spec in ops.PLUGIN_SPECS.values()]
+        self.get_plugin_registry = lambda: SimpleNamespace(all_creators=creators)
         self.init_libnvinfer_plugins = lambda logger, ns: True
 
 
@@ -418,7 +471,7 @@ def fake_trt(monkeypatch):
     def install(**kwargs):
         fake = FakeTensorRT(**kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", fake)
-        monkeypatch.setattr(trt_engine, "gpu_info", lambda index=0: GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0"))
+        monkeypatch.setattr(trt_flavour, "gpu_info", lambda index=0: GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0"))
         monkeypatch.setattr(trt_engine, "load_plugins", lambda trt, path: None)
         return fake
     return install
@@ -441,7 +494,7 @@ def test_build_flow_writes_engines_library_cache_and_manifest(export, tmp_path, 
     assert all("TF32" in b[2] and "FP16" not in b[2] for b in builds)  # fp16 comes from the ONNX
     assert builds[0][3] == {"WORKSPACE": 256 << 20}
     assert builds[0][4] == [{"events": ((0, 4), (5000, 4), (50000, 4))}]
-    assert builds[1][4] == [{"queries": ((1, 1, 2), (1, 256, 2), (1, 1024, 2))}]
+    assert builds[1][4] == [{"queries": ((1, 0, 2), (1, 256, 2), (1, 1024, 2))}]
     assert ("create_network", 0) in fake.calls  # TensorRT 11: always strongly typed, no flag
     assert ("parser_flag", "ENABLE_PLUGIN_OVERRIDE") in fake.calls
     assert cache.read_bytes() == b"old++"  # loaded, then saved after each build
@@ -473,7 +526,7 @@ def test_build_flow_fp32_clears_tf32_and_tensorrt10_sets_strong_typing(export, t
 
 
 @pytest.mark.parametrize("kwargs, message", [({"inline": True}, "inlined the model-local function"),
-                                              ({"build_fails": True}, "TensorRT failed to build the engine")])
+                                              ({"build_fails": True}, "TensorRT 11.1.0.106 failed to build the engine")])
 def test_build_failures_exit_1_and_write_nothing(export, tmp_path, fake_trt, kwargs, message):
     fake_trt(**kwargs)
     out = tmp_path / "o"
@@ -481,111 +534,6 @@ def test_build_failures_exit_1_and_write_nothing(export, tmp_path, fake_trt, kwa
     r = CliRunner().invoke(trt, ["--onnx-dir", str(export), "--out", str(out)])
     assert r.exit_code == 1 and message in r.output
     assert not out.exists() and _snapshot(export) == before
-
-
-# ---- real TensorRT (skipped with the reason where it is absent) --------------------------------------
-
-def _real_tensorrt_and_gpu():
-    try:
-        trt_mod = trt_engine.import_tensorrt()
-        gpu = trt_engine.gpu_info()
-    except trt_engine.UsageError as exc:
-        pytest.skip(str(exc))
-    return trt_mod, gpu
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """tiny exported, calibrated (fp16/int8 graphs), and engines of each precision."""
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt)")
-    _real_tensorrt_and_gpu()
-    from plugins.trt_build import PluginBuildError, build_plugins
-
-    from test_check import make_precision_graphs
-
-    art = tmp_path_factory.mktemp("trt")
-    try:
-        lib = build_plugins(build_dir=art / "plugin-build")
-    except PluginBuildError as exc:
-        pytest.skip(f"cannot build the plugin library here: {exc}")
-    from eventspd_export.onnx_export import ExportOptions, export_onnx
-    from model_def import EventSPD
-
-    model = EventSPD(get_config("tiny"), seed=0).eval()
-    export_onnx(model, ExportOptions(art / "onnx"))
-    make_precision_graphs(model, art / "onnx")
-    dirs = {}
-    for precision in ("fp32", "fp16", "int8"):
-        out = art / precision
-        trt_engine.build_engines(BuildOptions(art / "onnx", out, precision=precision,
-                                              profile=Profile(1, 64, 4096, 2000, 200_000), plugins=lib))
-        dirs[precision] = out
-    return art, dirs, lib
-
-
-@pytest.mark.tensorrt
-@pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_engines_build_with_plugins_and_pass_check(built, precision):
-    from eventspd_export.trt_cli import check
-
-    art, dirs, lib = built
-    manifest = json.loads((dirs[precision] / MANIFEST_FILE).read_text())
-    assert manifest["engines"]["precompute"]["plugin_library"]["plugins"] == ["EventSPDEventSplat"]
-    assert sorted(manifest["engines"]["decoder"]["plugin_library"]["plugins"]) == ["EventSPDDeformRead",
-                                                                                   "EventSPDTopRRoute"]
-    r = CliRunner().invoke(check, ["--backend", "trt", "--precision", precision, "--onnx-dir", str(art / "onnx"),
-                                   "--engine-dir", str(dirs[precision]), "--k", "1,7,4096", "--events", "2000",
-                                   "--save", str(art / f"check-{precision}")])
-    assert r.exit_code == 0, r.output
-
-
-@pytest.mark.tensorrt
-@pytest.mark.gpu
-def test_cpp_example_runs_the_engines(built, tmp_path):
-    from eventspd_export.event_file import write_from_source
-
-    art, dirs, lib = built
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake not found")
-    root = os.environ.get("TENSORRT_ROOT")
-    if not root:
-        pytest.skip("set TENSORRT_ROOT to build examples/cpp against TensorRT")
-    build = tmp_path / "build"
-    subprocess.run(["cmake", "-S", str(REPO / "examples" / "cpp"), "-B", str(build), f"-DTENSORRT_ROOT={root}"],
-                   check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, capture_output=True)
-    events = tmp_path / "events.bin"
-    write_from_source(events, get_config("tiny"), windows=3, k=64)
-    depths = tmp_path / "depths.bin"
-    proc = subprocess.run([str(build / "eventspd_run"), str(dirs["fp32"]), str(events), "--save-depths", str(depths)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "window 2:" in proc.stdout and "precompute" in proc.stdout
-    got = np.fromfile(depths, dtype=np.float32)
-    assert got.shape == (3 * 64,) and np.all(np.isfinite(got)) and np.all(got > 0)
-
-
-@pytest.mark.tensorrt
-@pytest.mark.gpu
-def test_readme_polygraphy_trt_lines_run_as_written(built, tmp_path):
-    from eventspd_export.polygraphy_check import polygraphy_commands
-    from eventspd_export.trt_cli import check
-
-    art, dirs, lib = built
-    root = tmp_path / "repo"
-    shutil.copytree(art / "onnx", root / "artifacts")
-    for f in dirs["fp32"].iterdir():  # engines, plugin library, manifest with the engine entries
-        shutil.copy2(f, root / "artifacts" / f.name)
-    (root / "eventspd_export").symlink_to(REPO / "eventspd_export")
-    r = CliRunner().invoke(check, ["--backend", "trt", "--onnx-dir", str(root / "artifacts"), "--k", "1,7",
-                                   "--events", "2000"])
-    assert r.exit_code == 0, r.output
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", README_POLYGRAPHY_TRT], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert polygraphy_commands("artifacts", "fp32", "trt") == README_POLYGRAPHY_TRT.splitlines()[:2]
 
 
 def test_readme_trt_lines_match_check_output():
@@ -608,13 +556,24 @@ def test_load_plugins_checks_the_registry(tmp_path):
     src.write_text("extern \"C\" int standin() { return 1; }\n")
     subprocess.run([cxx, "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
     registered = {"EventSPDTopRRoute", "EventSPDEventSplat"}
+    # bindings without all_creators: get_creator
     fake = SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
         get_creator=lambda name, version, ns: object() if name in registered and ns == "eventspd" else None))
+    runtime = Runtime(FLAVOURS["tensorrt"], fake, "10.15.1")
     with pytest.raises(trt_engine.PluginLibraryError, match="registry has no creator for EventSPDDeformRead"):
-        trt_engine.load_plugins(fake, lib)
+        trt_engine.load_plugins(runtime, lib)
     registered.add("EventSPDDeformRead")
-    trt_engine.load_plugins(fake, lib)  # all three: fine
+    trt_engine.load_plugins(runtime, lib)  # all three: fine
+    # all_creators (what TensorRT-RTX needs: get_creator misses static registrations there)
+    listed = [SimpleNamespace(name=n, plugin_version="1", plugin_namespace="eventspd")
+              for n in ("EventSPDTopRRoute", "EventSPDEventSplat")]
+    rtx = Runtime(FLAVOURS["tensorrt-rtx"], SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
+        all_creators=listed, get_creator=lambda *a: None)), "1.7.1.116")
+    with pytest.raises(trt_engine.PluginLibraryError, match="no creator for EventSPDDeformRead.*--runtime tensorrt-rtx"):
+        trt_engine.load_plugins(rtx, lib)
+    listed.append(SimpleNamespace(name="EventSPDDeformRead", plugin_version="1", plugin_namespace="eventspd"))
+    trt_engine.load_plugins(rtx, lib)
     not_a_library = tmp_path / "libbroken.so"
     not_a_library.write_bytes(b"not an ELF file")
     with pytest.raises(trt_engine.PluginLibraryError, match="cannot load the plugin library"):
-        trt_engine.load_plugins(fake, not_a_library)
+        trt_engine.load_plugins(runtime, not_a_library)

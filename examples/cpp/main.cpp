@@ -6,10 +6,12 @@
 // ARTIFACTS_DIR holds precompute.engine, decoder.engine, libeventspd_plugins.so and
 // eventspd.manifest.json (what `eventspd-export trt` writes); EVENTS_FILE is written by
 // `eventspd-export write-events`. The program
-//   1. reads the manifest and refuses engines built with another TensorRT version or for another
-//      GPU, and files whose sha256 differs from the manifest's, with a message saying what to do;
+//   1. reads the manifest and refuses engines built with the other TensorRT flavour, another
+//      version, or for a GPU outside their targets, and files whose sha256 differs from the
+//      manifest's, with a message saying what to do;
 //   2. loads the plugin library (dlopen: its creators register themselves) and checks that the
-//      three EventSPD creators are in TensorRT's registry;
+//      three EventSPD creators are in TensorRT's registry (getAllCreators: TensorRT-RTX's
+//      getCreator does not see statically registered creators);
 //   3. deserialises both engines and checks their I/O against the manifest's I/O tables;
 //   4. allocates every device buffer once: precompute's shared outputs ARE decoder's inputs (the
 //      same device pointers: no copy, no host round trip), and two state buffers that swap roles
@@ -36,7 +38,29 @@
 #include "event_file.h"
 #include "manifest.h"
 
+// The flavour this program is linked against: CMakeLists.txt defines EVENTSPD_TENSORRT_RTX when
+// TENSORRT_LIBRARY is TensorRT-RTX's libtensorrt_rtx (same nvinfer1 API and 11.x headers).
+#ifdef EVENTSPD_TENSORRT_RTX
+constexpr char const* kFlavour = "tensorrt-rtx";
+#else
+constexpr char const* kFlavour = "tensorrt";
+#endif
+
 namespace {
+
+// Whether the registry holds a V3 creator with this name, version and namespace.
+bool hasCreator(nvinfer1::IPluginRegistry& registry, std::string const& name, std::string const& version,
+                std::string const& nameSpace) {
+    int32_t n = 0;
+    nvinfer1::IPluginCreatorInterface* const* all = registry.getAllCreators(&n);
+    for (int32_t i = 0; all != nullptr && i < n; ++i) {
+        if (all[i] == nullptr || std::string(all[i]->getInterfaceInfo().kind) != "PLUGIN CREATOR_V3ONE") continue;
+        auto const* c = static_cast<nvinfer1::IPluginCreatorV3One const*>(all[i]);
+        if (name == c->getPluginName() && version == c->getPluginVersion() && nameSpace == c->getPluginNamespace())
+            return true;
+    }
+    return false;
+}
 
 [[noreturn]] void fatal(std::string const& msg, int code = 2) {
     std::fprintf(stderr, "error: %s\n", msg.c_str());
@@ -196,16 +220,17 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, opt.device));
     std::string capability = std::to_string(prop.major) + "." + std::to_string(prop.minor);
     int32_t v = getInferLibVersion();  // (MAJOR * 100 + MINOR) * 100 + PATCH
-    for (auto const& p : eventspd::compatibilityProblems(manifest, v / 10000, (v / 100) % 100, v % 100, prop.name,
-                                                         capability, opt.allowOtherModel))
+    for (auto const& p : eventspd::compatibilityProblems(manifest, kFlavour, v / 10000, (v / 100) % 100, v % 100,
+                                                         prop.name, capability, opt.allowOtherModel))
         problems.push_back(p);
     if (!problems.empty()) {
         for (size_t i = 0; i + 1 < problems.size(); ++i) std::fprintf(stderr, "error: %s\n", problems[i].c_str());
         fatal(problems.back());
     }
-    std::printf("config %s (%ux%u), %s engines, TensorRT %d.%d.%d, %s (sm %s)\n", manifest.configName.c_str(),
-                manifest.width, manifest.height, manifest.precompute.precision.c_str(), v / 10000, (v / 100) % 100,
-                v % 100, prop.name, capability.c_str());
+    std::printf("config %s (%ux%u), %s engines, %s %d.%d.%d, %s (sm %s)\n", manifest.configName.c_str(),
+                manifest.width, manifest.height, manifest.precompute.precision.c_str(),
+                eventspd::flavourTitle(kFlavour).c_str(), v / 10000, (v / 100) % 100, v % 100, prop.name,
+                capability.c_str());
 
     // 2. runtime and plugins. dlopen runs the library's static registration
     //    (REGISTER_TENSORRT_PLUGIN); one mechanism per process, so no loadLibrary as well.
@@ -217,7 +242,7 @@ int main(int argc, char** argv) {
         fatal("cannot load the plugin library " + pluginPath + ": " + dlerror() +
               " (build it with `eventspd-export build-plugins`, or pass --plugins PATH)");
     for (auto const& op : manifest.pluginOps)
-        if (runtime->getPluginRegistry().getCreator(op.name.c_str(), op.version.c_str(), op.nameSpace.c_str()) == nullptr)
+        if (!hasCreator(runtime->getPluginRegistry(), op.name, op.version, op.nameSpace))
             fatal(pluginPath + " is loaded but TensorRT has no creator " + op.nameSpace + "::" + op.name + " version " +
                   op.version + ": rebuild the library from this checkout with `eventspd-export build-plugins`");
 

@@ -25,9 +25,11 @@ struct TensorInfo {
 
 struct EngineInfo {
     std::string graph, file, sha256, precision, onnxFile;
+    std::string flavour = "tensorrt";  // "tensorrt" | "tensorrt-rtx" (eventspd_export/trt_flavour.py)
     std::string trtVersion;
     int trtMajor = 0, trtMinor = 0, trtPatch = 0;
-    std::string gpuName, gpuCapability;  // "9.0"
+    std::vector<std::string> targetCapabilities;  // what the engine runs on ("8.6", ...)
+    std::string gpuName, gpuCapability;  // the build GPU (TensorRT); empty for TensorRT-RTX's AOT builds
     std::string pluginFile, pluginSha256;
     std::vector<TensorInfo> inputs, outputs;
     int64_t kMin = 1, kMax = 0, eventsMin = 0, eventsMax = 0;
@@ -86,12 +88,19 @@ inline EngineInfo engine(std::string const& graph, json::Value const& e) {
     info.precision = e["precision"].asString();
     info.onnxFile = e["onnx"]["file"].asString();
     auto const& trt = e["tensorrt"];
+    if (trt.has("flavour")) info.flavour = trt["flavour"].asString();
     info.trtVersion = trt["version"].asString();
     info.trtMajor = static_cast<int>(trt["major"].asInt());
     info.trtMinor = static_cast<int>(trt["minor"].asInt());
     info.trtPatch = static_cast<int>(trt["patch"].asInt());
-    info.gpuName = e["gpu"]["name"].asString();
-    info.gpuCapability = e["gpu"]["compute_capability"].asString();
+    if (e.has("gpu") && !e["gpu"].isNull()) {
+        info.gpuName = e["gpu"]["name"].asString();
+        info.gpuCapability = e["gpu"]["compute_capability"].asString();
+    }
+    if (e.has("target"))
+        for (auto const& c : e["target"]["compute_capabilities"].items()) info.targetCapabilities.push_back(c.asString());
+    else if (!info.gpuCapability.empty())
+        info.targetCapabilities.push_back(info.gpuCapability);
     info.pluginFile = e["plugin_library"]["file"].asString();
     info.pluginSha256 = e["plugin_library"]["sha256"].asString();
     info.inputs = tensors(e["inputs"]);
@@ -176,28 +185,57 @@ inline Roles deriveRoles(Manifest const& m) {
     return r;
 }
 
-// Why these engines cannot run here (empty: they can). TensorRT plans need the exact TensorRT
-// version they were built with and the GPU's compute capability; they are tuned for the GPU
-// model, so another model of the same architecture is refused unless allowOtherModel.
-inline std::vector<std::string> compatibilityProblems(Manifest const& m, int trtMajor, int trtMinor, int trtPatch,
-                                                      std::string const& gpuName, std::string const& gpuCapability,
-                                                      bool allowOtherModel) {
+inline std::string flavourTitle(std::string const& flavour) {
+    return flavour == "tensorrt-rtx" ? "TensorRT-RTX" : "TensorRT";
+}
+
+inline std::string joined(std::vector<std::string> const& items) {
+    std::string out;
+    for (auto const& s : items) out += (out.empty() ? "" : ", ") + s;
+    return out;
+}
+
+// Why these engines cannot run here (empty: they can); the same rules as
+// eventspd_export/trt_flavour.py engine_problems. An engine runs only on the flavour that built it
+// (TensorRT or TensorRT-RTX) and needs the exact version (build number aside) and a GPU whose
+// compute capability it targets; TensorRT also tuned it for the GPU model it was built on, so
+// another model of the same architecture is refused unless allowOtherModel.
+inline std::vector<std::string> compatibilityProblems(Manifest const& m, std::string const& flavour, int trtMajor,
+                                                      int trtMinor, int trtPatch, std::string const& gpuName,
+                                                      std::string const& gpuCapability, bool allowOtherModel) {
     std::vector<std::string> problems;
-    std::string here = std::to_string(trtMajor) + "." + std::to_string(trtMinor) + "." + std::to_string(trtPatch);
+    std::string here = flavourTitle(flavour) + " " + std::to_string(trtMajor) + "." + std::to_string(trtMinor) + "." +
+                       std::to_string(trtPatch);
     for (EngineInfo const* e : {&m.precompute, &m.decoder}) {
+        std::string built = flavourTitle(e->flavour) + " " + e->trtVersion;
+        if (e->flavour != flavour) {
+            problems.push_back(e->file + " was built with " + built + ", this program runs " + here +
+                               ": rebuild the engines with `eventspd-export trt --runtime " + flavour +
+                               "`, or build this program against " + flavourTitle(e->flavour) +
+                               " (an engine runs only on the flavour that built it)");
+            continue;
+        }
         if (e->trtMajor != trtMajor || e->trtMinor != trtMinor || e->trtPatch != trtPatch)
-            problems.push_back(e->file + " was built with TensorRT " + e->trtVersion + ", this program runs TensorRT " +
-                               here + ": rebuild the engines with `eventspd-export trt` against TensorRT " + here +
-                               " (or run with the TensorRT they were built with)");
-        if (e->gpuCapability != gpuCapability)
-            problems.push_back(e->file + " was built for " + e->gpuName + " (compute capability " + e->gpuCapability +
-                               "), this GPU is " + gpuName + " (compute capability " + gpuCapability +
-                               "): rebuild the engines on this GPU with `eventspd-export trt`");
-        else if (e->gpuName != gpuName && !allowOtherModel)
+            problems.push_back(e->file + " was built with " + built + ", this program runs " + here +
+                               ": rebuild the engines with `eventspd-export trt` against " + here +
+                               " (or run with the version they were built with)");
+        bool targeted = false;
+        for (auto const& c : e->targetCapabilities) targeted |= c == gpuCapability;
+        if (!targeted) {
+            std::string what = e->gpuName.empty() ? "compute capabilities " + joined(e->targetCapabilities)
+                                                  : e->gpuName + " (compute capability " + e->gpuCapability + ")";
+            std::string fix = flavour == "tensorrt-rtx"
+                                  ? "rebuild them with `eventspd-export trt --runtime tensorrt-rtx --compute-capability " +
+                                        gpuCapability + "` (if TensorRT-RTX has a target for it; else use TensorRT)"
+                                  : "rebuild the engines on this GPU with `eventspd-export trt`";
+            problems.push_back(e->file + " was built for " + what + ", this GPU is " + gpuName +
+                               " (compute capability " + gpuCapability + "): " + fix);
+        } else if (!e->gpuName.empty() && e->gpuName != gpuName && !allowOtherModel) {
             problems.push_back(e->file + " was built on " + e->gpuName + ", this GPU is " + gpuName +
                                " (same compute capability " + gpuCapability +
                                "): rebuild the engines on this GPU, or pass --allow-other-gpu-model to run them "
                                "anyway (TensorRT tuned them for the other model)");
+        }
     }
     if (m.decoder.precision != m.precompute.precision)
         problems.push_back("the engines have different precisions (" + m.precompute.precision + ", " +

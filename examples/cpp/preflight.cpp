@@ -1,7 +1,7 @@
 // eventspd_preflight: the checks eventspd_run makes before it loads anything, without TensorRT or
 // a GPU -- run it on the build machine, or to see why eventspd_run refused the artifacts.
 //
-//   eventspd_preflight ARTIFACTS_DIR EVENTS_FILE [--plugins PATH]
+//   eventspd_preflight ARTIFACTS_DIR EVENTS_FILE [--plugins PATH] [--runtime tensorrt|tensorrt-rtx]
 //                      [--tensorrt X.Y.Z --gpu NAME --capability M.m [--allow-other-gpu-model]]
 //
 // Reads the manifest and the event file, derives the tensor roles from the I/O tables, checks
@@ -19,7 +19,7 @@
 
 int main(int argc, char** argv) {
     std::vector<std::string> positional;
-    std::string plugins, tensorrt, gpu, capability;
+    std::string plugins, tensorrt, gpu, capability, flavour = "tensorrt";
     bool allowOtherModel = false;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
@@ -32,14 +32,16 @@ int main(int argc, char** argv) {
         };
         if (a == "--plugins") plugins = value();
         else if (a == "--tensorrt") tensorrt = value();
+        else if (a == "--runtime") flavour = value();
         else if (a == "--gpu") gpu = value();
         else if (a == "--capability") capability = value();
         else if (a == "--allow-other-gpu-model") allowOtherModel = true;
         else positional.push_back(a);
     }
-    if (positional.size() != 2 || (!tensorrt.empty() && (gpu.empty() || capability.empty()))) {
-        std::fprintf(stderr, "usage: %s ARTIFACTS_DIR EVENTS_FILE [--plugins PATH] [--tensorrt X.Y.Z --gpu NAME "
-                             "--capability M.m [--allow-other-gpu-model]]\n", argv[0]);
+    if (positional.size() != 2 || (!tensorrt.empty() && (gpu.empty() || capability.empty())) ||
+        (flavour != "tensorrt" && flavour != "tensorrt-rtx")) {
+        std::fprintf(stderr, "usage: %s ARTIFACTS_DIR EVENTS_FILE [--plugins PATH] [--runtime tensorrt|tensorrt-rtx] "
+                             "[--tensorrt X.Y.Z --gpu NAME --capability M.m [--allow-other-gpu-model]]\n", argv[0]);
         return 2;
     }
     std::vector<std::string> problems;
@@ -53,14 +55,17 @@ int main(int argc, char** argv) {
         if (!tensorrt.empty()) {
             int v[3] = {0, 0, 0};
             std::sscanf(tensorrt.c_str(), "%d.%d.%d", &v[0], &v[1], &v[2]);
-            for (auto const& p : eventspd::compatibilityProblems(m, v[0], v[1], v[2], gpu, capability, allowOtherModel))
+            for (auto const& p : eventspd::compatibilityProblems(m, flavour, v[0], v[1], v[2], gpu, capability,
+                                                                 allowOtherModel))
                 problems.push_back(p);
         }
         size_t events = 0;
         for (auto const& w : f.windows) events += w.size() / 4;
-        std::printf("config %s %ux%u; engines %s, %s (TensorRT %s, %s, sm %s)\n", m.configName.c_str(), m.width,
-                    m.height, m.precompute.precision.c_str(), m.decoder.file.c_str(), m.precompute.trtVersion.c_str(),
-                    m.precompute.gpuName.c_str(), m.precompute.gpuCapability.c_str());
+        std::string where = m.precompute.gpuName.empty() ? "" : m.precompute.gpuName + ", ";
+        std::printf("config %s %ux%u; engines %s, %s (%s %s, %ssm %s)\n", m.configName.c_str(), m.width, m.height,
+                    m.precompute.precision.c_str(), m.decoder.file.c_str(),
+                    eventspd::flavourTitle(m.precompute.flavour).c_str(), m.precompute.trtVersion.c_str(), where.c_str(),
+                    eventspd::joined(m.precompute.targetCapabilities).c_str());
         std::printf("roles: events=%s hidden=%s hidden_out=%s queries=%s shared=%zu outputs=%s",
                     roles.events.c_str(), roles.hidden.c_str(), roles.hiddenOut.c_str(), roles.queries.c_str(),
                     roles.shared.size(), roles.outputs[0].c_str());
