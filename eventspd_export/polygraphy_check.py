@@ -319,10 +319,11 @@ def trt_backend(options: CheckOptions, manifest: dict) -> Backend:
     # The engines run on the flavour that built them (TensorRT or TensorRT-RTX); the guard then
     # checks its version and this GPU against each engine's targets.
     runtime = load_runtime(engine_runtime(engines["decoder"])["flavour"])
-    gpu = gpu_info()
-    problems = [p for g in GRAPHS for p in engine_problems(engines[g], runtime.name, runtime.version, gpu)]
-    if problems:
-        raise UsageError(problems[0])
+    for gpu in (None, "visible"):  # flavour and version first: they need no GPU to be refused
+        gpu = gpu_info() if gpu else None
+        problems = [p for g in GRAPHS for p in engine_problems(engines[g], runtime.name, runtime.version, gpu)]
+        if problems:
+            raise UsageError(problems[0])
     os.environ.update(runtime.polygraphy_env())  # read when polygraphy imports TensorRT
     plugins = resolve_plugin_library(options.plugins, engine_dir)
     want = engines["decoder"].get("plugin_library", {}).get("sha256")

@@ -53,6 +53,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,8 +298,13 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
     probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {out} is not writable")
+    if not probe.is_dir():
+        raise UsageError(f"--out {out}: {probe} is a file, not a folder")
+    try:  # a real write (os.access says yes to root even on read-only file systems)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UsageError(f"output folder {out} is not writable ({probe}: {exc.strerror})") from None
     plugins = resolve_plugin_library(options.plugins) if options.plugins is not None else None
     return BuildPlan(options, manifest, cfg, profile, paths, plugins)
 

@@ -360,10 +360,11 @@ def engine_runtime(entry: dict) -> dict:
     return rt
 
 
-def engine_problems(entry: dict, runtime_name: str, runtime_version: str, gpu: GpuInfo) -> list[str]:
+def engine_problems(entry: dict, runtime_name: str, runtime_version: str, gpu: GpuInfo | None) -> list[str]:
     """Why the engine of a manifest entry cannot run with this runtime on this GPU (empty: it
     can). Plans are tied to the flavour, the exact TensorRT version (build number aside) and the
-    GPU's compute capability; TensorRT also tunes them for the GPU model it built on."""
+    GPU's compute capability; TensorRT also tunes them for the GPU model it built on. ``gpu=None``
+    checks flavour and version only (what can be known without a GPU)."""
     file = entry.get("file", "the engine")
     built = engine_runtime(entry)
     here_title = f"{FLAVOURS[runtime_name].title} {runtime_version}"
@@ -375,6 +376,8 @@ def engine_problems(entry: dict, runtime_name: str, runtime_version: str, gpu: G
     if str(built.get("version", "?")).split(".")[:3] != str(runtime_version).split(".")[:3]:
         problems.append(f"{file} was built with {built_title}, this is {here_title}: rebuild it with "
                         f"`eventspd-export trt --runtime {runtime_name}`")
+    if gpu is None:
+        return problems
     target = entry.get("target") or {}
     ccs = target.get("compute_capabilities") or [entry.get("gpu", {}).get("compute_capability")]
     built_on = target.get("built_on") if "target" in entry else entry.get("gpu")

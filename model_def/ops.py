@@ -181,6 +181,8 @@ def deform_read_reference(v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor,
                 gathered = rows[lvl][base + ci]  # [B,k,R,Hh,M,Ch]
                 acc = acc + (coef.unsqueeze(-1) * gathered).sum(dim=-2)
         outs.append(acc.reshape(B, k1 - k0, R, C))
+    if not outs:  # K = 0: an empty query set is valid (as in the graphs and the kernels)
+        return v2.new_zeros(B, 0, R, C, dtype=out_dtype)
     return torch.cat(outs, dim=1).to(out_dtype)
 
 

@@ -126,10 +126,11 @@ def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=
     """(flavour, include dir, library) to build against; see the module docstring."""
     if runtime not in ("auto", "tensorrt", "tensorrt-rtx"):
         raise PluginBuildError(f"--runtime {runtime!r}: choose auto, tensorrt or tensorrt-rtx")
-    if include_dir is not None or library is not None:
-        if include_dir is None or library is None:
-            raise PluginBuildError("--tensorrt-include and --tensorrt-library go together (a header folder "
-                                   "and the TensorRT or TensorRT-RTX library to link)")
+    if library is not None:  # exactly the given library, with the given (or $TENSORRT_INCLUDE) headers
+        include_dir = include_dir or os.environ.get("TENSORRT_INCLUDE")
+        if include_dir is None:
+            raise PluginBuildError("--tensorrt-library needs --tensorrt-include (or TENSORRT_INCLUDE): the header "
+                                   "folder to compile against")
         inc, lib = Path(include_dir), Path(library)
         if not (inc / _HEADER).is_file():
             raise TensorRTNotFoundError(f"{inc} has no {_HEADER}: pass TensorRT's include/ folder")
@@ -140,17 +141,21 @@ def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=
             raise PluginBuildError(f"--runtime {runtime} but {lib.name} is a {flavour} library")
         return flavour, inc, lib
     if runtime == "tensorrt-rtx":
-        return ("tensorrt-rtx", *find_tensorrt_rtx(None, tensorrt_root))
+        return ("tensorrt-rtx", *find_tensorrt_rtx(include_dir, tensorrt_root))
     try:
         _root, inc, lib = find_tensorrt(tensorrt_root)
-        return "tensorrt", inc, lib
     except TensorRTNotFoundError as exc:
         if runtime == "tensorrt":
             raise
         try:
-            return ("tensorrt-rtx", *find_tensorrt_rtx(None, tensorrt_root))
+            return ("tensorrt-rtx", *find_tensorrt_rtx(include_dir, tensorrt_root))
         except TensorRTNotFoundError as rtx_exc:
             raise TensorRTNotFoundError(f"{exc} Nor for TensorRT-RTX: {rtx_exc}") from None
+    if include_dir is not None:
+        inc = Path(include_dir)
+        if not (inc / _HEADER).is_file():
+            raise TensorRTNotFoundError(f"{inc} has no {_HEADER}: pass TensorRT's include/ folder")
+    return "tensorrt", inc, lib
 
 
 def build_plugins(tensorrt_root: str | os.PathLike | None = None, build_dir: str | os.PathLike | None = None,

@@ -29,3 +29,48 @@ def tiny_pre(tiny_model, tiny_events):
 @pytest.fixture()
 def tiny_queries(tiny_cfg):
     return random_queries(tiny_cfg, 7, seed=4)
+
+
+# ---- TensorRT-RTX (real engine builds without a GPU) ----------------------------------------------
+# `make test` installs TensorRT-RTX and points TENSORRT_INCLUDE at TensorRT 11.1's headers; CI also
+# sets EVENTSPD_REQUIRE_TENSORRT_RTX=1, which turns these skips into failures so a CI run can never
+# pass while silently skipping the engine builds.
+
+def skip_or_fail(reason: str):
+    import os
+
+    if os.environ.get("EVENTSPD_REQUIRE_TENSORRT_RTX"):
+        pytest.fail(f"EVENTSPD_REQUIRE_TENSORRT_RTX is set but: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rtx_runtime():
+    from eventspd_export.errors import UsageError
+    from eventspd_export.trt_flavour import load_runtime
+
+    try:
+        return load_runtime("tensorrt-rtx")
+    except UsageError as exc:
+        skip_or_fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tensorrt_include():
+    import os
+    from pathlib import Path
+
+    inc = os.environ.get("TENSORRT_INCLUDE")
+    if not inc or not (Path(inc) / "NvInferRuntime.h").is_file():
+        skip_or_fail("set TENSORRT_INCLUDE to TensorRT 11.x's include/ folder (`make test` uses "
+                     "../shared/third_party/tensorrt-11.1/include)")
+    return Path(inc)
+
+
+@pytest.fixture(scope="session")
+def rtx_plugin_library(tmp_path_factory, rtx_runtime, tensorrt_include):
+    """libeventspd_plugins.so built here for TensorRT-RTX (TensorRT 11.1 headers + libtensorrt_rtx)."""
+    from plugins.trt_build import build_plugins
+
+    return build_plugins(build_dir=tmp_path_factory.mktemp("plugin-build"), runtime="tensorrt-rtx",
+                         include_dir=tensorrt_include, log=lambda msg: None)

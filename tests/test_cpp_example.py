@@ -248,16 +248,17 @@ def test_cpp_headers_compile_against_cuda_headers():
             assert proc.returncode == 0, f"{header}: {proc.stderr}"
 
 
-def test_main_cpp_compiles_against_tensorrt_headers(tmp_path):
-    include = os.environ.get("TENSORRT_INCLUDE")
-    if not include or not (Path(include) / "NvInfer.h").is_file():
-        pytest.skip("set TENSORRT_INCLUDE to a TensorRT include/ folder (NvInfer.h) for this check "
-                    "(checked with the TensorRT 11.1.0 public headers)")
+def test_main_cpp_compiles_against_tensorrt_headers(tmp_path, tensorrt_include):
+    include = str(tensorrt_include)
     cxx, cuda = _cxx(), _cuda_include()
     cmd = [cxx, "-std=c++17", "-c", "-Wall", "-Wextra", "-Werror", "-Wno-deprecated-declarations", "-isystem",
            include, "-isystem", str(cuda), "-I", str(CPP), str(CPP / "main.cpp"), "-o", str(tmp_path / "main.o")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+    # and as TensorRT-RTX's program (its own creator lookup and flavour guard)
+    proc = subprocess.run(cmd[:-2] + ["-DEVENTSPD_TENSORRT_RTX=1", "-o", str(tmp_path / "main_rtx.o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_cmake_project_configures_and_builds_preflight_without_tensorrt(tmp_path):

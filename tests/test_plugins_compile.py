@@ -47,12 +47,9 @@ def test_nvcc_compiles(cu: Path, arch: str, tmp_path: Path):
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
 
 
-@pytest.mark.tensorrt
 @pytest.mark.parametrize("src", TRT_SOURCES, ids=lambda p: p.name)
-def test_tensorrt_sources_compile(src: Path):
-    include = os.environ.get("TENSORRT_INCLUDE")
-    if not include or not (Path(include) / "NvInferRuntime.h").is_file():
-        pytest.skip("set TENSORRT_INCLUDE to a TensorRT include/ directory (NvInferRuntime.h) for this check")
+def test_tensorrt_sources_compile(src: Path, tensorrt_include):
+    include = str(tensorrt_include)
     nvcc = _nvcc()
     cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
     if not (cuda_inc / "cuda_runtime_api.h").is_file():
@@ -72,3 +69,53 @@ def test_trt_build_reports_missing_tensorrt(tmp_path: Path):
 
     with pytest.raises(trt_build.TensorRTNotFoundError, match="TensorRT not found"):
         trt_build.find_tensorrt(tmp_path)
+
+
+def _fake_headers(folder: Path, major: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "NvInferRuntime.h").write_text("// stand-in\n")
+    (folder / "NvInferVersion.h").write_text(f"#define TRT_MAJOR_ENTERPRISE {major}\n#define TRT_MINOR_ENTERPRISE 0\n"
+                                             "#define TRT_PATCH_ENTERPRISE 0\n")
+    return folder
+
+
+def test_trt_build_inputs_for_tensorrt_rtx(tmp_path: Path, monkeypatch, rtx_runtime):
+    """build-plugins against TensorRT-RTX: which headers and library, and each refusal."""
+    from plugins import trt_build
+
+    monkeypatch.delenv("TENSORRT_INCLUDE", raising=False)
+    with pytest.raises(trt_build.TensorRTNotFoundError, match="TensorRT-RTX ships no C\\+\\+ headers.*--tensorrt-include"):
+        trt_build.resolve_build_inputs("tensorrt-rtx")
+    old = _fake_headers(tmp_path / "trt10", 10)
+    monkeypatch.setenv("TENSORRT_INCLUDE", str(old))
+    with pytest.raises(trt_build.TensorRTNotFoundError, match="TensorRT 10.0.0 headers; .*needs TensorRT 11.x headers"):
+        trt_build.resolve_build_inputs("tensorrt-rtx")
+    new = _fake_headers(tmp_path / "trt11", 11)
+    monkeypatch.setenv("TENSORRT_INCLUDE", str(new))
+    flavour, inc, lib = trt_build.resolve_build_inputs("tensorrt-rtx")
+    assert (flavour, inc, lib.name) == ("tensorrt-rtx", new, "libtensorrt_rtx.so.1")
+    # auto without a TensorRT root falls back to TensorRT-RTX
+    monkeypatch.setattr(trt_build, "COMMON_ROOTS", (str(tmp_path / "none"),))
+    monkeypatch.delenv("TENSORRT_ROOT", raising=False)
+    assert trt_build.resolve_build_inputs("auto")[0] == "tensorrt-rtx"
+    with pytest.raises(trt_build.TensorRTNotFoundError, match="TensorRT not found"):
+        trt_build.resolve_build_inputs("tensorrt")
+    monkeypatch.delenv("TENSORRT_INCLUDE")
+    with pytest.raises(trt_build.PluginBuildError, match="--tensorrt-library needs --tensorrt-include"):
+        trt_build.resolve_build_inputs("auto", library=lib)
+    assert trt_build.resolve_build_inputs("tensorrt-rtx", include_dir=new)[1] == new
+    with pytest.raises(trt_build.PluginBuildError, match="--runtime tensorrt but libtensorrt_rtx.so.1 is a tensorrt-rtx library"):
+        trt_build.resolve_build_inputs("tensorrt", include_dir=new, library=lib)
+
+
+def test_build_plugins_cli_errors_are_one_line(tmp_path: Path, monkeypatch):
+    from click.testing import CliRunner
+
+    from eventspd_export.cli import main
+
+    monkeypatch.delenv("TENSORRT_INCLUDE", raising=False)
+    r = CliRunner().invoke(main, ["build-plugins", "--tensorrt-include", str(tmp_path), "--tensorrt-library",
+                                  str(tmp_path / "libnvinfer.so")])
+    assert r.exit_code == 2
+    (line,) = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert line == f"error: {tmp_path} has no NvInferRuntime.h: pass TensorRT's include/ folder"

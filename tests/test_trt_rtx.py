@@ -1,0 +1,286 @@
+"""Real TensorRT engines without a GPU (issue 13): TensorRT-RTX builds both graphs with the plugin
+library built here (TensorRT 11.1 headers + libtensorrt_rtx), at fp32, fp16 and int8 on `tiny` and
+fp16 on `dsec`; the parser maps every plugin node to our plugin; the manifest records flavour,
+version, targets, profiles and hashes; every refusal is one line, exit 2, nothing half-written; the
+README's TensorRT-RTX lines (eventspd-export trt, polygraphy convert) run as written; the C++
+program links against TensorRT-RTX. What still needs a GPU (running an engine) is not claimed.
+
+The builds run in this process (the plugin library is dlopened once; TensorRT's log goes to the
+process's stderr, which capfd reads)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from eventspd_export import trt_engine, trt_flavour
+from eventspd_export.onnx_export import MANIFEST_FILE, ExportOptions, export_onnx
+from eventspd_export.trt_cli import check, trt
+from eventspd_export.trt_engine import PLUGIN_LIBRARY
+from model_def import EventSPD, get_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The README's TensorRT-RTX lines, verbatim (run from the repository root after `eventspd-export
+# onnx --config tiny` and build-plugins, the library copied into artifacts/).
+README_TENSORRT_RTX = """\
+eventspd-export trt --runtime tensorrt-rtx --fp32 --out artifacts/rtx
+POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy convert artifacts/decoder.onnx --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'queries:[1,0,2]' --trt-opt-shapes 'queries:[1,256,2]' --trt-max-shapes 'queries:[1,4096,2]' -o artifacts/rtx/decoder.polygraphy.engine
+POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy convert artifacts/precompute.onnx --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'events:[0,4]' --trt-opt-shapes 'events:[100000,4]' --trt-max-shapes 'events:[2000000,4]' -o artifacts/rtx/precompute.polygraphy.engine
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """tiny exported with plugin nodes, plus its fp16 and Q/DQ int8 graphs."""
+    from test_check import make_precision_graphs
+
+    d = tmp_path_factory.mktemp("tiny-onnx")
+    model = EventSPD(get_config("tiny"), seed=0).eval()
+    export_onnx(model, ExportOptions(d))
+    make_precision_graphs(model, d)
+    return d
+
+
+def _one_error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_engines(tiny_export, rtx_plugin_library, tmp_path_factory):
+    """{precision: (out dir, CLI output, TensorRT's stderr)} — built once, checked by the tests below."""
+    out = {}
+    for precision in ("fp32", "fp16", "int8"):
+        d = tmp_path_factory.mktemp(f"engines-{precision}")
+        err_log = d.parent / f"{d.name}.stderr"
+        # TensorRT writes its log to fd 2: route it to a file for the assertions
+        saved = os.dup(2)
+        with open(err_log, "wb") as f:
+            os.dup2(f.fileno(), 2)
+            try:
+                r = CliRunner().invoke(trt, [f"--{precision}", "--runtime", "tensorrt-rtx", "--onnx-dir",
+                                             str(tiny_export), "--out", str(d), "--plugins",
+                                             str(rtx_plugin_library), "--events-opt", "2000"])
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        out[precision] = (d, r, err_log.read_text(errors="replace"))
+    return out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tiny_engines_build_with_the_plugins_at_every_precision(tiny_engines, tiny_export, rtx_plugin_library,
+                                                                 rtx_runtime, precision):
+    d, r, trt_log = tiny_engines[precision]
+    assert r.exit_code == 0, r.output + trt_log
+    # progress: what it builds, then size and seconds per engine
+    src = {"fp32": "{}.onnx", "fp16": "{}.fp16.onnx", "int8": "{}.int8.onnx"}[precision]
+    for graph in ("precompute", "decoder"):
+        assert (f"building {graph}.engine from {src.format(graph)} ({precision}, strongly typed, TensorRT-RTX "
+                f"{rtx_runtime.version}, for compute capabilities 8.6, 8.9, 12.0) ...") in r.output
+        assert f"built {graph}.engine: " in r.output and " MB in " in r.output
+    assert "not deserialised: no GPU of its targets here" in r.output
+    # the profile minimum of 0 queries / 0 events is consistent, and nothing else went wrong
+    assert "self-consistent" not in trt_log and "Error" not in trt_log and "[E]" not in trt_log, trt_log
+
+    manifest = json.loads((d / MANIFEST_FILE).read_text())
+    assert sorted(p.name for p in d.iterdir()) == ["decoder.engine", "eventspd.manifest.json", PLUGIN_LIBRARY,
+                                                   "precompute.engine"]
+    lib_sha = hashlib.sha256(rtx_plugin_library.read_bytes()).hexdigest()
+    for graph, plugins in (("precompute", ["EventSPDEventSplat"]),
+                           ("decoder", ["EventSPDTopRRoute", "EventSPDDeformRead"])):
+        e = manifest["engines"][graph]
+        blob = (d / e["file"]).read_bytes()
+        assert len(blob) > 1_000_000 and e["bytes"] == len(blob)
+        assert e["sha256"] == hashlib.sha256(blob).hexdigest()
+        assert e["onnx"] == {"file": src.format(graph),
+                             "sha256": hashlib.sha256((tiny_export / src.format(graph)).read_bytes()).hexdigest()}
+        # every plugin node became our plugin layer (the parser did not inline the function body)
+        assert sorted(e["plugin_library"]["plugins"]) == sorted(plugins)
+        assert e["plugin_library"]["sha256"] == lib_sha
+        assert e["tensorrt"] == {"flavour": "tensorrt-rtx", **{k: v for k, v in rtx_runtime.manifest_entry().items()
+                                                             if k != "flavour"}}
+        assert e["target"] == {"compute_capabilities": ["8.6", "8.9", "12.0"], "built_on": None}
+        assert e["gpu"] is None and e["precision"] == precision and e["typing"] == "strongly typed"
+    assert manifest["engines"]["decoder"]["profiles"] == [
+        {"queries": {"min": [1, 0, 2], "opt": [1, 256, 2], "max": [1, 4096, 2]}}]
+    assert manifest["engines"]["precompute"]["profiles"] == [
+        {"events": {"min": [0, 4], "opt": [2000, 4], "max": [2_000_000, 4]}}]
+
+
+def test_dsec_fp16_engines_build(rtx_plugin_library, tmp_path):
+    from calibration.fp16 import convert_to_fp16
+
+    onnx_dir = tmp_path / "onnx"
+    export_onnx(EventSPD(get_config("dsec"), seed=0).eval(), ExportOptions(onnx_dir))
+    for graph in ("precompute", "decoder"):
+        onnx.save(convert_to_fp16(onnx.load(str(onnx_dir / f"{graph}.onnx"))), str(onnx_dir / f"{graph}.fp16.onnx"))
+    out = tmp_path / "engines"
+    manifest = trt_engine.build_engines(trt_engine.BuildOptions(
+        onnx_dir, out, precision="fp16", runtime="tensorrt-rtx", plugins=rtx_plugin_library,
+        compute_capabilities=("8.9",)), log_fn=lambda msg: None)
+    for graph in ("precompute", "decoder"):
+        e = manifest["engines"][graph]
+        assert e["precision"] == "fp16" and e["target"]["compute_capabilities"] == ["8.9"]
+        assert (out / e["file"]).stat().st_size == e["bytes"] > 1_000_000
+    assert manifest["config"]["name"] == "dsec"
+
+
+def test_without_the_plugin_library_the_decoder_builds_from_function_bodies_but_the_splat_cannot(
+        rtx_runtime, tmp_path):
+    """What `trt`'s refusal of --no-plugins exports rests on: TensorRT-RTX builds the standard-op
+    decoder (TopK, GridSample, ...) but rejects the splat's ScatterElements(reduction="add")."""
+    t = rtx_runtime.trt
+    d = tmp_path / "inline"
+    export_onnx(EventSPD(get_config("tiny"), seed=0).eval(), ExportOptions(d, plugins=False))
+    logger = t.Logger(t.Logger.ERROR)
+    builder = t.Builder(logger)
+    network, _ = trt_engine._parse(rtx_runtime, logger, builder, "decoder", d / "decoder.onnx", True)
+    assert trt_engine.plugin_layers(t, network) == []
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("queries", (1, 0, 2), (1, 64, 2), (1, 256, 2))
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None
+    with pytest.raises(trt_engine.EngineBuildError, match="ONNX parser rejected .*precompute.onnx"):
+        trt_engine._parse(rtx_runtime, logger, builder, "precompute", d / "precompute.onnx", True)
+    r = CliRunner().invoke(trt, ["--runtime", "tensorrt-rtx", "--onnx-dir", str(d), "--out",
+                                           str(tmp_path / "o")])
+    line = _one_error_line(r)
+    assert "exported with --no-plugins" in line and 'ScatterElements with reduction="add"' in line
+    assert not (tmp_path / "o").exists()
+
+
+# ---- refusals: one line, exit 2, nothing half-written -------------------------------------------------
+
+@pytest.fixture()
+def export_copy(tiny_export, tmp_path):
+    d = tmp_path / "onnx"
+    shutil.copytree(tiny_export, d)
+    return d
+
+
+def _refused(args, out: Path, *must):
+    r = CliRunner().invoke(trt, ["--runtime", "tensorrt-rtx", *args, "--out", str(out)])
+    line = _one_error_line(r)
+    for m in must:
+        assert m in line, line
+    assert not out.exists() or not any(out.iterdir())
+    return line
+
+
+def test_refusals_before_any_build(export_copy, tmp_path, rtx_plugin_library, monkeypatch):
+    d, lib = export_copy, str(rtx_plugin_library)
+    out = tmp_path / "out"
+    _refused(["--onnx-dir", str(d), "--plugins", lib, "--compute-capability", "9.0"], out,
+             "has no target for it (H100/H200 engines need enterprise TensorRT")
+    _refused(["--onnx-dir", str(d), "--plugins", lib, "--timing-cache", str(tmp_path / "t.cache")], out,
+             "--timing-cache needs a GPU")
+    assert not (tmp_path / "t.cache").exists()
+    _refused(["--fp16", "--weakly-typed", "--onnx-dir", str(d), "--plugins", lib], out,
+             "--weakly-typed needs TensorRT 10's precision builder flags")
+    _refused(["--onnx-dir", str(d), "--plugins", lib], Path("/proc/eventspd-engines"), "is not writable")
+    # no plugin library anywhere we look
+    monkeypatch.setattr(trt_engine, "DEFAULT_PLUGIN_BUILD", tmp_path / "nowhere" / PLUGIN_LIBRARY)
+    _refused(["--onnx-dir", str(d)], out, "libeventspd_plugins.so not found", "eventspd-export build-plugins")
+    # a library that is not ours / not loadable
+    bogus = tmp_path / "libbogus.so"
+    bogus.write_bytes(b"\x7fELF but not really")
+    _refused(["--onnx-dir", str(d), "--plugins", str(bogus)], out, "cannot load the plugin library")
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated"])
+def test_corrupt_or_truncated_onnx_is_refused(export_copy, tmp_path, rtx_plugin_library, damage):
+    target = export_copy / "decoder.fp16.onnx"
+    blob = target.read_bytes()
+    target.write_bytes(np.random.default_rng(0).bytes(5000) if damage == "random" else blob[: len(blob) // 3])
+    _refused(["--fp16", "--onnx-dir", str(export_copy), "--plugins", str(rtx_plugin_library)], tmp_path / "out",
+             "decoder.fp16.onnx is not a readable ONNX file")
+    # the fp32 graphs are also held to the manifest's sha256
+    (export_copy / "precompute.onnx").write_bytes(b"\0" * 100)
+    _refused(["--onnx-dir", str(export_copy), "--plugins", str(rtx_plugin_library)], tmp_path / "out",
+             "does not match the sha256")
+
+
+def test_check_refuses_engines_of_another_version_or_flavour_and_says_a_gpu_is_needed(tiny_engines, tiny_export,
+                                                                                      tmp_path):
+    d = tmp_path / "engines"
+    shutil.copytree(tiny_engines["fp32"][0], d)
+    args = ["--backend", "trt", "--onnx-dir", str(tiny_export), "--engine-dir", str(d), "--k", "1,7"]
+    line = _one_error_line(CliRunner().invoke(check, args))
+    if trt_flavour.visible_gpu() is None:  # the honest state of this machine: engines cannot run here
+        assert line.startswith("error: no CUDA GPU is visible")
+    manifest = json.loads((d / MANIFEST_FILE).read_text())
+    for g in manifest["engines"].values():
+        g["tensorrt"].update(version="1.6.0.1", minor=6, patch=0)
+    (d / MANIFEST_FILE).write_text(json.dumps(manifest))
+    line = _one_error_line(CliRunner().invoke(check, args))
+    assert "precompute.engine was built with TensorRT-RTX 1.6.0.1, this is TensorRT-RTX 1.7.1" in line
+    for g in manifest["engines"].values():
+        g["tensorrt"].update(flavour="tensorrt", version="11.1.0.106", major=11, minor=1)
+    (d / MANIFEST_FILE).write_text(json.dumps(manifest))
+    line = _one_error_line(CliRunner().invoke(check, args))
+    if not trt_flavour._importable("tensorrt"):
+        assert line.startswith("error: TensorRT is not available to this Python")  # its engines need TensorRT
+    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in tiny_engines["fp32"][0].iterdir())
+
+
+# ---- the README's lines, Polygraphy and the C++ program ------------------------------------------------
+
+def test_readme_tensorrt_rtx_lines_run_as_written(tiny_export, rtx_plugin_library, tmp_path):
+    text = (REPO / "README.md").read_text()
+    for line in README_TENSORRT_RTX.splitlines():
+        assert line in text, f"README.md lacks the line: {line}"
+    root = tmp_path / "repo"
+    art = root / "artifacts"
+    art.mkdir(parents=True)
+    for name in ("precompute.onnx", "decoder.onnx", MANIFEST_FILE):
+        shutil.copy2(tiny_export / name, art / name)
+    shutil.copy2(rtx_plugin_library, art / PLUGIN_LIBRARY)
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", README_TENSORRT_RTX], cwd=root, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "self-consistent" not in proc.stdout + proc.stderr
+    for name in ("precompute.engine", "decoder.engine", "decoder.polygraphy.engine", "precompute.polygraphy.engine"):
+        assert (art / "rtx" / name).stat().st_size > 1_000_000, name
+    manifest = json.loads((art / "rtx" / MANIFEST_FILE).read_text())
+    assert manifest["engines"]["decoder"]["tensorrt"]["flavour"] == "tensorrt-rtx"
+
+
+def test_cpp_program_links_against_tensorrt_rtx_and_refuses_to_run_without_a_gpu(
+        tiny_engines, rtx_runtime, tensorrt_include, tmp_path):
+    from eventspd_export.event_file import write_from_source
+
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake not found")
+    lib = trt_flavour.rtx_libs_dir() / trt_flavour.RTX_LIBRARY
+    build = tmp_path / "build"
+    proc = subprocess.run([cmake, "-S", str(REPO / "examples" / "cpp"), "-B", str(build),
+                           f"-DTENSORRT_INCLUDE_DIR={tensorrt_include}", f"-DTENSORRT_LIBRARY={lib}"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "eventspd_run links TensorRT-RTX" in proc.stdout, proc.stdout + proc.stderr
+    proc = subprocess.run([cmake, "--build", str(build), "-j", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ldd = subprocess.run(["ldd", str(build / "eventspd_run")], capture_output=True, text=True).stdout
+    assert "libtensorrt_rtx.so.1" in ldd
+    events = tmp_path / "events.bin"
+    write_from_source(events, get_config("tiny"), windows=2, k=16)
+    run = subprocess.run([str(build / "eventspd_run"), str(tiny_engines["fp32"][0]), str(events)],
+                         capture_output=True, text=True)
+    if trt_flavour.visible_gpu() is None:  # it read the manifest, files and events; running needs a GPU
+        assert run.returncode == 2 and "no CUDA GPU 0 is visible" in run.stderr, run.stdout + run.stderr
+    preflight = subprocess.run([str(build / "eventspd_preflight"), str(tiny_engines["fp32"][0]), str(events),
+                                "--runtime", "tensorrt-rtx", "--tensorrt", rtx_runtime.version, "--gpu",
+                                "NVIDIA GeForce RTX 4090", "--capability", "8.9"], capture_output=True, text=True)
+    assert preflight.returncode == 0 and preflight.stdout.rstrip().endswith("ok"), preflight.stderr
