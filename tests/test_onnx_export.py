@@ -92,7 +92,7 @@ def test_manifest(exported, tiny):
         "EventSPDTopRRoute", "EventSPDDeformRead", "EventSPDEventSplat"}
     topr = next(p for p in man["plugin_ops"] if p["op"] == "topr_route")
     assert topr["fields"] == {"top_r": 32, "grid_w": 8, "grid_h": 5, "stride": 32}
-    assert man["dynamic_axes"]["num_queries"] == {"min": 1, "max": 4096}
+    assert man["dynamic_axes"]["num_queries"] == {"min": 0, "max": 4096}
 
 
 def _check_ort(model, onnx_dir, ks, event_counts):
@@ -239,3 +239,60 @@ def test_hd_export_and_one_ort_run_of_each_graph(tmp_path):
     man = export_onnx(model, ExportOptions(tmp_path))
     assert man["graphs"]["precompute"]["bytes"] > 0
     _check_ort(model, tmp_path, ks=(64,), event_counts=(100_000,))
+
+
+def _decoder_feeds(onnx_dir, k):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_dir / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.random([k if isinstance(s, str) else s for s in i.shape], dtype=np.float32)
+             for i in sess.get_inputs()}
+    return sess, feeds
+
+
+@pytest.mark.parametrize("flavour", ["plugins", "inline"])
+def test_decoder_runs_at_k_zero(exported, tiny, flavour):
+    """An empty query set gives empty depth in ONNX Runtime (graph Reshapes and the deform_read
+    / topr_route function bodies), as in PyTorch: no Reshape is left with a -1 beside the K axis."""
+    sess, feeds = _decoder_feeds(exported[flavour], 0)
+    depth, inv_depth = sess.run(None, feeds)
+    assert depth.shape == (1, 0) and inv_depth.shape == (1, 0)
+    with torch.inference_mode():
+        pre = {n: torch.from_numpy(feeds[n]) for n in contract.SHARED_NAMES}
+        d, i = tiny.decode(pre, torch.zeros(1, 0, 2))
+    assert d.shape == (1, 0) and i.shape == (1, 0)
+    sess, feeds = _decoder_feeds(exported[flavour], 3)  # and K > 0 still works
+    assert sess.run(None, feeds)[0].shape == (1, 3)
+
+
+def test_k_zero_check_fails_on_a_reshape_with_minus_one(exported, tmp_path):
+    """The K = 0 test can fail: put back what torch's flatten exports (a Reshape to [B, K, -1])
+    and ONNX Runtime rejects the empty query set."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(exported["inline"] / "decoder.onnx"))
+    reshape = next(n for n in model.graph.node if n.op_type == "Reshape" and n.name.startswith("/b1/"))
+    minus_one = onnx.helper.make_node("Constant", [], ["k0_mutation_shape"],
+                                      value=onnx.numpy_helper.from_array(np.array([1, 0, -1], np.int64)))
+    model.graph.node.insert(0, minus_one)
+    reshape.input[1] = "k0_mutation_shape"
+    for attr in list(reshape.attribute):
+        reshape.attribute.remove(attr)
+    path = tmp_path / "decoder.onnx"
+    onnx.save(model, str(path))
+    _, feeds = _decoder_feeds(exported["inline"], 0)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="Reshape"):
+        sess.run(None, feeds)
+
+
+def test_dynamic_reshapes_allow_zero(exported):
+    for flavour in ("plugins", "inline"):
+        model = onnx.load(str(exported[flavour] / "decoder.onnx"), load_external_data=False)
+        constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+        constants |= {i.name for i in model.graph.initializer}
+        dynamic = [n for n in model.graph.node if n.op_type == "Reshape" and n.input[1] not in constants]
+        allowzero = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("allowzero", 0)
+                     for n in dynamic]
+        assert dynamic and allowzero == [1] * len(dynamic), flavour
