@@ -536,6 +536,112 @@ def test_build_failures_exit_1_and_write_nothing(export, tmp_path, fake_trt, kwa
     assert not out.exists() and _snapshot(export) == before
 
 
+# ---- real enterprise TensorRT on a GPU (skipped with the reason where either is absent; the
+# ---- TensorRT-RTX builds that run everywhere are in test_trt_rtx.py) ----------------------------------
+
+def _real_tensorrt_and_gpu():
+    try:
+        runtime = trt_flavour.load_runtime("tensorrt")
+        gpu = trt_flavour.gpu_info()
+    except trt_engine.UsageError as exc:
+        pytest.skip(str(exc))
+    return runtime, gpu
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """tiny exported, calibrated (fp16/int8 graphs), and engines of each precision."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt)")
+    _real_tensorrt_and_gpu()
+    from plugins.trt_build import PluginBuildError, build_plugins
+
+    from test_check import make_precision_graphs
+
+    art = tmp_path_factory.mktemp("trt")
+    try:
+        lib = build_plugins(build_dir=art / "plugin-build", runtime="tensorrt")
+    except PluginBuildError as exc:
+        pytest.skip(f"cannot build the plugin library here: {exc}")
+    from eventspd_export.onnx_export import ExportOptions, export_onnx
+    from model_def import EventSPD
+
+    model = EventSPD(get_config("tiny"), seed=0).eval()
+    export_onnx(model, ExportOptions(art / "onnx"))
+    make_precision_graphs(model, art / "onnx")
+    dirs = {}
+    for precision in ("fp32", "fp16", "int8"):
+        out = art / precision
+        trt_engine.build_engines(BuildOptions(art / "onnx", out, precision=precision, runtime="tensorrt",
+                                              profile=Profile(0, 64, 4096, 2000, 200_000), plugins=lib))
+        dirs[precision] = out
+    return art, dirs, lib
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engines_build_with_plugins_and_pass_check(built, precision):
+    from eventspd_export.trt_cli import check
+
+    art, dirs, lib = built
+    manifest = json.loads((dirs[precision] / MANIFEST_FILE).read_text())
+    assert manifest["engines"]["precompute"]["plugin_library"]["plugins"] == ["EventSPDEventSplat"]
+    assert sorted(manifest["engines"]["decoder"]["plugin_library"]["plugins"]) == ["EventSPDDeformRead",
+                                                                                   "EventSPDTopRRoute"]
+    r = CliRunner().invoke(check, ["--backend", "trt", "--precision", precision, "--onnx-dir", str(art / "onnx"),
+                                   "--engine-dir", str(dirs[precision]), "--k", "1,7,4096", "--events", "2000",
+                                   "--save", str(art / f"check-{precision}")])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_cpp_example_runs_the_engines(built, tmp_path):
+    from eventspd_export.event_file import write_from_source
+
+    art, dirs, lib = built
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not found")
+    root = os.environ.get("TENSORRT_ROOT")
+    if not root:
+        pytest.skip("set TENSORRT_ROOT to build examples/cpp against TensorRT")
+    build = tmp_path / "build"
+    subprocess.run(["cmake", "-S", str(REPO / "examples" / "cpp"), "-B", str(build), f"-DTENSORRT_ROOT={root}"],
+                   check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, capture_output=True)
+    events = tmp_path / "events.bin"
+    write_from_source(events, get_config("tiny"), windows=3, k=64)
+    depths = tmp_path / "depths.bin"
+    proc = subprocess.run([str(build / "eventspd_run"), str(dirs["fp32"]), str(events), "--save-depths", str(depths)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "window 2:" in proc.stdout and "precompute" in proc.stdout
+    got = np.fromfile(depths, dtype=np.float32)
+    assert got.shape == (3 * 64,) and np.all(np.isfinite(got)) and np.all(got > 0)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_readme_polygraphy_trt_lines_run_as_written(built, tmp_path):
+    from eventspd_export.polygraphy_check import polygraphy_commands
+    from eventspd_export.trt_cli import check
+
+    art, dirs, lib = built
+    root = tmp_path / "repo"
+    shutil.copytree(art / "onnx", root / "artifacts")
+    for f in dirs["fp32"].iterdir():  # engines, plugin library, manifest with the engine entries
+        shutil.copy2(f, root / "artifacts" / f.name)
+    (root / "eventspd_export").symlink_to(REPO / "eventspd_export")
+    r = CliRunner().invoke(check, ["--backend", "trt", "--onnx-dir", str(root / "artifacts"), "--k", "1,7",
+                                   "--events", "2000"])
+    assert r.exit_code == 0, r.output
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", README_POLYGRAPHY_TRT], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert polygraphy_commands("artifacts", "fp32", "trt") == README_POLYGRAPHY_TRT.splitlines()[:2]
+
+
 def test_readme_trt_lines_match_check_output():
     from eventspd_export.polygraphy_check import polygraphy_commands
 
