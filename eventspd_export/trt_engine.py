@@ -4,27 +4,36 @@ Which ONNX: ``precompute.onnx``/``decoder.onnx`` (fp32), ``*.fp16.onnx`` (mixed 
 ``calibration.fp16``) or ``*.int8.onnx`` (explicit Q/DQ from ``calibration.int8``), all in
 ``--onnx-dir`` (ARCHITECTURE §4: the precision is decided in the ONNX).
 
-How (TensorRT Python API, 10.x and 11.x):
+How (TensorRT Python API 10.x/11.x, or TensorRT-RTX 1.7+; everything that differs between the
+two flavours -- import, version rules, flags, build targets, the manifest's runtime record and
+the engine guard -- is in ``trt_flavour``):
 
 * **Typing.** TensorRT 11 networks are always strongly typed (``STRONGLY_TYPED`` is deprecated
   and ignored; the precision builder flags are gone), so the ONNX's types are the engine's types.
   TensorRT 10 gets ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` too, unless the user asks
   for the old way (``weakly_typed=True``, ``--weakly-typed``): then fp16 builds the *fp32* ONNX
   with ``BuilderFlag.FP16``, and int8 builds the Q/DQ ONNX with ``INT8 | FP16`` (explicit
-  quantisation, no calibrator). On TensorRT 11 that option is an error.
+  quantisation, no calibrator). On TensorRT 11 and TensorRT-RTX that option is an error.
+* **Targets.** TensorRT builds for the visible GPU; TensorRT-RTX for a list of compute
+  capabilities (``--compute-capability``, default 8.6/8.9/12.0) without a GPU.
 * **TF32** is cleared for fp32 engines: an fp32 engine is the accuracy reference of the
   deployment (``check --backend trt --precision fp32`` holds it to the fp32 tolerances), and
   TF32's 10-bit mantissa would move it to fp16-like errors.
 * **Plugins.** ``libeventspd_plugins.so`` is loaded with ``ctypes.CDLL`` (its
   ``REGISTER_TENSORRT_PLUGIN`` static registration; the same mechanism as ``polygraphy
   --plugins``, so a later Polygraphy run in this process does not register the creators twice),
-  the three creators are looked up in the registry, and the parser gets
+  the three creators are looked up in ``registry.all_creators`` (see ``load_plugins``), and the
+  parser gets
   ``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` where it exists (the nodes also carry
   ``plugin_namespace``, which makes 10.15+/11.x parsers prefer the plugin). After parsing, every
   custom node (``EventSPDEventSplat`` in precompute, ``EventSPDTopRRoute`` and
   ``EventSPDDeformRead`` in the decoder) must have become a plugin layer; a parser that inlined
   the model-local function instead (TensorRT <= 10.6 does) is an error, not a silent fallback.
-* **Profiles.** One optimisation profile per engine. ``num_queries``: ``k_min`` (1) / ``k_opt``
+* **I/O.** The parsed network's inputs and outputs must be the contract's (checked before the
+  build, so it needs no GPU); the built engine is deserialised and checked again only where a GPU
+  of its targets is present.
+* **Profiles.** One optimisation profile per engine. ``num_queries``: ``k_min`` (0: the decoder
+  graph runs on an empty query set) / ``k_opt``
   (256) / ``k_max`` (4096). ``num_events``: **min 0** (an empty window is a valid input: the
   splat kernel zero-fills its grid and launches nothing, so the C++ app passes empty windows as
   they are), opt ``events_opt``, max ``events_max`` (default: the export's recorded maximum).
@@ -32,9 +41,9 @@ How (TensorRT Python API, 10.x and 11.x):
   int32 indexing was checked up to those).
 * **Workspace** (``MemoryPoolType.WORKSPACE``) when given; **timing cache** loaded from and saved
   to ``timing_cache`` when given (atomically; a cache from another GPU/TensorRT is rejected by
-  TensorRT, not ignored).
+  TensorRT, not ignored); refused for a TensorRT-RTX build with no GPU to time on.
 * **Manifest.** Each engine gets an entry under ``"engines"`` in the sidecar
-  ``eventspd.manifest.json`` (TensorRT version, GPU name and compute capability, precision,
+  ``eventspd.manifest.json`` (flavour and version, targets and the build GPU, precision,
   typing, profile, I/O table, sha256 of the engine, of its ONNX and of the plugin library).
   Nothing is put in front of the TensorRT plan: ``trtexec --loadEngine`` and plain
   ``deserializeCudaEngine`` read the files as they are.
@@ -42,8 +51,9 @@ How (TensorRT Python API, 10.x and 11.x):
   last; nothing is written before every check passed and both engines are built, so a failed
   run leaves no files behind.
 
-Without TensorRT or without a GPU the build stops before any work with a typed error whose
-message is one sentence saying which is missing and how to get it.
+Without the requested TensorRT flavour, or (enterprise TensorRT) without a GPU, the build stops
+before any work with a typed error whose message is one sentence saying which is missing and how
+to get it.
 """
 
 from __future__ import annotations
