@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -284,3 +285,53 @@ def test_cpp_program_links_against_tensorrt_rtx_and_refuses_to_run_without_a_gpu
                                 "--runtime", "tensorrt-rtx", "--tensorrt", rtx_runtime.version, "--gpu",
                                 "NVIDIA GeForce RTX 4090", "--capability", "8.9"], capture_output=True, text=True)
     assert preflight.returncode == 0 and preflight.stdout.rstrip().endswith("ok"), preflight.stderr
+
+
+# ---- TensorRT-RTX's missing libtensorrt_rtx.so, and plugin registration -----------------------------
+
+def test_parser_library_link_is_created_or_refused_in_one_sentence(tmp_path, monkeypatch):
+    libs = tmp_path / "tensorrt_rtx_libs"
+    libs.mkdir()
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    with pytest.raises(trt_flavour.TensorRTUnavailableError, match="libtensorrt_rtx.so.1 is missing"):
+        trt_flavour.ensure_rtx_parser_library(libs)
+    (libs / "libtensorrt_rtx.so.1").write_bytes(b"stand-in")
+    assert trt_flavour.ensure_rtx_parser_library(libs) == f"created {libs / 'libtensorrt_rtx.so'} -> libtensorrt_rtx.so.1"
+    assert os.readlink(libs / "libtensorrt_rtx.so") == "libtensorrt_rtx.so.1"
+    assert trt_flavour.ensure_rtx_parser_library(libs).endswith("present")
+    (libs / "libtensorrt_rtx.so").unlink()
+
+    def read_only(self, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "symlink_to", read_only)
+    with pytest.raises(trt_flavour.TensorRTUnavailableError) as info:
+        trt_flavour.ensure_rtx_parser_library(libs)
+    message = str(info.value)
+    assert "not writable here (Permission denied)" in message and f"ln -s libtensorrt_rtx.so.1 {libs}" in message
+    assert "LD_LIBRARY_PATH" in message and message.count(". ") == 0
+    elsewhere = tmp_path / "ld"
+    elsewhere.mkdir()
+    os.symlink(libs / "libtensorrt_rtx.so.1", elsewhere / "libtensorrt_rtx.so")
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(elsewhere))
+    assert trt_flavour.ensure_rtx_parser_library(libs).endswith("on LD_LIBRARY_PATH")
+
+
+def test_dlopen_registers_each_creator_once_and_load_library_a_second_time(rtx_runtime, rtx_plugin_library):
+    """Why the tools use one registration each (README, Plugin registration): measured in a fresh
+    process, dlopen registers the three creators once; loadLibrary on top registers them again."""
+    script = f"""
+import ctypes, tensorrt_rtx as trt
+reg = trt.get_plugin_registry()
+count = lambda: sum(1 for c in reg.all_creators if c.plugin_namespace == "eventspd")
+ctypes.CDLL({str(rtx_plugin_library)!r})
+once = count()
+ours = reg.get_creator("EventSPDTopRRoute", "1", "eventspd") is not None
+reg.load_library({str(rtx_plugin_library)!r})
+print(once, count(), ours)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    once, twice, found_by_get_creator = proc.stdout.split()
+    assert (once, twice) == ("3", "6")
+    assert found_by_get_creator == "False"  # get_creator misses static registrations: all_creators it is
