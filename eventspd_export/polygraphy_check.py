@@ -601,9 +601,10 @@ def reference_model(manifest: dict, onnx_dir: Path, checkpoint: str | None, conf
 
 def polygraphy_commands(onnx_dir: str | Path, precision: str, backend: str = "onnxrt",
                         save_dir: str | Path | None = None, engine_dir: str | Path | None = None,
-                        plugins: str | Path | None = None) -> list[str]:
+                        plugins: str | Path | None = None, flavour: str = "tensorrt") -> list[str]:
     """``polygraphy run`` lines that repeat the graph-alone comparisons of ``check`` with the
-    files it saved (same inputs, same reference, same tolerances)."""
+    files it saved (same inputs, same reference, same tolerances). TensorRT-RTX engines
+    (``flavour``) need ``POLYGRAPHY_USE_TENSORRT_RTX=1`` for Polygraphy to load that flavour."""
     onnx_dir = Path(onnx_dir)
     save = Path(save_dir) if save_dir else onnx_dir / "check"
     lines = []
@@ -616,6 +617,7 @@ def polygraphy_commands(onnx_dir: str | Path, precision: str, backend: str = "on
             lib = Path(plugins) if plugins else edir / "libeventspd_plugins.so"
             model = (f"{(edir / ENGINE_FILES[graph]).as_posix()} --model-type engine --trt "
                      f"--plugins {lib.as_posix()}")
-        lines.append(f"polygraphy run {model} --load-inputs {(save / graph / 'inputs.json').as_posix()} "
+        env = "POLYGRAPHY_USE_TENSORRT_RTX=1 " if backend == "trt" and flavour == "tensorrt-rtx" else ""
+        lines.append(f"{env}polygraphy run {model} --load-inputs {(save / graph / 'inputs.json').as_posix()} "
                      f"--load-outputs {(save / graph / 'reference.json').as_posix()} {tol.cli_args()}")
     return lines

@@ -135,7 +135,13 @@ def check(backend, precision, onnx_dir, engine_dir, plugins, ks, data, windows, 
     report = run_check(model, options, log_fn=click.echo)
     click.echo(format_table(report))
     click.echo("The same comparisons with Polygraphy:")
-    for line in polygraphy_commands(onnx_dir, precision, backend, options.save, engine_dir, plugins):
+    flavour = "tensorrt"
+    if backend == "trt":
+        from .trt_flavour import engine_runtime
+
+        engines = read_manifest(engine_dir or onnx_dir).get("engines") or {}
+        flavour = engine_runtime(engines.get("decoder", {}))["flavour"]
+    for line in polygraphy_commands(onnx_dir, precision, backend, options.save, engine_dir, plugins, flavour):
         click.echo(f"  {line}")
     if not report.passed:
         worst = report.failures()[0]

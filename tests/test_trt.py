@@ -646,6 +646,9 @@ def test_readme_trt_lines_match_check_output():
     from eventspd_export.polygraphy_check import polygraphy_commands
 
     assert polygraphy_commands("artifacts", "fp32", "trt") == README_POLYGRAPHY_TRT.splitlines()[:2]
+    rtx = polygraphy_commands("artifacts", "fp32", "trt", flavour="tensorrt-rtx")
+    assert rtx == [f"POLYGRAPHY_USE_TENSORRT_RTX=1 {line}" for line in README_POLYGRAPHY_TRT.splitlines()[:2]]
+    assert polygraphy_commands("artifacts", "fp32", "onnxrt", flavour="tensorrt-rtx")[0].startswith("polygraphy run")
     text = (REPO / "README.md").read_text()
     if "--model-type engine --trt" not in text:
         pytest.skip("README.md has no TensorRT Polygraphy section yet (paste README_POLYGRAPHY_TRT)")
