@@ -138,19 +138,55 @@ def _set_io_shapes(model: onnx.ModelProto, specs) -> None:
 
 
 def _reshapes_allow_zero(model: onnx.ModelProto) -> int:
-    """Set ``allowzero=1`` on every Reshape whose target shape is computed at run time.
+    """Set ``allowzero=1`` on every Reshape whose target shape is computed from ``Shape`` at run time.
 
-    Those shapes are built from ``Shape`` of real tensors, so a 0 in them is an empty axis (K = 0
+    Those shapes are built from the sizes of real tensors, so a 0 in them is an empty axis (K = 0
     queries, N = 0 events); with ONNX's default ``allowzero=0`` a 0 means "copy the input's
     axis", which breaks when the ranks differ and makes TensorRT call a profile minimum of 0
-    "not self-consistent" (ARCHITECTURE §8). Constant shapes are left alone: a literal 0 there
-    may mean "copy". Returns the number of nodes changed."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    "not self-consistent" (ARCHITECTURE §8). A literal 0 among the constants that feed such a
+    shape would mean "copy" (torch emits those for some ops, e.g. group_norm); none may be there,
+    or the export stops rather than change its meaning. Returns the number of nodes changed."""
+    from onnx import numpy_helper
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    initial = {i.name: i for i in model.graph.initializer}
+
+    def from_shape(name: str, seen: set) -> bool:
+        """Whether a ``Shape`` op is among the producers of ``name``."""
+        node = producer.get(name)
+        if node is None or name in seen:
+            return False
+        seen.add(name)
+        return node.op_type == "Shape" or any(from_shape(i, seen) for i in node.input)
+
+    def literal(name: str):
+        """The constant value of ``name`` through value-preserving ops, else None."""
+        while True:
+            if name in initial:
+                return numpy_helper.to_array(initial[name])
+            node = producer.get(name)
+            if node is None:
+                return None
+            if node.op_type == "Constant":
+                return numpy_helper.to_array(node.attribute[0].t)
+            if node.op_type not in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
+                return None
+            name = node.input[0]
+
+    def pieces(name: str) -> list[str]:
+        node = producer.get(name)
+        return list(node.input) if node is not None and node.op_type == "Concat" else [name]
+
     changed = 0
     for node in model.graph.node:
-        if node.op_type != "Reshape" or node.input[1] in constants:
+        if node.op_type != "Reshape":
             continue
+        if not from_shape(node.input[1], set()):
+            continue
+        values = [literal(p) for p in pieces(node.input[1])]
+        if any(v is not None and (v == 0).any() for v in values):
+            raise RuntimeError(f"Reshape {node.name}: its run-time shape mixes Shape-derived sizes with a literal "
+                               "0 ('copy this axis'); setting allowzero=1 would change its meaning")
         for attr in list(node.attribute):
             if attr.name == "allowzero":
                 node.attribute.remove(attr)

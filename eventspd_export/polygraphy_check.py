@@ -72,7 +72,6 @@ import contextlib
 import inspect
 import logging
 import math
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
@@ -300,7 +299,7 @@ def onnxrt_backend(options: CheckOptions) -> Backend:
 
 
 def trt_backend(options: CheckOptions, manifest: dict) -> Backend:
-    from .trt_flavour import engine_problems, engine_runtime, gpu_info, load_runtime
+    from .trt_flavour import FLAVOURS, NoGpuError, engine_problems, engine_runtime, gpu_info, load_runtime
 
     engine_dir = Path(options.engine_dir or options.onnx_dir)
     engines = manifest.get("engines") or {}
@@ -318,13 +317,22 @@ def trt_backend(options: CheckOptions, manifest: dict) -> Backend:
                              "`eventspd-export trt`")
     # The engines run on the flavour that built them (TensorRT or TensorRT-RTX); the guard then
     # checks its version and this GPU against each engine's targets.
-    runtime = load_runtime(engine_runtime(engines["decoder"])["flavour"])
+    flavour = engine_runtime(engines["decoder"])["flavour"]
+    if flavour not in FLAVOURS:
+        raise UsageError(f"{engine_dir / 'eventspd.manifest.json'} names an unknown TensorRT flavour {flavour!r} "
+                         f"for its engines (expected {' or '.join(FLAVOURS)}): rebuild them with `eventspd-export trt`")
+    runtime = load_runtime(flavour)
     for gpu in (None, "visible"):  # flavour and version first: they need no GPU to be refused
-        gpu = gpu_info() if gpu else None
+        try:
+            gpu = gpu_info() if gpu else None
+        except NoGpuError as exc:
+            targets = (engines["decoder"].get("target") or {}).get("compute_capabilities") or ["?"]
+            raise NoGpuError(f"running the engines needs an NVIDIA GPU among their targets (compute capability "
+                             f"{', '.join(map(str, targets))}), and {str(exc).split(';')[0]}") from None
         problems = [p for g in GRAPHS for p in engine_problems(engines[g], runtime.name, runtime.version, gpu)]
         if problems:
             raise UsageError(problems[0])
-    os.environ.update(runtime.polygraphy_env())  # read when polygraphy imports TensorRT
+    runtime.use_in_polygraphy()  # TrtRunner must load the flavour that built the engines
     plugins = resolve_plugin_library(options.plugins, engine_dir)
     want = engines["decoder"].get("plugin_library", {}).get("sha256")
     if want and sha256_file(plugins) != want:

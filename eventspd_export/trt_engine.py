@@ -173,6 +173,11 @@ class Profile:
             axes = manifest.get("dynamic_axes", {})
             k_rec = axes.get(contract.NUM_QUERIES, {}).get("max")
             ev_rec = axes.get(contract.NUM_EVENTS, {}).get("max")
+            k_rec_min = axes.get(contract.NUM_QUERIES, {}).get("min")
+            if k_rec_min is not None and self.k_min < int(k_rec_min):
+                # graphs exported before K = 0 support: their Reshapes fail on an empty query set
+                raise UsageError(f"--k-min {self.k_min} is below the {k_rec_min} the graphs were exported for "
+                                 f"(an older export); re-export with `eventspd-export onnx`, or pass --k-min {k_rec_min}")
             if k_rec is not None and self.k_max > int(k_rec):
                 raise UsageError(f"--k-max {self.k_max} is above the {k_rec} the graphs were exported "
                                  f"for; re-export with `eventspd-export onnx --k-max {self.k_max}`")
@@ -289,13 +294,14 @@ def plan_build(options: BuildOptions) -> BuildPlan:
             raise ManifestError(f"{fp32} does not match the sha256 in {onnx_dir / MANIFEST_FILE}: the "
                                 "graph was replaced after the export; re-export both graphs")
     if not manifest.get("plugin_ops"):
-        # Measured: TensorRT-RTX builds the standard-op decoder, but its parser rejects the event
-        # splat's ScatterElements(reduction="add") (and ScatterND with any reduction).
-        raise UsageError(f"the graphs in {onnx_dir} were exported with --no-plugins, and TensorRT's ONNX parser "
+        # Measured with TensorRT-RTX 1.7 (tests/test_trt_rtx.py): it builds the standard-op decoder,
+        # but its parser rejects the event splat's ScatterElements(reduction="add") (and ScatterND
+        # with any reduction); ARCHITECTURE §3 records the same history for TensorRT's parser.
+        raise UsageError(f"the graphs in {onnx_dir} were exported with --no-plugins, and TensorRT-RTX's ONNX parser "
                          "rejects the standard-op event splat (ScatterElements with reduction=\"add\"), so the "
                          "engines need the plugin nodes and library: re-export without --no-plugins and build "
                          "the library with `eventspd-export build-plugins`")
-    for g, path in paths.items():
+    for path in paths.values():
         check_onnx_readable(path)
     profile = options.profile.resolved(manifest)
     options.profile.validate(manifest)
@@ -538,7 +544,7 @@ def _build_one(runtime: Runtime, logger, plan: BuildPlan, graph: str, target: Ta
         cache = config.create_timing_cache(cache_bytes or b"")
         if not config.set_timing_cache(cache, False):
             raise EngineBuildError(f"--timing-cache {opts.timing_cache} was made by another GPU or "
-                                   f"TensorRT version; delete it or pass another path")
+                                   "TensorRT version; delete it or pass another path")
 
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)

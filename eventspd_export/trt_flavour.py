@@ -178,6 +178,7 @@ class Runtime:
     flavour: Flavour
     trt: object  # the imported module
     version: str
+    setup_note: str = ""  # what load_runtime did to make it usable (TensorRT-RTX's library link)
 
     @property
     def name(self) -> str:
@@ -214,7 +215,13 @@ class Runtime:
         TensorRT-RTX: the given capabilities (each one it has a target for), default its portable
         set. Raises ``NoGpuError`` / ``TargetError``."""
         if self.flavour.name == TENSORRT:
-            gpu = gpu_info()
+            try:
+                gpu = gpu_info()
+            except NoGpuError as exc:
+                if _importable(FLAVOURS[TENSORRT_RTX].module):
+                    raise NoGpuError(f"{exc}, or build ahead of time without a GPU with --runtime tensorrt-rtx "
+                                     "(for RTX-class GPUs)") from None
+                raise
             if compute_capabilities and tuple(compute_capabilities) != (gpu.compute_capability,):
                 raise TargetError(f"--compute-capability {','.join(compute_capabilities)}: {self.title} builds "
                                   f"only for the GPU it runs on ({gpu.name}, {gpu.compute_capability}); drop "
@@ -264,14 +271,20 @@ class Runtime:
         return {"flavour": self.flavour.name, "version": self.version, "major": major, "minor": minor,
                 "patch": patch}
 
-    def polygraphy_env(self) -> dict[str, str]:
-        """Environment that makes Polygraphy (0.53.6+) use this flavour."""
-        return {"POLYGRAPHY_USE_TENSORRT_RTX": "1"} if self.flavour.name == TENSORRT_RTX else {}
+    def use_in_polygraphy(self) -> None:
+        """Make Polygraphy (0.53.6+) load this flavour. Its ``config.USE_TENSORRT_RTX`` is read from
+        ``POLYGRAPHY_USE_TENSORRT_RTX`` once, when polygraphy is first imported, so setting the
+        environment later does nothing: set the attribute (and the variable, for subprocesses)."""
+        from polygraphy import config
+
+        rtx = self.flavour.name == TENSORRT_RTX
+        config.USE_TENSORRT_RTX = rtx
+        os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if rtx else "0"
 
 
 def _importable(module: str) -> bool:
     if module in sys.modules:
-        return True
+        return sys.modules[module] is not None  # None: an import that is known to fail
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -291,7 +304,10 @@ def rtx_libs_dir() -> Path | None:
 def ensure_rtx_parser_library(libs_dir: Path | None = None) -> str:
     """Make ``libtensorrt_rtx.so`` loadable for TensorRT-RTX's ONNX parser: a link beside
     ``libtensorrt_rtx.so.1`` (the parser's RPATH is ``$ORIGIN``). Returns what was done; raises
-    ``TensorRTUnavailableError`` with the fix when it cannot (never lets the parser abort)."""
+    ``TensorRTUnavailableError`` with the fix when it cannot (never lets the parser abort).
+    A link on ``LD_LIBRARY_PATH`` counts only when the variable was set before the process started
+    (the loader reads it once); this reads the current environment, so a value set later would be
+    trusted wrongly -- the refusal message says to start Python with it."""
     libs_dir = libs_dir or rtx_libs_dir()
     if libs_dir is None:
         raise TensorRTUnavailableError(f"TensorRT-RTX's libraries (tensorrt_rtx_libs) are not installed; "
@@ -338,9 +354,8 @@ def load_runtime(choice: str = "auto") -> Runtime:
         problem = flavour.version_problem(version_tuple(version))
         if problem:
             raise TensorRTUnavailableError(f"{problem}; {flavour.install_hint}")
-        if name == TENSORRT_RTX:
-            ensure_rtx_parser_library()
-        return Runtime(flavour, module, version)
+        note = ensure_rtx_parser_library() if name == TENSORRT_RTX else ""
+        return Runtime(flavour, module, version, note)
     if choice == "auto":
         raise TensorRTUnavailableError(
             f"neither TensorRT nor TensorRT-RTX is available to this Python ({'; '.join(errors)}); "
@@ -367,8 +382,11 @@ def engine_problems(entry: dict, runtime_name: str, runtime_version: str, gpu: G
     checks flavour and version only (what can be known without a GPU)."""
     file = entry.get("file", "the engine")
     built = engine_runtime(entry)
+    if built["flavour"] not in FLAVOURS:
+        return [f"{file}: the manifest names an unknown TensorRT flavour {built['flavour']!r} (expected "
+                f"{' or '.join(FLAVOURS)}); rebuild the engines with `eventspd-export trt`"]
     here_title = f"{FLAVOURS[runtime_name].title} {runtime_version}"
-    built_title = f"{FLAVOURS.get(built['flavour'], FLAVOURS[TENSORRT]).title} {built.get('version', '?')}"
+    built_title = f"{FLAVOURS[built['flavour']].title} {built.get('version', '?')}"
     if built["flavour"] != runtime_name:
         return [f"{file} was built with {built_title}, this is {here_title}: rebuild it with `eventspd-export trt "
                 f"--runtime {runtime_name}` (an engine runs only on the flavour that built it)"]
@@ -379,8 +397,9 @@ def engine_problems(entry: dict, runtime_name: str, runtime_version: str, gpu: G
     if gpu is None:
         return problems
     target = entry.get("target") or {}
-    ccs = target.get("compute_capabilities") or [entry.get("gpu", {}).get("compute_capability")]
     built_on = target.get("built_on") if "target" in entry else entry.get("gpu")
+    # engine-1 entries (before TensorRT-RTX support) name only the build GPU
+    ccs = target.get("compute_capabilities") or [(entry.get("gpu") or {}).get("compute_capability")]
     if gpu.compute_capability not in ccs:
         hint = ("; TensorRT-RTX has no target for it: build with enterprise TensorRT on this GPU"
                 if runtime_name == TENSORRT_RTX and gpu.compute_capability not in RTX_COMPUTE_CAPABILITIES else
@@ -408,7 +427,7 @@ def describe_installed() -> list[str]:
         except UsageError as exc:
             lines.append(f"{name}: not usable: {exc}")
             continue
-        extra = f"; {ensure_rtx_parser_library()}" if name == TENSORRT_RTX else ""
+        extra = f"; {rt.setup_note}" if rt.setup_note else ""
         lines.append(f"{name}: {rt.title}, builds {'without' if rt.builds_without_gpu else 'on'} a GPU{extra}")
     return lines
 

@@ -9,7 +9,8 @@ library path. What it builds against, a header folder plus one TensorRT library:
   wheel, and TensorRT **11.x** headers from ``include_dir`` / ``$TENSORRT_INCLUDE`` / the root's
   ``include/`` (the wheel ships no headers; 10.x headers do not work: the IPluginRegistry layout
   differs and ``REGISTER_TENSORRT_PLUGIN`` crashes at load — ARCHITECTURE §8).
-* ``runtime="auto"``: TensorRT when its root is found, else TensorRT-RTX when installed.
+* ``runtime="auto"``: TensorRT when its root is found, else (no root given) TensorRT-RTX when
+  installed.
 * ``include_dir`` + ``library`` given together: exactly those.
 
 The library links against the flavour's runtime library, so it loads into that flavour only.
@@ -58,8 +59,11 @@ def _library(root: Path) -> Path | None:
 
 
 def tensorrt_version(include_dir: Path) -> str:
-    """``major.minor.patch`` from NvInferVersion.h."""
-    text = (include_dir / "NvInferVersion.h").read_text()
+    """``major.minor.patch`` from NvInferVersion.h ("unknown" without one)."""
+    try:
+        text = (include_dir / "NvInferVersion.h").read_text()
+    except OSError:
+        return "unknown"
     parts = []
     for key in ("MAJOR", "MINOR", "PATCH"):
         for line in text.splitlines():
@@ -89,7 +93,7 @@ def find_tensorrt(tensorrt_root: str | os.PathLike | None = None) -> tuple[Path,
     raise TensorRTNotFoundError(
         f"TensorRT not found in {origin} ({'; '.join(problems)}). Install TensorRT (the tar or the "
         "libnvinfer-dev package) and pass its root directory, e.g. --tensorrt-root /opt/TensorRT-11.x, "
-        "or set TENSORRT_ROOT.")
+        "or set TENSORRT_ROOT; for TensorRT-RTX pass --runtime tensorrt-rtx.")
 
 
 def _header_major(inc: Path) -> int | None:
@@ -115,10 +119,14 @@ def find_tensorrt_rtx(include_dir: str | os.PathLike | None = None,
         raise TensorRTNotFoundError(
             f"TensorRT-RTX ships no C++ headers and no TensorRT 11 headers were found (looked in {looked}): pass "
             "--tensorrt-include DIR (TensorRT 11.x's include/ folder, with NvInferRuntime.h) or set TENSORRT_INCLUDE")
+    _require_11_headers(inc)
+    return inc, libs / RTX_LIBRARY
+
+
+def _require_11_headers(inc: Path) -> None:
     if _header_major(inc) != 11:
         raise TensorRTNotFoundError(f"{inc} holds TensorRT {tensorrt_version(inc)} headers; a plugin library for "
                                     "TensorRT-RTX 1.7 needs TensorRT 11.x headers (10.x ones crash at load)")
-    return inc, libs / RTX_LIBRARY
 
 
 def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=None,
@@ -139,13 +147,15 @@ def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=
         flavour = "tensorrt-rtx" if "tensorrt_rtx" in lib.name else "tensorrt"
         if runtime != "auto" and runtime != flavour:
             raise PluginBuildError(f"--runtime {runtime} but {lib.name} is a {flavour} library")
+        if flavour == "tensorrt-rtx":
+            _require_11_headers(inc)
         return flavour, inc, lib
     if runtime == "tensorrt-rtx":
         return ("tensorrt-rtx", *find_tensorrt_rtx(include_dir, tensorrt_root))
     try:
         _root, inc, lib = find_tensorrt(tensorrt_root)
     except TensorRTNotFoundError as exc:
-        if runtime == "tensorrt":
+        if runtime == "tensorrt" or tensorrt_root is not None:  # a given root means that TensorRT
             raise
         try:
             return ("tensorrt-rtx", *find_tensorrt_rtx(include_dir, tensorrt_root))

@@ -201,8 +201,12 @@ def test_cpp_refuses_engines_of_the_other_flavour_and_gpus_outside_the_targets(p
     proc = _run(preflight, art, events, *rtx, "--gpu", "NVIDIA H200", "--capability", "9.0")
     assert proc.returncode == 2
     assert ("error: precompute.engine was built for compute capabilities 8.6, 8.9, 12.0, this GPU is NVIDIA H200 "
-            "(compute capability 9.0): rebuild them with `eventspd-export trt --runtime tensorrt-rtx "
-            "--compute-capability 9.0`") in proc.stderr
+            "(compute capability 9.0); TensorRT-RTX has no target for it: build with enterprise TensorRT on this "
+            "GPU") in proc.stderr
+    proc = _run(preflight, art, events, *rtx, "--gpu", "NVIDIA RTX A6000", "--capability", "8.0")
+    assert proc.returncode == 2
+    assert ("this GPU is NVIDIA RTX A6000 (compute capability 8.0): rebuild them with `eventspd-export trt "
+            "--runtime tensorrt-rtx --compute-capability 8.0`") in proc.stderr
     proc = _run(preflight, art, events, "--tensorrt", "11.1.0", "--gpu", "NVIDIA GeForce RTX 4090", "--capability", "8.9")
     assert proc.returncode == 2
     assert ("error: precompute.engine was built with TensorRT-RTX 1.7.1.116, this program runs TensorRT 11.1.0: "

@@ -52,11 +52,13 @@ def test_tensorrt_sources_compile(src: Path, tensorrt_include):
     include = str(tensorrt_include)
     nvcc = _nvcc()
     cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
+    from conftest import skip_or_fail
+
     if not (cuda_inc / "cuda_runtime_api.h").is_file():
-        pytest.skip("CUDA headers (cuda_runtime_api.h) not found")
+        skip_or_fail("CUDA headers (cuda_runtime_api.h) not found")
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
-        pytest.skip("no C++ compiler")
+        skip_or_fail("no C++ compiler")
     cmd = [cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-Wno-deprecated-declarations",
            "-isystem", include, "-isystem", str(cuda_inc), "-I", str(PLUGINS / "include"),
            "-I", str(PLUGINS / "kernels"), "-I", str(PLUGINS / "tensorrt"), str(src)]

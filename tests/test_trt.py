@@ -463,7 +463,6 @@ class FakeTensorRT(types.ModuleType):
         creators = [SimpleNamespace(name=spec.plugin_name, plugin_version=spec.plugin_version,
                                     plugin_namespace=ops.PLUGIN_NAMESPACE) for spec in ops.PLUGIN_SPECS.values()]
         self.get_plugin_registry = lambda: SimpleNamespace(all_creators=creators)
-        self.init_libnvinfer_plugins = lambda logger, ns: True
 
 
 @pytest.fixture()

@@ -213,26 +213,34 @@ def test_corrupt_or_truncated_onnx_is_refused(export_copy, tmp_path, rtx_plugin_
              "does not match the sha256")
 
 
-def test_check_refuses_engines_of_another_version_or_flavour_and_says_a_gpu_is_needed(tiny_engines, tiny_export,
-                                                                                      tmp_path):
+def test_check_backend_trt_refuses_another_version_and_says_a_gpu_is_needed(tiny_engines, tiny_export, tmp_path,
+                                                                             monkeypatch):
+    """`check --backend trt` on TensorRT-RTX engines: the version guard needs no GPU; with the right
+    version the engines need a GPU among their targets (none here: a stand-in says so). The
+    other-flavour refusal is tested on engine_problems (test_trt.py): check always loads the
+    flavour that built the engines."""
     d = tmp_path / "engines"
     shutil.copytree(tiny_engines["fp32"][0], d)
     args = ["--backend", "trt", "--onnx-dir", str(tiny_export), "--engine-dir", str(d), "--k", "1,7"]
+
+    def no_gpu(index=0):
+        raise trt_flavour.NoGpuError("no CUDA GPU is visible (stand-in); build engines on the machine with the GPU")
+
+    monkeypatch.setattr(trt_flavour, "gpu_info", no_gpu)
     line = _one_error_line(CliRunner().invoke(check, args))
-    if trt_flavour.visible_gpu() is None:  # the honest state of this machine: engines cannot run here
-        assert line.startswith("error: no CUDA GPU is visible")
+    assert line == ("error: running the engines needs an NVIDIA GPU among their targets (compute capability 8.6, "
+                    "8.9, 12.0), and no CUDA GPU is visible (stand-in)")
     manifest = json.loads((d / MANIFEST_FILE).read_text())
     for g in manifest["engines"].values():
         g["tensorrt"].update(version="1.6.0.1", minor=6, patch=0)
     (d / MANIFEST_FILE).write_text(json.dumps(manifest))
     line = _one_error_line(CliRunner().invoke(check, args))
-    assert "precompute.engine was built with TensorRT-RTX 1.6.0.1, this is TensorRT-RTX 1.7.1" in line
+    assert line.startswith("error: precompute.engine was built with TensorRT-RTX 1.6.0.1, this is TensorRT-RTX 1.7.1")
     for g in manifest["engines"].values():
-        g["tensorrt"].update(flavour="tensorrt", version="11.1.0.106", major=11, minor=1)
+        g["tensorrt"]["flavour"] = "tensorrt-xyz"
     (d / MANIFEST_FILE).write_text(json.dumps(manifest))
     line = _one_error_line(CliRunner().invoke(check, args))
-    if not trt_flavour._importable("tensorrt"):
-        assert line.startswith("error: TensorRT is not available to this Python")  # its engines need TensorRT
+    assert "names an unknown TensorRT flavour 'tensorrt-xyz'" in line
     assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in tiny_engines["fp32"][0].iterdir())
 
 
@@ -262,9 +270,11 @@ def test_cpp_program_links_against_tensorrt_rtx_and_refuses_to_run_without_a_gpu
         tiny_engines, rtx_runtime, tensorrt_include, tmp_path):
     from eventspd_export.event_file import write_from_source
 
+    from conftest import skip_or_fail
+
     cmake = shutil.which("cmake")
     if cmake is None:
-        pytest.skip("cmake not found")
+        skip_or_fail("cmake not found")
     lib = trt_flavour.rtx_libs_dir() / trt_flavour.RTX_LIBRARY
     build = tmp_path / "build"
     proc = subprocess.run([cmake, "-S", str(REPO / "examples" / "cpp"), "-B", str(build),
@@ -280,7 +290,19 @@ def test_cpp_program_links_against_tensorrt_rtx_and_refuses_to_run_without_a_gpu
     run = subprocess.run([str(build / "eventspd_run"), str(tiny_engines["fp32"][0]), str(events)],
                          capture_output=True, text=True)
     if trt_flavour.visible_gpu() is None:  # it read the manifest, files and events; running needs a GPU
-        assert run.returncode == 2 and "no CUDA GPU 0 is visible" in run.stderr, run.stdout + run.stderr
+        assert run.returncode == 2 and run.stderr.strip() == "error: no CUDA GPU 0 is visible (check nvidia-smi and " \
+            "CUDA_VISIBLE_DEVICES)", run.stdout + run.stderr
+    # the flavour and version guard needs no GPU: an engine of the other flavour is refused first
+    other = tmp_path / "other"
+    shutil.copytree(tiny_engines["fp32"][0], other)
+    manifest = json.loads((other / MANIFEST_FILE).read_text())
+    for e in manifest["engines"].values():
+        e["tensorrt"].update(flavour="tensorrt", version="11.1.0.106", major=11, minor=1, patch=0)
+    (other / MANIFEST_FILE).write_text(json.dumps(manifest))
+    run = subprocess.run([str(build / "eventspd_run"), str(other), str(events)], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert ("error: precompute.engine was built with TensorRT 11.1.0.106, this program runs TensorRT-RTX 1.7.1: "
+            "rebuild the engines with `eventspd-export trt --runtime tensorrt-rtx`") in run.stderr, run.stderr
     preflight = subprocess.run([str(build / "eventspd_preflight"), str(tiny_engines["fp32"][0]), str(events),
                                 "--runtime", "tensorrt-rtx", "--tensorrt", rtx_runtime.version, "--gpu",
                                 "NVIDIA GeForce RTX 4090", "--capability", "8.9"], capture_output=True, text=True)

@@ -212,16 +212,23 @@ int main(int argc, char** argv) {
     std::vector<std::string> problems = eventspd::inputProblems(manifest, events);
     for (auto const& p : eventspd::fileProblems(manifest, pluginPath)) problems.push_back(p);
 
+    // flavour and version need no GPU: report them with the file and input problems first
+    int32_t v = getInferLibVersion();  // (MAJOR * 100 + MINOR) * 100 + PATCH
+    for (auto const& p : eventspd::runtimeProblems(manifest, kFlavour, v / 10000, (v / 100) % 100, v % 100))
+        problems.push_back(p);
     int deviceCount = 0;
     if (cudaGetDeviceCount(&deviceCount) != cudaSuccess || deviceCount <= opt.device)
-        fatal("no CUDA GPU " + std::to_string(opt.device) + " is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)");
+        problems.push_back("no CUDA GPU " + std::to_string(opt.device) +
+                           " is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)");
+    if (!problems.empty()) {
+        for (size_t i = 0; i + 1 < problems.size(); ++i) std::fprintf(stderr, "error: %s\n", problems[i].c_str());
+        fatal(problems.back());
+    }
     CUDA_CHECK(cudaSetDevice(opt.device));
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, opt.device));
     std::string capability = std::to_string(prop.major) + "." + std::to_string(prop.minor);
-    int32_t v = getInferLibVersion();  // (MAJOR * 100 + MINOR) * 100 + PATCH
-    for (auto const& p : eventspd::compatibilityProblems(manifest, kFlavour, v / 10000, (v / 100) % 100, v % 100,
-                                                         prop.name, capability, opt.allowOtherModel))
+    for (auto const& p : eventspd::gpuProblems(manifest, kFlavour, prop.name, capability, opt.allowOtherModel))
         problems.push_back(p);
     if (!problems.empty()) {
         for (size_t i = 0; i + 1 < problems.size(); ++i) std::fprintf(stderr, "error: %s\n", problems[i].c_str());

@@ -195,41 +195,62 @@ inline std::string joined(std::vector<std::string> const& items) {
     return out;
 }
 
-// Why these engines cannot run here (empty: they can); the same rules as
-// eventspd_export/trt_flavour.py engine_problems. An engine runs only on the flavour that built it
-// (TensorRT or TensorRT-RTX) and needs the exact version (build number aside) and a GPU whose
-// compute capability it targets; TensorRT also tuned it for the GPU model it was built on, so
-// another model of the same architecture is refused unless allowOtherModel.
-inline std::vector<std::string> compatibilityProblems(Manifest const& m, std::string const& flavour, int trtMajor,
-                                                      int trtMinor, int trtPatch, std::string const& gpuName,
-                                                      std::string const& gpuCapability, bool allowOtherModel) {
+// The compute capabilities TensorRT-RTX 1.7 can build for (trt_flavour.RTX_COMPUTE_CAPABILITIES).
+inline bool rtxHasTarget(std::string const& capability) {
+    for (char const* c : {"7.5", "8.0", "8.6", "8.9", "12.0", "12.1"})
+        if (capability == c) return true;
+    return false;
+}
+
+// Why these engines cannot run with this TensorRT (empty: they can), before any GPU is looked at;
+// the same rules as eventspd_export/trt_flavour.py engine_problems with gpu=None. An engine runs
+// only on the flavour that built it (TensorRT or TensorRT-RTX) and needs the exact version (build
+// number aside).
+inline std::vector<std::string> runtimeProblems(Manifest const& m, std::string const& flavour, int trtMajor,
+                                                int trtMinor, int trtPatch) {
     std::vector<std::string> problems;
     std::string here = flavourTitle(flavour) + " " + std::to_string(trtMajor) + "." + std::to_string(trtMinor) + "." +
                        std::to_string(trtPatch);
     for (EngineInfo const* e : {&m.precompute, &m.decoder}) {
         std::string built = flavourTitle(e->flavour) + " " + e->trtVersion;
-        if (e->flavour != flavour) {
+        if (e->flavour != flavour)
             problems.push_back(e->file + " was built with " + built + ", this program runs " + here +
                                ": rebuild the engines with `eventspd-export trt --runtime " + flavour +
                                "`, or build this program against " + flavourTitle(e->flavour) +
                                " (an engine runs only on the flavour that built it)");
-            continue;
-        }
-        if (e->trtMajor != trtMajor || e->trtMinor != trtMinor || e->trtPatch != trtPatch)
+        else if (e->trtMajor != trtMajor || e->trtMinor != trtMinor || e->trtPatch != trtPatch)
             problems.push_back(e->file + " was built with " + built + ", this program runs " + here +
                                ": rebuild the engines with `eventspd-export trt` against " + here +
                                " (or run with the version they were built with)");
+    }
+    if (m.decoder.precision != m.precompute.precision)
+        problems.push_back("the engines have different precisions (" + m.precompute.precision + ", " +
+                           m.decoder.precision + "): rebuild both with one `eventspd-export trt` run");
+    return problems;
+}
+
+// Why these engines cannot run on this GPU (empty: they can): its compute capability must be
+// among the engine's targets; TensorRT also tuned them for the GPU model they were built on, so
+// another model of the same architecture is refused unless allowOtherModel.
+inline std::vector<std::string> gpuProblems(Manifest const& m, std::string const& flavour, std::string const& gpuName,
+                                            std::string const& gpuCapability, bool allowOtherModel) {
+    std::vector<std::string> problems;
+    for (EngineInfo const* e : {&m.precompute, &m.decoder}) {
         bool targeted = false;
         for (auto const& c : e->targetCapabilities) targeted |= c == gpuCapability;
         if (!targeted) {
             std::string what = e->gpuName.empty() ? "compute capabilities " + joined(e->targetCapabilities)
                                                   : e->gpuName + " (compute capability " + e->gpuCapability + ")";
-            std::string fix = flavour == "tensorrt-rtx"
-                                  ? "rebuild them with `eventspd-export trt --runtime tensorrt-rtx --compute-capability " +
-                                        gpuCapability + "` (if TensorRT-RTX has a target for it; else use TensorRT)"
-                                  : "rebuild the engines on this GPU with `eventspd-export trt`";
+            std::string fix;
+            if (flavour != "tensorrt-rtx")
+                fix = ": rebuild the engines on this GPU with `eventspd-export trt`";
+            else if (rtxHasTarget(gpuCapability))
+                fix = ": rebuild them with `eventspd-export trt --runtime tensorrt-rtx --compute-capability " +
+                      gpuCapability + "`";
+            else
+                fix = "; TensorRT-RTX has no target for it: build with enterprise TensorRT on this GPU";
             problems.push_back(e->file + " was built for " + what + ", this GPU is " + gpuName +
-                               " (compute capability " + gpuCapability + "): " + fix);
+                               " (compute capability " + gpuCapability + ")" + fix);
         } else if (!e->gpuName.empty() && e->gpuName != gpuName && !allowOtherModel) {
             problems.push_back(e->file + " was built on " + e->gpuName + ", this GPU is " + gpuName +
                                " (same compute capability " + gpuCapability +
@@ -237,9 +258,15 @@ inline std::vector<std::string> compatibilityProblems(Manifest const& m, std::st
                                "anyway (TensorRT tuned them for the other model)");
         }
     }
-    if (m.decoder.precision != m.precompute.precision)
-        problems.push_back("the engines have different precisions (" + m.precompute.precision + ", " +
-                           m.decoder.precision + "): rebuild both with one `eventspd-export trt` run");
+    return problems;
+}
+
+// Both of the above.
+inline std::vector<std::string> compatibilityProblems(Manifest const& m, std::string const& flavour, int trtMajor,
+                                                      int trtMinor, int trtPatch, std::string const& gpuName,
+                                                      std::string const& gpuCapability, bool allowOtherModel) {
+    std::vector<std::string> problems = runtimeProblems(m, flavour, trtMajor, trtMinor, trtPatch);
+    for (auto const& p : gpuProblems(m, flavour, gpuName, gpuCapability, allowOtherModel)) problems.push_back(p);
     return problems;
 }
 
