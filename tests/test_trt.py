@@ -685,3 +685,16 @@ def test_load_plugins_checks_the_registry(tmp_path):
     not_a_library.write_bytes(b"not an ELF file")
     with pytest.raises(trt_engine.PluginLibraryError, match="cannot load the plugin library"):
         trt_engine.load_plugins(runtime, not_a_library)
+
+
+def test_graphs_of_an_older_export_keep_k_min_1(tmp_path):
+    """Exports from before K = 0 support record num_queries min 1 (their Reshapes fail at K = 0):
+    the default --k-min 0 is refused in one line, --k-min 1 plans."""
+    d = fake_export(tmp_path / "old")
+    manifest = json.loads((d / MANIFEST_FILE).read_text())
+    manifest["dynamic_axes"][contract.NUM_QUERIES]["min"] = 1
+    (d / MANIFEST_FILE).write_text(json.dumps(manifest))
+    r = CliRunner().invoke(trt, ["--onnx-dir", str(d), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and r.output.startswith("error: --k-min 0 is below the 1 the graphs were exported for")
+    assert "--k-min 1" in r.output and not (tmp_path / "o").exists()
+    assert plan_build(BuildOptions(d, d, profile=Profile(k_min=1))).profile.k_min == 1
