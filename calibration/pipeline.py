@@ -16,7 +16,6 @@ Flow:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import numpy as np
 import onnx
 import torch
 
-from model_def import EventSPD, ModelConfig, contract
+from model_def import EventSPD, contract
 from eventspd_export.onnx_export import onnx_file
 from model_def.atomic import atomic_write_bytes
 
@@ -135,13 +134,10 @@ def ensure_fp32_graphs(model: EventSPD, onnx_dir: Path) -> dict[str, Path]:
     paths = {g: onnx_dir / onnx_file(g) for g in GRAPHS}
     manifest = onnx_dir / MANIFEST_FILE
     if all(p.is_file() for p in paths.values()) and manifest.is_file():
-        stored = ModelConfig.from_dict(json.loads(manifest.read_text())["config"])
-        if stored != model.cfg:
-            raise q8.CalibrationError(
-                f"{onnx_dir}: its graphs are for configuration {stored.name!r} ({stored.width}x"
-                f"{stored.height}), the model is {model.cfg.name!r} ({model.cfg.width}x"
-                f"{model.cfg.height}); pass another --onnx-dir or re-export")
-        return paths
+        from eventspd_export.artifacts import open_export
+
+        # the manifest's configuration, the sha256 of the graphs, readable ONNX (ManifestError: exit 2)
+        return open_export(onnx_dir, "fp32", model.cfg, what="the model is").graphs
     log.info("no fp32 graphs in %s: exporting them", onnx_dir)
     export_onnx(model, ExportOptions(onnx_dir))
     return paths
@@ -155,8 +151,8 @@ def calibrate(model: EventSPD, options: CalibrationOptions) -> dict:
     t0 = time.perf_counter()
     cfg = model.cfg
     out = Path(options.out_dir)
+    paths = ensure_fp32_graphs(model, Path(options.onnx_dir))  # verified before anything is created
     out.mkdir(parents=True, exist_ok=True)
-    paths = ensure_fp32_graphs(model, Path(options.onnx_dir))
     fp32 = {g: onnx.load(str(p)) for g, p in paths.items()}
 
     source = open_source(options.data, cfg.width, cfg.height, cfg.window_s)

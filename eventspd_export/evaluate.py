@@ -33,7 +33,6 @@ from model_def import EventSPD, contract
 
 from .errors import UsageError
 from .metrics import CUTOFFS_M, agreement, depth_metrics, gt_at_queries
-from .onnx_export import DECODER_FILE, MANIFEST_FILE, PRECOMPUTE_FILE
 
 TABLE_METRICS = ("abs_rel", "rmse", "delta1", "delta2", "delta3", "silog")
 
@@ -74,17 +73,10 @@ def valid_pixel_queries(depth: np.ndarray, k: int, rng: np.random.Generator) -> 
 
 
 def _onnx_sessions(onnx_dir: Path, model: EventSPD):
-    for name in (PRECOMPUTE_FILE, DECODER_FILE):
-        if not (onnx_dir / name).is_file():
-            raise UsageError(f"--onnx {onnx_dir}: no {name} there (export with "
-                             f"eventspd-export onnx CKPT --out {onnx_dir})")
-    if (onnx_dir / MANIFEST_FILE).is_file():
-        from .trt_engine import manifest_config, read_manifest
+    from .artifacts import open_export
 
-        stored = manifest_config(read_manifest(onnx_dir))
-        if stored != model.cfg:
-            raise UsageError(f"--onnx {onnx_dir}: graphs of configuration {stored.name!r}, but "
-                             f"the checkpoint is {model.cfg.name!r}")
+    # the folder, its manifest, the configuration, the sha256 of the graphs, readable ONNX
+    open_export(onnx_dir, "fp32", model.cfg, what="the checkpoint is")
     from .ort_check import sessions
 
     return sessions(onnx_dir)

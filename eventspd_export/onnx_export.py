@@ -29,6 +29,7 @@ from model_def.atomic import atomic_write_bytes
 from model_def.checkpoint import LoadReport
 
 from . import __version__
+from .artifacts import MANIFEST_FILE, onnx_file  # noqa: F401 (re-exported: the export's file names)
 from .errors import UsageError
 from .onnx_functions import FUNCTION_BUILDERS
 from .synthetic import random_queries, synthetic_window
@@ -47,13 +48,6 @@ K_LIMIT = 65_536
 EVENTS_LIMIT = 1 << 26
 PRECOMPUTE_FILE = "precompute.onnx"
 DECODER_FILE = "decoder.onnx"
-MANIFEST_FILE = "eventspd.manifest.json"
-
-
-def onnx_file(graph: str, precision: str = "fp32") -> str:
-    """File name of a graph at a precision: ``precompute.onnx``, ``decoder.fp16.onnx``,
-    ``precompute.int8.onnx`` (calibrate writes them, trt and check read them)."""
-    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
 
 
 @dataclass(frozen=True)

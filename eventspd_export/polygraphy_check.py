@@ -86,8 +86,8 @@ from model_def.config import ModelConfig
 
 from .errors import UsageError
 from .synthetic import random_queries, synthetic_window
-from .trt_engine import (ENGINE_FILES, GRAPHS, PRECISIONS, manifest_config, onnx_file,
-                         read_manifest, resolve_plugin_library, sha256_file)
+from .artifacts import ENGINE_FILES, GRAPHS, PRECISIONS, manifest_config, onnx_file, open_export, read_manifest
+from .trt_engine import resolve_plugin_library, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -274,14 +274,6 @@ class Backend:
     make_runner: object  # graph -> fresh Polygraphy runner
     files: dict[str, Path]
     limits: dict[str, int] = field(default_factory=dict)  # trt: profile maxima
-
-
-def model_config_check(model: EventSPD, manifest: dict, where: Path) -> None:
-    cfg = manifest_config(manifest)
-    if cfg != model.cfg:
-        raise UsageError(f"the graphs in {where} are for configuration {cfg.name!r} ({cfg.width}x{cfg.height}), "
-                         f"the reference model is {model.cfg.name!r} ({model.cfg.width}x{model.cfg.height}); "
-                         "pass the matching --config/--checkpoint or another --onnx-dir")
 
 
 def onnxrt_backend(options: CheckOptions) -> Backend:
@@ -501,11 +493,8 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
     """Reference, saved files, graph-alone and pipeline comparisons; returns the report."""
     options.validate()
     onnx_dir = Path(options.onnx_dir)
-    if not onnx_dir.is_dir():
-        raise UsageError(f"ONNX folder {onnx_dir} does not exist: export with `eventspd-export onnx "
-                         f"--out {onnx_dir}` first")
-    manifest = read_manifest(onnx_dir)
-    model_config_check(model, manifest, onnx_dir)
+    # the folder, its manifest, the configuration, the sha256 of the fp32 graphs, readable ONNX
+    manifest = open_export(onnx_dir, options.precision, model.cfg, what="the reference model is").manifest
     if options.backend == "trt":
         engine_manifest = read_manifest(options.engine_dir) if options.engine_dir else manifest
         backend = trt_backend(options, engine_manifest)

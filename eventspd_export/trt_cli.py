@@ -120,7 +120,7 @@ def check(backend, precision, onnx_dir, engine_dir, plugins, ks, data, windows, 
     """Compare ONNX Runtime or TensorRT with PyTorch through Polygraphy (per-precision tolerances)."""
     from .polygraphy_check import (CheckOptions, format_table, parse_ks, polygraphy_commands, reference_model,
                                    run_check)
-    from .trt_engine import read_manifest
+    from .artifacts import read_manifest
 
     options = CheckOptions(Path(onnx_dir), backend=backend, precision=precision, ks=parse_ks(ks),
                            engine_dir=Path(engine_dir) if engine_dir else None,
@@ -166,7 +166,7 @@ def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
     from model_def import get_config
 
     from .event_file import write_from_source
-    from .trt_engine import manifest_config, read_manifest
+    from .artifacts import manifest_config, read_manifest
 
     if config_name:
         cfg = get_config(config_name)

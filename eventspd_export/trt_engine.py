@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -75,16 +74,15 @@ from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
 from .errors import UsageError
-from .onnx_export import EVENTS_LIMIT, K_LIMIT, MANIFEST_FILE, onnx_file
+from .artifacts import (ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, ManifestError,  # noqa: F401
+                        check_onnx_readable, manifest_config, onnx_file, open_export, read_manifest,
+                        write_manifest)
+from .onnx_export import EVENTS_LIMIT, K_LIMIT
 from .trt_flavour import (RUNTIME_CHOICES, GpuInfo, NoGpuError, Runtime, Target, TensorRTUnavailableError, gpu_info,  # noqa: F401
                           load_runtime)
 
 log = logging.getLogger(__name__)
 
-GRAPHS = ("precompute", "decoder")
-PRECISIONS = ("fp32", "fp16", "int8")
-ENGINE_FILES = {"precompute": "precompute.engine", "decoder": "decoder.engine"}
-PLUGIN_LIBRARY = "libeventspd_plugins.so"
 DEFAULT_PLUGIN_BUILD = Path(__file__).resolve().parent.parent / "build" / "tensorrt_plugins" / PLUGIN_LIBRARY
 PLUGIN_NODES = {  # the custom nodes each graph carries (ONNX op_type == TensorRT plugin name)
     "precompute": (ops.PLUGIN_SPECS["event_splat"].plugin_name,),
@@ -98,41 +96,8 @@ class PluginLibraryError(UsageError):
     """The plugin library is missing or does not register the EventSPD creators."""
 
 
-class ManifestError(UsageError):
-    """The export's manifest is missing, unreadable, or does not match the files."""
-
-
 class EngineBuildError(RuntimeError):
     """TensorRT could not parse or build a graph, or the plugins were not used."""
-
-
-# ---- files next to the graphs -------------------------------------------------------------
-
-def read_manifest(folder: str | os.PathLike) -> dict:
-    path = Path(folder) / MANIFEST_FILE
-    if not path.is_file():
-        raise ManifestError(f"{path} not found: export the graphs first with `eventspd-export onnx "
-                            f"--out {folder}` (the manifest is written next to them)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path} is not readable JSON ({exc}); re-export the graphs") from None
-    if not isinstance(manifest, dict) or "config" not in manifest or "graphs" not in manifest:
-        raise ManifestError(f"{path} is not an eventspd-export manifest (no config/graphs); re-export")
-    return manifest
-
-
-def manifest_config(manifest: dict) -> ModelConfig:
-    try:
-        return ModelConfig.from_dict(manifest["config"])
-    except (TypeError, ValueError) as exc:
-        raise ManifestError(f"the manifest's configuration is not valid: {exc}") from None
-
-
-def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
-    path = Path(folder) / MANIFEST_FILE
-    atomic_write_bytes(path, (json.dumps(manifest, indent=1) + "\n").encode())
-    return path
 
 
 # ---- options ------------------------------------------------------------------------------
@@ -246,20 +211,6 @@ def resolve_plugin_library(path: str | os.PathLike | None, *folders: Path | None
                              "build it with `eventspd-export build-plugins --tensorrt-root DIR` or pass --plugins PATH")
 
 
-def check_onnx_readable(path: Path) -> None:
-    """A truncated or corrupt ONNX file is a user error with its name, not a parser crash."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise ManifestError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}); re-export it "
-                            "(truncated or corrupt)") from None
-    if not model.graph.node:
-        raise ManifestError(f"{path} holds no graph nodes (truncated or not an ONNX model); re-export it")
-
-
 def plan_build(options: BuildOptions) -> BuildPlan:
     """Validate options, files and manifest; raise ``UsageError`` subclasses. Writes nothing."""
     if options.precision not in PRECISIONS:
@@ -272,27 +223,10 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     if options.runtime not in RUNTIME_CHOICES:
         raise UsageError(f"--runtime {options.runtime!r}: choose one of {', '.join(RUNTIME_CHOICES)}")
     onnx_dir = Path(options.onnx_dir)
-    if not onnx_dir.is_dir():
-        raise UsageError(f"ONNX folder {onnx_dir} does not exist: export with `eventspd-export onnx "
-                         f"--out {onnx_dir}` first")
-    manifest = read_manifest(onnx_dir)
-    cfg = manifest_config(manifest)
     # TensorRT 10's weak typing builds fp16 from the fp32 graph; everything else from its own ONNX.
     source_precision = "fp32" if (options.weakly_typed and options.precision == "fp16") else options.precision
-    paths = {g: onnx_dir / onnx_file(g, source_precision) for g in GRAPHS}
-    missing = [p.name for p in paths.values() if not p.is_file()]
-    if missing:
-        how = (f"`eventspd-export onnx --out {onnx_dir}`" if source_precision == "fp32" else
-               f"`eventspd-export calibrate --precision {source_precision} --onnx-dir {onnx_dir} "
-               f"--out {onnx_dir}`")
-        raise UsageError(f"{', '.join(missing)} not found in {onnx_dir}: create {'it' if len(missing) == 1 else 'them'} "
-                         f"with {how}")
-    for g in GRAPHS:  # the fp32 graphs must be the ones the manifest describes
-        fp32 = onnx_dir / onnx_file(g, "fp32")
-        want = manifest["graphs"].get(g, {}).get("sha256")
-        if fp32.is_file() and want and sha256_file(fp32) != want:
-            raise ManifestError(f"{fp32} does not match the sha256 in {onnx_dir / MANIFEST_FILE}: the "
-                                "graph was replaced after the export; re-export both graphs")
+    export = open_export(onnx_dir, source_precision)
+    manifest, cfg, paths = export.manifest, export.cfg, export.graphs
     if not manifest.get("plugin_ops"):
         # Measured with TensorRT-RTX 1.7 (tests/test_trt_rtx.py): it builds the standard-op decoder,
         # but its parser rejects the event splat's ScatterElements(reduction="add") (and ScatterND
@@ -301,8 +235,6 @@ def plan_build(options: BuildOptions) -> BuildPlan:
                          "rejects the standard-op event splat (ScatterElements with reduction=\"add\"), so the "
                          "engines need the plugin nodes and library: re-export without --no-plugins and build "
                          "the library with `eventspd-export build-plugins`")
-    for path in paths.values():
-        check_onnx_readable(path)
     profile = options.profile.resolved(manifest)
     options.profile.validate(manifest)
     profile.validate(manifest)

@@ -357,3 +357,23 @@ print(once, count(), ours)
     once, twice, found_by_get_creator = proc.stdout.split()
     assert (once, twice) == ("3", "6")
     assert found_by_get_creator == "False"  # get_creator misses static registrations: all_creators it is
+
+
+def test_plugin_creators_match_plugin_specs(rtx_plugin_library):
+    """Each creator's name, version, namespace and field names, as TensorRT-RTX's registry reports
+    them from the built library, are model_def.ops.PLUGIN_SPECS (what the exporter writes as node
+    attributes): a field renamed on one side only would drop the attribute silently at parse."""
+    from model_def import ops
+
+    script = f"""
+import ctypes, json, tensorrt_rtx as trt
+ctypes.CDLL({str(rtx_plugin_library)!r})
+print(json.dumps([[c.name, c.plugin_version, c.plugin_namespace, [f.name for f in c.field_names]]
+                  for c in trt.get_plugin_registry().all_creators if c.plugin_namespace == "eventspd"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = sorted(map(tuple, (tuple(c[:3]) + (tuple(c[3]),) for c in json.loads(proc.stdout))))
+    want = sorted((s.plugin_name, s.plugin_version, ops.PLUGIN_NAMESPACE, tuple(s.fields))
+                  for s in ops.PLUGIN_SPECS.values())
+    assert got == want

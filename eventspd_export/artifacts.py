@@ -1,0 +1,139 @@
+"""An export folder: its file names, its manifest, and the one check every command makes before
+it reads the graphs ("this folder holds these graphs, at this precision, for this configuration,
+and they are the files the manifest describes").
+
+``open_export(folder, precision, cfg)`` is used by ``trt``, ``check``, ``evaluate --onnx``,
+``calibrate`` and ``bench``; it raises ``ManifestError`` (a ``UsageError``: one ``error:`` line,
+exit code 2) naming the file and what to do when
+
+* the folder or its ``eventspd.manifest.json`` is missing or not a manifest;
+* the manifest's configuration is not the model's (``cfg``);
+* a graph of the precision is missing, or is not a readable ONNX file (truncated, corrupt);
+* an fp32 graph is not the one whose sha256 the manifest records (replaced after the export).
+
+(The fp16/int8 graphs of ``calibrate`` carry no hash in the manifest; they are checked for being
+readable ONNX.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_def.atomic import atomic_write_bytes
+from model_def.checkpoint import sha256_file
+from model_def.config import ModelConfig
+
+from .errors import UsageError
+
+MANIFEST_FILE = "eventspd.manifest.json"
+GRAPHS = ("precompute", "decoder")
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_FILES = {"precompute": "precompute.engine", "decoder": "decoder.engine"}
+PLUGIN_LIBRARY = "libeventspd_plugins.so"
+
+
+def onnx_file(graph: str, precision: str = "fp32") -> str:
+    """File name of a graph at a precision: ``precompute.onnx``, ``decoder.fp16.onnx``,
+    ``precompute.int8.onnx`` (calibrate writes them, trt and check read them)."""
+    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+
+
+class ManifestError(UsageError):
+    """The export's manifest is missing, unreadable, or does not match the files."""
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{path} not found: export the graphs first with `eventspd-export onnx "
+                            f"--out {folder}` (the manifest is written next to them)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path} is not readable JSON ({exc}); re-export the graphs") from None
+    if not isinstance(manifest, dict) or "config" not in manifest or "graphs" not in manifest:
+        raise ManifestError(f"{path} is not an eventspd-export manifest (no config/graphs); re-export")
+    return manifest
+
+
+def manifest_config(manifest: dict) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"the manifest's configuration is not valid: {exc}") from None
+
+
+def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
+    path = Path(folder) / MANIFEST_FILE
+    atomic_write_bytes(path, (json.dumps(manifest, indent=1) + "\n").encode())
+    return path
+
+
+def check_onnx_readable(path: Path) -> None:
+    """A truncated or corrupt ONNX file is a user error with its name, not a parser crash."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        raise ManifestError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}); re-export it "
+                            "(truncated or corrupt)") from None
+    if not model.graph.node:
+        raise ManifestError(f"{path} holds no graph nodes (truncated or not an ONNX model); re-export it")
+
+
+@dataclass(frozen=True)
+class Export:
+    """A verified export folder."""
+
+    folder: Path
+    manifest: dict
+    cfg: ModelConfig
+    graphs: dict[str, Path]  # graph -> ONNX file of the requested precision
+
+
+def _how_to_make(folder: Path, precision: str) -> str:
+    if precision == "fp32":
+        return f"`eventspd-export onnx --out {folder}`"
+    return f"`eventspd-export calibrate --precision {precision} --onnx-dir {folder} --out {folder}`"
+
+
+def open_export(folder: str | os.PathLike, precision: str = "fp32", cfg: ModelConfig | None = None,
+                what: str = "the graphs") -> Export:
+    """Read and verify an export folder (see the module docstring); writes nothing."""
+    folder = Path(folder)
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if not folder.is_dir():
+        raise ManifestError(f"ONNX folder {folder} does not exist: export with `eventspd-export onnx "
+                            f"--out {folder}` first")
+    fp32_names = [onnx_file(g) for g in GRAPHS]
+    if not (folder / MANIFEST_FILE).exists() and not any((folder / n).exists() for n in fp32_names):
+        raise ManifestError(f"{folder} holds no export (no {', '.join(fp32_names)}, {MANIFEST_FILE}): create it "
+                            f"with `eventspd-export onnx --out {folder}`")
+    manifest = read_manifest(folder)
+    stored = manifest_config(manifest)
+    if cfg is not None and stored != cfg:
+        raise ManifestError(f"{folder}: its graphs are for configuration {stored.name!r} ({stored.width}x"
+                            f"{stored.height}), {what} {cfg.name!r} ({cfg.width}x{cfg.height}); pass the matching "
+                            "--config/checkpoint or another folder")
+    paths = {g: folder / onnx_file(g, precision) for g in GRAPHS}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ManifestError(f"{', '.join(missing)} not found in {folder}: create "
+                            f"{'it' if len(missing) == 1 else 'them'} with {_how_to_make(folder, precision)}")
+    for g in GRAPHS:  # the fp32 graphs must be the ones the manifest describes
+        fp32 = folder / onnx_file(g, "fp32")
+        want = (manifest["graphs"].get(g) or {}).get("sha256")
+        if not fp32.is_file():
+            raise ManifestError(f"{fp32} not found: the manifest in {folder} describes it; re-export both graphs")
+        if want and sha256_file(fp32) != want:
+            raise ManifestError(f"{fp32} does not match the sha256 in {folder / MANIFEST_FILE}: the "
+                                "graph was replaced after the export; re-export both graphs")
+    for path in dict.fromkeys([*paths.values(), *(folder / onnx_file(g) for g in GRAPHS)]):
+        check_onnx_readable(path)
+    return Export(folder, manifest, stored, paths)
