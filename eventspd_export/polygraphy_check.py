@@ -494,7 +494,9 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
     options.validate()
     onnx_dir = Path(options.onnx_dir)
     # the folder, its manifest, the configuration, the sha256 of the fp32 graphs, readable ONNX
-    manifest = open_export(onnx_dir, options.precision, model.cfg, what="the reference model is").manifest
+    # (the trt backend reads engines: only the fp32 export has to be there)
+    graphs_precision = options.precision if options.backend == "onnxrt" else "fp32"
+    manifest = open_export(onnx_dir, graphs_precision, model.cfg, what="the reference model is").manifest
     if options.backend == "trt":
         engine_manifest = read_manifest(options.engine_dir) if options.engine_dir else manifest
         backend = trt_backend(options, engine_manifest)

@@ -140,6 +140,10 @@ def test_trt_file_errors(tmp_path):
     assert missing.exit_code == 2 and "ONNX folder" in missing.output and "eventspd-export onnx" in missing.output
     (tmp_path / "empty").mkdir()
     no_manifest = runner.invoke(trt, ["--onnx-dir", str(tmp_path / "empty")])
+    assert no_manifest.exit_code == 2 and "holds no export" in no_manifest.output
+    (tmp_path / "graphs-only").mkdir()
+    (tmp_path / "graphs-only" / "decoder.onnx").write_bytes(b"x")
+    no_manifest = runner.invoke(trt, ["--onnx-dir", str(tmp_path / "graphs-only")])
     assert no_manifest.exit_code == 2 and "eventspd.manifest.json not found" in no_manifest.output
     inline = fake_export(tmp_path / "inline", plugins=False)
     r = runner.invoke(trt, ["--onnx-dir", str(inline)])
