@@ -65,6 +65,17 @@ class CalibrationOptions:
             raise q8.CalibrationError(f"unknown precision {bad[0]!r}; choose from {', '.join(PRECISIONS)}")
         if self.calib_windows < 1 or self.eval_windows < 1:
             raise q8.CalibrationError("need at least one calibration and one held-out window")
+        if not self.precisions:
+            raise q8.CalibrationError(f"--precision names no precision; choose from {', '.join(PRECISIONS)}")
+        from eventspd_export.onnx_export import K_LIMIT
+
+        bad_k = [k for k in (*self.k_eval, self.k_calib) if not 1 <= k <= K_LIMIT]
+        if bad_k or not self.k_eval:
+            raise q8.CalibrationError(f"--k {','.join(map(str, self.k_eval)) or '(none)'}: every query count must be "
+                                      f"in 1..{K_LIMIT}")
+        if self.budget is not None and not 0 < self.budget < 1:
+            raise q8.CalibrationError(f"--budget {self.budget}: a median relative depth error in (0, 1), or 0 "
+                                      "to skip the sensitivity pass")
 
 
 @dataclass

@@ -144,9 +144,13 @@ def calibrate_cmd(checkpoint, config_name, trusted, onnx_dir, out_dir, data, pre
         raise UsageError(f"--k {k_eval!r}: expected comma-separated integers") from None
     options = CalibrationOptions(
         Path(onnx_dir), Path(out_dir), data=data, calib_windows=calib_windows,
-        eval_windows=eval_windows, method=method, budget=budget or None,
+        eval_windows=eval_windows, method=method, budget=None if budget == 0 else budget,
         precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), k_eval=ks,
         cache_dir=Path(cache_dir))
+    try:
+        options.validate()  # before the model is built or anything is written
+    except CalibrationError as exc:
+        raise UsageError(str(exc)) from None
     model, _ = _model_for(config_name, checkpoint, trusted)
     try:
         report = calibrate(model, options)

@@ -205,6 +205,12 @@ def load_checkpoint(path: str | os.PathLike, config: ModelConfig | None = None,
     if problems:
         raise CheckpointError(f"{path}: does not match EventSPD configuration {cfg.name!r} "
                               f"({source}): " + "; ".join(problems))
+    # NaN/inf weights would give NaN depth everywhere and every comparison would "agree" with it
+    nonfinite = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
+                 and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise CheckpointError(f"{path}: {len(nonfinite)} tensors hold NaN or inf values ({_short(nonfinite)}); "
+                              "the training run diverged or the file is damaged: use an earlier checkpoint")
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, LoadReport(str(path), layout, cfg, source, dropped, sha256_file(path))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 
@@ -36,6 +37,16 @@ def _ceil_half(n: int) -> int:
 
 def _floor_half(n: int) -> int:
     return n // 2
+
+
+# Bounds on a configuration, checked wherever one is built (a checkpoint's stored configuration
+# included): a sensor side of 100000 pixels would make the export allocate tens of GB, and the
+# name becomes part of file contents and messages. 4096 covers 4K event sensors; the widths and
+# counts are generous multiples of the seed's.
+MAX_SENSOR_SIDE = 4096
+MAX_WIDTH = 2048  # any channel width (dims, d, ffn, f3_dim)
+MAX_COUNT = 64  # heads, depths, layer counts, top-R, points
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,7 @@ class ModelConfig:
     strides: tuple[int, int, int, int] = field(default=(4, 8, 16, 32), init=False)
 
     def __post_init__(self) -> None:
+        self._check_bounds()
         if not (self.window_s > 0 and self.f3_window_s > 0):
             raise ValueError(f"config {self.name!r}: window_s and f3_window_s must be positive "
                              f"(got {self.window_s}, {self.f3_window_s})")
@@ -168,6 +180,23 @@ class ModelConfig:
         out = dataclasses.asdict(self)
         out.pop("strides")
         return out
+
+    def _check_bounds(self) -> None:
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"config name {self.name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+                             "starting with a letter or digit")
+        ints = {"width": self.width, "height": self.height, "f3_dim": self.f3_dim, "d": self.d, "ffn": self.ffn,
+                "heads": self.heads, "top_r": self.top_r, "deform_points": self.deform_points,
+                "b2_layers": self.b2_layers, "b3_layers": self.b3_layers, "b5_layers": self.b5_layers}
+        ints.update({f"dims[{i}]": v for i, v in enumerate(self.dims)})
+        ints.update({f"depths[{i}]": v for i, v in enumerate(self.depths)})
+        limits = {"width": MAX_SENSOR_SIDE, "height": MAX_SENSOR_SIDE, "f3_dim": MAX_WIDTH, "d": MAX_WIDTH,
+                  "ffn": 4 * MAX_WIDTH, **{f"dims[{i}]": MAX_WIDTH for i in range(4)}}
+        for key, value in ints.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"config {self.name!r}: {key} = {value!r} must be an integer")
+            if not 1 <= value <= limits.get(key, MAX_COUNT):
+                raise ValueError(f"config {self.name!r}: {key} = {value} is outside 1..{limits.get(key, MAX_COUNT)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":

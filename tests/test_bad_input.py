@@ -1,0 +1,100 @@
+"""Bad input from issue 17's red-team pass, as tests: one `error:` line, exit code 2, nothing
+written (items 3 unbounded configuration, 4 NaN weights, 5-6 calibrate options, 8 file modes).
+Items 1-2 (corrupt ONNX, manifest hashes) are in test_artifacts.py."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from eventspd_export.cli import main
+from model_def import EventSPD, ModelConfig, get_config
+from model_def.checkpoint import FORMAT, save_checkpoint
+
+
+def _error(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.output
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    return EventSPD(get_config("tiny"), seed=0).state_dict()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"width": 100_000, "height": 100_000}, "width = 100000 is outside 1..4096"),
+    ({"name": "evil/../../x"}, "config name 'evil/../../x'"),
+    ({"heads": 10_000}, "heads = 10000 is outside 1..64"),
+])
+def test_a_checkpoint_with_an_unbounded_configuration_is_refused(tiny_state, tmp_path, change, message):
+    cfg = {**get_config("tiny").to_dict(), **change}
+    path = tmp_path / "bad.pt"
+    torch.save({"format": FORMAT, "config": cfg, "model": tiny_state}, path)
+    line = _error(CliRunner().invoke(main, ["onnx", str(path), "--out", str(tmp_path / "out")]))
+    assert "its stored configuration is not valid" in line and message in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_configuration_bounds_hold_for_every_built_in_configuration():
+    from model_def import CONFIGS
+
+    for cfg in CONFIGS.values():
+        assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="must be an integer"):
+        ModelConfig("x", 256.5, 160)
+
+
+def test_nan_weights_are_refused_at_load(tmp_path):
+    model = EventSPD(get_config("tiny"), seed=0)
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    path = tmp_path / "nan.pt"
+    save_checkpoint(model, path)
+    for args in (["onnx", str(path), "--out", str(tmp_path / "out")],
+                 ["evaluate", str(path), "--windows", "1", "--k", "4"]):
+        line = _error(CliRunner().invoke(main, args))
+        assert "tensors hold NaN or inf values" in line and "use an earlier checkpoint" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--k", "0"], "--k 0: every query count must be in 1..65536"),
+    (["--k", "256,70000"], "every query count must be in 1..65536"),
+    (["--budget", "-1"], "--budget -1.0: a median relative depth error in (0, 1)"),
+    (["--budget", "2"], "--budget 2.0"),
+    (["--precision", ""], "--precision names no precision"),
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+])
+def test_calibrate_refuses_bad_options_before_any_work(tmp_path, args, message):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["calibrate", "--config", "tiny", "--onnx-dir", str(tmp_path / "onnx"),
+                                  "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *args])
+    assert message in _error(r)
+    assert not out.exists() and not (tmp_path / "onnx").exists() and not (tmp_path / "cache").exists()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """ONNX files, the manifest and checkpoints are readable by others under the usual 022 umask
+    (mkstemp alone would leave them 0600)."""
+    from eventspd_export.onnx_export import ExportOptions, export_onnx
+
+    old = os.umask(0o022)
+    try:
+        model = EventSPD(get_config("tiny"), seed=0).eval()
+        export_onnx(model, ExportOptions(tmp_path / "onnx"))
+        save_checkpoint(model, tmp_path / "ckpt.pt")
+        os.umask(0o077)
+        save_checkpoint(model, tmp_path / "private.pt")
+    finally:
+        os.umask(old)
+    for f in [*(tmp_path / "onnx").iterdir(), tmp_path / "ckpt.pt"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    assert stat.S_IMODE((tmp_path / "private.pt").stat().st_mode) == 0o600
