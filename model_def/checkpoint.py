@@ -134,11 +134,14 @@ def _config_difference(a: ModelConfig, b: ModelConfig) -> str:
 
 
 def _guess_config(state: Mapping[str, torch.Tensor]) -> str | None:
-    table = state.get("f3.table")
-    if table is None:
-        return None
+    """The built-in configuration whose every tensor shape matches ``state`` (None: none does).
+    The sensor size alone cannot tell ``tiny`` from ``demo`` (same sensor, other widths), so the
+    whole shape table is compared; models are built on the meta device (no memory, ~0.4 s each)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)}
     for name, cfg in CONFIGS.items():
-        if table.shape[0] == sum(cfg.f3_table_rows):
+        with torch.device("meta"):
+            expected = EventSPD(cfg, seed=0).state_dict()
+        if all(shapes.get(k) == tuple(v.shape) for k, v in expected.items()):
             return name
     return None
 

@@ -98,3 +98,12 @@ def test_written_files_follow_the_umask(tmp_path):
     for f in [*(tmp_path / "onnx").iterdir(), tmp_path / "ckpt.pt"]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     assert stat.S_IMODE((tmp_path / "private.pt").stat().st_mode) == 0o600
+
+
+def test_a_plain_state_dict_gets_the_configuration_that_fits(tmp_path):
+    """Item 7: `demo` shares `tiny`'s sensor, so the hint compares every tensor shape."""
+    path = tmp_path / "demo_state.pt"
+    torch.save(EventSPD(get_config("demo"), seed=0).state_dict(), path)
+    line = _error(CliRunner().invoke(main, ["onnx", str(path), "--config", "tiny", "--out", str(tmp_path / "o")]))
+    assert line.endswith("these weights look like configuration 'demo': pass --config demo")
+    assert not (tmp_path / "o").exists()
