@@ -126,6 +126,7 @@ def open_export(folder: str | os.PathLike, precision: str = "fp32", cfg: ModelCo
     if missing:
         raise ManifestError(f"{', '.join(missing)} not found in {folder}: create "
                             f"{'it' if len(missing) == 1 else 'them'} with {_how_to_make(folder, precision)}")
+    unverified = set(paths.values())
     for g in GRAPHS:  # the fp32 graphs must be the ones the manifest describes
         fp32 = folder / onnx_file(g, "fp32")
         want = (manifest["graphs"].get(g) or {}).get("sha256")
@@ -134,6 +135,11 @@ def open_export(folder: str | os.PathLike, precision: str = "fp32", cfg: ModelCo
         if want and sha256_file(fp32) != want:
             raise ManifestError(f"{fp32} does not match the sha256 in {folder / MANIFEST_FILE}: the "
                                 "graph was replaced after the export; re-export both graphs")
-    for path in dict.fromkeys([*paths.values(), *(folder / onnx_file(g) for g in GRAPHS)]):
+        # a matching hash proves the file is the exporter's own; only the others are parsed
+        if want:
+            unverified.discard(fp32)
+        else:
+            unverified.add(fp32)
+    for path in sorted(unverified):
         check_onnx_readable(path)
     return Export(folder, manifest, stored, paths)

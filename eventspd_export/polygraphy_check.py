@@ -314,16 +314,19 @@ def trt_backend(options: CheckOptions, manifest: dict) -> Backend:
         raise UsageError(f"{engine_dir / 'eventspd.manifest.json'} names an unknown TensorRT flavour {flavour!r} "
                          f"for its engines (expected {' or '.join(FLAVOURS)}): rebuild them with `eventspd-export trt`")
     runtime = load_runtime(flavour)
-    for gpu in (None, "visible"):  # flavour and version first: they need no GPU to be refused
-        try:
-            gpu = gpu_info() if gpu else None
-        except NoGpuError as exc:
-            targets = (engines["decoder"].get("target") or {}).get("compute_capabilities") or ["?"]
-            raise NoGpuError(f"running the engines needs an NVIDIA GPU among their targets (compute capability "
-                             f"{', '.join(map(str, targets))}), and {str(exc).split(';')[0]}") from None
+    def refuse_if_any(gpu) -> None:
         problems = [p for g in GRAPHS for p in engine_problems(engines[g], runtime.name, runtime.version, gpu)]
         if problems:
             raise UsageError(problems[0])
+
+    refuse_if_any(None)  # flavour and version first: they need no GPU to be refused
+    try:
+        gpu = gpu_info()
+    except NoGpuError as exc:
+        targets = (engines["decoder"].get("target") or {}).get("compute_capabilities") or ["?"]
+        raise NoGpuError(f"running the engines needs an NVIDIA GPU among their targets (compute capability "
+                         f"{', '.join(map(str, targets))}), and {str(exc).split(';')[0]}") from None
+    refuse_if_any(gpu)
     runtime.use_in_polygraphy()  # TrtRunner must load the flavour that built the engines
     plugins = resolve_plugin_library(options.plugins, engine_dir)
     want = engines["decoder"].get("plugin_library", {}).get("sha256")

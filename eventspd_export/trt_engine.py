@@ -74,12 +74,9 @@ from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
 from .errors import UsageError
-from .artifacts import (ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, ManifestError,  # noqa: F401
-                        check_onnx_readable, manifest_config, onnx_file, open_export, read_manifest,
-                        write_manifest)
+from .artifacts import ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, open_export, write_manifest
 from .onnx_export import EVENTS_LIMIT, K_LIMIT
-from .trt_flavour import (RUNTIME_CHOICES, GpuInfo, NoGpuError, Runtime, Target, TensorRTUnavailableError, gpu_info,  # noqa: F401
-                          load_runtime)
+from .trt_flavour import RUNTIME_CHOICES, Runtime, Target, load_runtime
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +152,7 @@ class Profile:
         """{input name: (min, opt, max) shape} for the graph's dynamic inputs (from the contract)."""
         ranges = {contract.NUM_QUERIES: (self.k_min, self.k_opt, self.k_max),
                   contract.NUM_EVENTS: (self.events_min, self.events_opt, self.events_max)}
-        specs = contract.precompute_inputs(cfg) if graph == "precompute" else contract.decoder_inputs(cfg)
+        specs = _graph_specs(graph, cfg)[0]
         out = {}
         for spec in specs:
             if spec.is_dynamic():
@@ -386,26 +383,30 @@ def _dtype_name(trt, dtype) -> str:
     return table.get(str(dtype).split(".")[-1], str(dtype))
 
 
-def _contract_io(graph: str, cfg: ModelConfig) -> dict[str, tuple[str, str]]:
-    ins = contract.precompute_inputs(cfg) if graph == "precompute" else contract.decoder_inputs(cfg)
-    outs = contract.precompute_outputs(cfg) if graph == "precompute" else contract.decoder_outputs(cfg)
-    return {s.name: ("input", s.dtype) for s in ins} | {s.name: ("output", s.dtype) for s in outs}
+def _graph_specs(graph: str, cfg: ModelConfig):
+    """(inputs, outputs) of a graph in the contract."""
+    if graph == "precompute":
+        return contract.precompute_inputs(cfg), contract.precompute_outputs(cfg)
+    return contract.decoder_inputs(cfg), contract.decoder_outputs(cfg)
+
+
+def _require_contract_io(graph: str, cfg: ModelConfig, got: dict[str, tuple[str, str]], what: str) -> None:
+    """``got`` ({name: (input|output, dtype)}) must be the contract's names, directions and dtypes."""
+    ins, outs = _graph_specs(graph, cfg)
+    want = {s.name: ("input", s.dtype) for s in ins} | {s.name: ("output", s.dtype) for s in outs}
+    if got != want:
+        diff = sorted(set(got.items()) ^ set(want.items()))
+        raise EngineBuildError(f"{graph}: the {what}'s I/O differs from the contract: {diff[:6]}")
 
 
 def check_network_io(trt, network, graph: str, cfg: ModelConfig) -> None:
-    """The parsed network's I/O must be the contract's names, directions and dtypes. Checked on the
-    network before the build, so it needs no GPU (an engine cannot be deserialised without one)."""
-    got = {}
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        got[t.name] = ("input", _dtype_name(trt, t.dtype))
-    for i in range(network.num_outputs):
-        t = network.get_output(i)
-        got[t.name] = ("output", _dtype_name(trt, t.dtype))
-    want = _contract_io(graph, cfg)
-    if got != want:
-        diff = sorted(set(got.items()) ^ set(want.items()))
-        raise EngineBuildError(f"{graph}: the network's I/O differs from the contract: {diff[:6]}")
+    """The parsed network's I/O against the contract. Checked on the network before the build, so
+    it needs no GPU (an engine cannot be deserialised without one)."""
+    got = {network.get_input(i).name: ("input", _dtype_name(trt, network.get_input(i).dtype))
+           for i in range(network.num_inputs)}
+    got |= {network.get_output(i).name: ("output", _dtype_name(trt, network.get_output(i).dtype))
+            for i in range(network.num_outputs)}
+    _require_contract_io(graph, cfg, got, "network")
 
 
 def _check_engine_io(trt, logger, blob: bytes, graph: str, cfg: ModelConfig) -> None:
@@ -418,10 +419,7 @@ def _check_engine_io(trt, logger, blob: bytes, graph: str, cfg: ModelConfig) -> 
         name = engine.get_tensor_name(i)
         mode = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
         got[name] = (mode, _dtype_name(trt, engine.get_tensor_dtype(name)))
-    want = _contract_io(graph, cfg)
-    if got != want:
-        diff = sorted(set(got.items()) ^ set(want.items()))
-        raise EngineBuildError(f"{graph}: the engine's I/O differs from the contract: {diff[:6]}")
+    _require_contract_io(graph, cfg, got, "engine")
 
 
 @dataclass
@@ -433,6 +431,7 @@ class BuiltEngine:
 
 
 def _parse(runtime: Runtime, logger, builder, graph: str, path: Path, strongly_typed: bool):
+    """(network, parser): keep the parser alive while the network is used (it owns the weights)."""
     trt = runtime.trt
     network = builder.create_network(runtime.network_flags(strongly_typed))
     parser = trt.OnnxParser(network, logger)
@@ -492,8 +491,7 @@ def _build_one(runtime: Runtime, logger, plan: BuildPlan, graph: str, target: Ta
 
 
 def io_table(graph: str, cfg: ModelConfig) -> dict:
-    ins = contract.precompute_inputs(cfg) if graph == "precompute" else contract.decoder_inputs(cfg)
-    outs = contract.precompute_outputs(cfg) if graph == "precompute" else contract.decoder_outputs(cfg)
+    ins, outs = _graph_specs(graph, cfg)
     row = lambda s: {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}  # noqa: E731
     return {"inputs": [row(s) for s in ins], "outputs": [row(s) for s in outs]}
 

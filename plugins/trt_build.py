@@ -129,6 +129,13 @@ def _require_11_headers(inc: Path) -> None:
                                     "TensorRT-RTX 1.7 needs TensorRT 11.x headers (10.x ones crash at load)")
 
 
+def _given_headers(include_dir: str | os.PathLike) -> Path:
+    inc = Path(include_dir)
+    if not (inc / _HEADER).is_file():
+        raise TensorRTNotFoundError(f"{inc} has no {_HEADER}: pass TensorRT's include/ folder")
+    return inc
+
+
 def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=None,
                          library=None) -> tuple[str, Path, Path]:
     """(flavour, include dir, library) to build against; see the module docstring."""
@@ -139,9 +146,7 @@ def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=
         if include_dir is None:
             raise PluginBuildError("--tensorrt-library needs --tensorrt-include (or TENSORRT_INCLUDE): the header "
                                    "folder to compile against")
-        inc, lib = Path(include_dir), Path(library)
-        if not (inc / _HEADER).is_file():
-            raise TensorRTNotFoundError(f"{inc} has no {_HEADER}: pass TensorRT's include/ folder")
+        inc, lib = _given_headers(include_dir), Path(library)
         if not lib.is_file():
             raise TensorRTNotFoundError(f"TensorRT library {lib} not found")
         flavour = "tensorrt-rtx" if "tensorrt_rtx" in lib.name else "tensorrt"
@@ -161,11 +166,7 @@ def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=
             return ("tensorrt-rtx", *find_tensorrt_rtx(include_dir, tensorrt_root))
         except TensorRTNotFoundError as rtx_exc:
             raise TensorRTNotFoundError(f"{exc} Nor for TensorRT-RTX: {rtx_exc}") from None
-    if include_dir is not None:
-        inc = Path(include_dir)
-        if not (inc / _HEADER).is_file():
-            raise TensorRTNotFoundError(f"{inc} has no {_HEADER}: pass TensorRT's include/ folder")
-    return "tensorrt", inc, lib
+    return "tensorrt", (_given_headers(include_dir) if include_dir is not None else inc), lib
 
 
 def build_plugins(tensorrt_root: str | os.PathLike | None = None, build_dir: str | os.PathLike | None = None,

@@ -10,18 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import one_error_line
 from eventspd_export.cli import main
 from model_def import EventSPD, ModelConfig, get_config
 from model_def.checkpoint import FORMAT, save_checkpoint
-
-
-def _error(result) -> str:
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert result.exit_code == 2, result.output
-    assert lines and lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +30,7 @@ def test_a_checkpoint_with_an_unbounded_configuration_is_refused(tiny_state, tmp
     cfg = {**get_config("tiny").to_dict(), **change}
     path = tmp_path / "bad.pt"
     torch.save({"format": FORMAT, "config": cfg, "model": tiny_state}, path)
-    line = _error(CliRunner().invoke(main, ["onnx", str(path), "--out", str(tmp_path / "out")]))
+    line = one_error_line(CliRunner().invoke(main, ["onnx", str(path), "--out", str(tmp_path / "out")]), alone=False)
     assert "its stored configuration is not valid" in line and message in line
     assert not (tmp_path / "out").exists()
 
@@ -60,7 +52,7 @@ def test_nan_weights_are_refused_at_load(tmp_path):
     save_checkpoint(model, path)
     for args in (["onnx", str(path), "--out", str(tmp_path / "out")],
                  ["evaluate", str(path), "--windows", "1", "--k", "4"]):
-        line = _error(CliRunner().invoke(main, args))
+        line = one_error_line(CliRunner().invoke(main, args), alone=False)
         assert "tensors hold NaN or inf values" in line and "use an earlier checkpoint" in line
     assert not (tmp_path / "out").exists()
 
@@ -77,7 +69,7 @@ def test_calibrate_refuses_bad_options_before_any_work(tmp_path, args, message):
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["calibrate", "--config", "tiny", "--onnx-dir", str(tmp_path / "onnx"),
                                   "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *args])
-    assert message in _error(r)
+    assert message in one_error_line(r, alone=False)
     assert not out.exists() and not (tmp_path / "onnx").exists() and not (tmp_path / "cache").exists()
 
 
@@ -104,6 +96,6 @@ def test_a_plain_state_dict_gets_the_configuration_that_fits(tmp_path):
     """Item 7: `demo` shares `tiny`'s sensor, so the hint compares every tensor shape."""
     path = tmp_path / "demo_state.pt"
     torch.save(EventSPD(get_config("demo"), seed=0).state_dict(), path)
-    line = _error(CliRunner().invoke(main, ["onnx", str(path), "--config", "tiny", "--out", str(tmp_path / "o")]))
+    line = one_error_line(CliRunner().invoke(main, ["onnx", str(path), "--config", "tiny", "--out", str(tmp_path / "o")]), alone=False)
     assert line.endswith("these weights look like configuration 'demo': pass --config demo")
     assert not (tmp_path / "o").exists()

@@ -21,8 +21,9 @@ from eventspd_export import trt_engine
 from eventspd_export.event_file import EventFileError, read_event_file, write_event_file
 from eventspd_export.onnx_export import MANIFEST_FILE
 from eventspd_export.trt_cli import write_events
-from eventspd_export.trt_engine import BuildOptions, GpuInfo, engine_entry, plan_build
-from eventspd_export.trt_flavour import FLAVOURS, Runtime, Target
+from eventspd_export.artifacts import write_manifest
+from eventspd_export.trt_engine import BuildOptions, engine_entry, plan_build
+from eventspd_export.trt_flavour import FLAVOURS, GpuInfo, Runtime, Target
 from test_trt import fake_export
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,7 +137,7 @@ def engines_folder(folder: Path, gpu: GpuInfo | None = H100, trt_version: str = 
             graph, plan, hashlib.sha256(blob).hexdigest(), len(blob), runtime, target,
             hashlib.sha256(lib.read_bytes()).hexdigest(), "00" * 32, list(trt_engine.PLUGIN_NODES[graph]), 1.0,
             "strongly typed")
-    trt_engine.write_manifest(art, manifest)
+    write_manifest(art, manifest)
     return art
 
 

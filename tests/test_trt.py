@@ -24,9 +24,9 @@ from onnx import TensorProto, helper
 from eventspd_export import trt_engine, trt_flavour
 from eventspd_export.onnx_export import MANIFEST_FILE, plugin_ops_used
 from eventspd_export.trt_cli import trt
-from eventspd_export.trt_engine import (BuildOptions, EngineBuildError, GpuInfo, Profile, engine_entry, plan_build,
-                                        verify_plugin_layers)
-from eventspd_export.trt_flavour import FLAVOURS, Runtime, Target, engine_problems
+from eventspd_export.artifacts import onnx_file
+from eventspd_export.trt_engine import BuildOptions, EngineBuildError, Profile, engine_entry, plan_build, verify_plugin_layers
+from eventspd_export.trt_flavour import FLAVOURS, GpuInfo, Runtime, Target, engine_problems
 from model_def import contract, get_config, ops
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def fake_export(folder: Path, cfg=None, plugins: bool = True, precisions=("fp32"
     for g in ("precompute", "decoder"):
         blob = _graph_with_plugin_nodes(g, cfg).SerializeToString()
         for p in precisions:
-            (folder / trt_engine.onnx_file(g, p)).write_bytes(blob)
+            (folder / onnx_file(g, p)).write_bytes(blob)
         graphs[g] = {"file": f"{g}.onnx", "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
                      "opset": 17, "ir_version": 10, "plugins": plugins}
     manifest = {"format": "eventspd-export/manifest-1", "config": cfg.to_dict(),
@@ -220,7 +220,7 @@ def test_without_gpu_one_sentence_exit_2(export, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", _Trt("11.1.0.106"))
 
     def no_gpu(index=0):
-        raise trt_engine.NoGpuError("no CUDA GPU is visible (the NVIDIA driver library libcuda.so.1 is not "
+        raise trt_flavour.NoGpuError("no CUDA GPU is visible (the NVIDIA driver library libcuda.so.1 is not "
                                     "installed); build engines on the machine with the NVIDIA GPU and driver "
                                     "that will run them")
 
@@ -237,8 +237,8 @@ def test_gpu_info_without_a_driver_raises_no_gpu_error():
     try:
         ctypes.CDLL("libcuda.so.1")
     except OSError:
-        with pytest.raises(trt_engine.NoGpuError, match="no CUDA GPU is visible"):
-            trt_engine.gpu_info()
+        with pytest.raises(trt_flavour.NoGpuError, match="no CUDA GPU is visible"):
+            trt_flavour.gpu_info()
     else:
         pytest.skip("an NVIDIA driver is installed here")
 

@@ -26,6 +26,7 @@ from eventspd_export import trt_engine, trt_flavour
 from eventspd_export.onnx_export import MANIFEST_FILE, ExportOptions, export_onnx
 from eventspd_export.trt_cli import check, trt
 from eventspd_export.trt_engine import PLUGIN_LIBRARY
+from conftest import one_error_line
 from model_def import EventSPD, get_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,12 +50,6 @@ def tiny_export(tmp_path_factory):
     export_onnx(model, ExportOptions(d))
     make_precision_graphs(model, d)
     return d
-
-
-def _one_error_line(result) -> str:
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +152,7 @@ def test_without_the_plugin_library_the_decoder_builds_from_function_bodies_but_
         trt_engine._parse(rtx_runtime, logger, builder, "precompute", d / "precompute.onnx", True)
     r = CliRunner().invoke(trt, ["--runtime", "tensorrt-rtx", "--onnx-dir", str(d), "--out",
                                            str(tmp_path / "o")])
-    line = _one_error_line(r)
+    line = one_error_line(r)
     assert "exported with --no-plugins" in line and 'ScatterElements with reduction="add"' in line
     assert not (tmp_path / "o").exists()
 
@@ -173,7 +168,7 @@ def export_copy(tiny_export, tmp_path):
 
 def _refused(args, out: Path, *must):
     r = CliRunner().invoke(trt, ["--runtime", "tensorrt-rtx", *args, "--out", str(out)])
-    line = _one_error_line(r)
+    line = one_error_line(r)
     for m in must:
         assert m in line, line
     assert not out.exists() or not any(out.iterdir())
@@ -227,19 +222,19 @@ def test_check_backend_trt_refuses_another_version_and_says_a_gpu_is_needed(tiny
         raise trt_flavour.NoGpuError("no CUDA GPU is visible (stand-in); build engines on the machine with the GPU")
 
     monkeypatch.setattr(trt_flavour, "gpu_info", no_gpu)
-    line = _one_error_line(CliRunner().invoke(check, args))
+    line = one_error_line(CliRunner().invoke(check, args))
     assert line == ("error: running the engines needs an NVIDIA GPU among their targets (compute capability 8.6, "
                     "8.9, 12.0), and no CUDA GPU is visible (stand-in)")
     manifest = json.loads((d / MANIFEST_FILE).read_text())
     for g in manifest["engines"].values():
         g["tensorrt"].update(version="1.6.0.1", minor=6, patch=0)
     (d / MANIFEST_FILE).write_text(json.dumps(manifest))
-    line = _one_error_line(CliRunner().invoke(check, args))
+    line = one_error_line(CliRunner().invoke(check, args))
     assert line.startswith("error: precompute.engine was built with TensorRT-RTX 1.6.0.1, this is TensorRT-RTX 1.7.1")
     for g in manifest["engines"].values():
         g["tensorrt"]["flavour"] = "tensorrt-xyz"
     (d / MANIFEST_FILE).write_text(json.dumps(manifest))
-    line = _one_error_line(CliRunner().invoke(check, args))
+    line = one_error_line(CliRunner().invoke(check, args))
     assert "names an unknown TensorRT flavour 'tensorrt-xyz'" in line
     assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in tiny_engines["fp32"][0].iterdir())
 
