@@ -7,13 +7,15 @@ CUDA code is compiled for ``TORCH_CUDA_ARCH_LIST`` (default below). Set
 """
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 
 # setup.py runs from the repository root; setuptools wants source paths relative to it.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PLUGINS = "plugins"
+# One folder per op (plugins/<op>/): cpu.cpp (schema + CPU kernel) always; cuda.cpp (torch
+# binding) and kernel.cu in a CUDA build. plugins/common/torch_module.cpp is the module plugins._C.
+OPS = ("topr_route", "deform_read", "event_splat")
 DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
 
 _CXX_FLAGS = ["-O2", "-ffp-contract=off"]
@@ -68,8 +70,8 @@ def cuda_build_enabled() -> bool:
 def get_extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    include_dirs = [os.path.join(_ROOT, _PLUGINS, d) for d in ("include", "csrc", "kernels")]
-    sources = [_rel(_PLUGINS, "csrc", "ops_cpu.cpp")]
+    include_dirs = [os.path.join(_ROOT, _PLUGINS)]  # sources include "common/...", "<op>/..."
+    sources = [_rel(_PLUGINS, "common", "torch_module.cpp")] + [_rel(_PLUGINS, op, "cpu.cpp") for op in OPS]
     if not cuda_build_enabled():
         return [CppExtension("plugins._C", sources, include_dirs=include_dirs,
                              extra_compile_args={"cxx": _CXX_FLAGS})]
@@ -78,8 +80,7 @@ def get_extensions():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # torch would otherwise guess from visible GPUs; there are none at build time here.
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-    cu = sorted(os.path.relpath(p, _ROOT) for p in glob.glob(os.path.join(_ROOT, _PLUGINS, "kernels", "*.cu")))
-    sources += [_rel(_PLUGINS, "csrc", "ops_cuda.cpp")] + cu
+    sources += [_rel(_PLUGINS, op, name) for op in OPS for name in ("cuda.cpp", "kernel.cu")]
     return [CUDAExtension("plugins._C", sources, include_dirs=include_dirs,
                           define_macros=[("EVENTSPD_WITH_CUDA", "1")],
                           extra_compile_args={"cxx": _CXX_FLAGS, "nvcc": _NVCC_FLAGS})]

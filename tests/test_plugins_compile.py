@@ -1,8 +1,9 @@
 """Compile checks of the plugin sources (no GPU needed).
 
-* every plugins/kernels/*.cu compiles with nvcc for sm_90 and sm_80 (skipped, with the reason,
+* every plugins/<op>/kernel.cu compiles with nvcc for sm_90 and sm_80 (skipped, with the reason,
   when nvcc is absent; a compile error fails);
-* the TensorRT plugin sources compile (syntax check) against TensorRT's public headers when
+* the TensorRT plugin sources (plugins/<op>/plugin.cpp, plugins/common/plugin_base.cpp and
+  registration.cpp) compile (syntax check) against TensorRT's public headers when
   $TENSORRT_INCLUDE points at a TensorRT include/ directory (e.g. the include/ of
   github.com/NVIDIA/TensorRT); skipped otherwise.
 """
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-CU_FILES = sorted((PLUGINS / "kernels").glob("*.cu"))
-TRT_SOURCES = sorted((PLUGINS / "tensorrt").glob("*.cpp"))
+CU_FILES = sorted(PLUGINS.glob("*/kernel.cu"))
+TRT_SOURCES = sorted(PLUGINS.glob("*/plugin.cpp")) + [PLUGINS / "common" / "plugin_base.cpp",
+                                                      PLUGINS / "common" / "registration.cpp"]
 ARCHS = ("sm_90", "sm_80")
 
 
@@ -31,23 +33,28 @@ def _cuda_include(nvcc: str) -> Path:
     return Path(nvcc).resolve().parent.parent / "include"
 
 
+def _source_id(p: Path) -> str:
+    return p.relative_to(PLUGINS).as_posix()
+
+
 def test_kernel_sources_exist():
-    assert {p.name for p in CU_FILES} >= {"topr_route.cu", "deform_read.cu", "event_splat.cu"}
+    assert {p.parent.name for p in CU_FILES} >= {"topr_route", "deform_read", "event_splat"}
+    assert all(p.is_file() for p in TRT_SOURCES)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("cu", CU_FILES, ids=_source_id)
 def test_nvcc_compiles(cu: Path, arch: str, tmp_path: Path):
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     cmd = [nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", f"-arch={arch}", "-Werror", "all-warnings",
-           "-I", str(PLUGINS / "include"), "-I", str(PLUGINS / "kernels"), "-c", str(cu), "-o", str(tmp_path / "k.o")]
+           "-I", str(PLUGINS), "-c", str(cu), "-o", str(tmp_path / "k.o")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
 
 
-@pytest.mark.parametrize("src", TRT_SOURCES, ids=lambda p: p.name)
+@pytest.mark.parametrize("src", TRT_SOURCES, ids=_source_id)
 def test_tensorrt_sources_compile(src: Path, tensorrt_include):
     include = str(tensorrt_include)
     nvcc = _nvcc()
@@ -60,8 +67,7 @@ def test_tensorrt_sources_compile(src: Path, tensorrt_include):
     if cxx is None:
         skip_or_fail("no C++ compiler")
     cmd = [cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-Wno-deprecated-declarations",
-           "-isystem", include, "-isystem", str(cuda_inc), "-I", str(PLUGINS / "include"),
-           "-I", str(PLUGINS / "kernels"), "-I", str(PLUGINS / "tensorrt"), str(src)]
+           "-isystem", include, "-isystem", str(cuda_inc), "-I", str(PLUGINS), str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
 

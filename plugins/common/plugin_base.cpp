@@ -1,4 +1,4 @@
-#include "plugin_base.h"
+#include "common/plugin_base.h"
 
 #include <cstdio>
 #include <mutex>

@@ -1,8 +1,8 @@
 // EventSPDTopRRoute: attn [B, K, heads, T] (fp32/fp16) -> indices [B, K, R] int32,
-// anchors [B, K, R, 2] fp32. Fields: top_r, grid_w, grid_h, stride (INT32). See README_topr_route.md.
-#include "plugins.h"
+// anchors [B, K, R, 2] fp32. Fields: top_r, grid_w, grid_h, stride (INT32). See README.md.
+#include "topr_route/plugin.h"
 
-#include "launch.h"
+#include "topr_route/launch.h"
 
 namespace eventspd {
 namespace trt {

@@ -1,7 +1,7 @@
 // deform_read: pixel -> level coordinate, bilinear corners with zero padding, softmax.
 #pragma once
 
-#include "eventspd/common.h"
+#include "common/common.h"
 
 namespace eventspd {
 

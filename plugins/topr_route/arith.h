@@ -1,7 +1,7 @@
 // topr_route: score, ranking rule and anchor pixel of one token (model_def/ops.py).
 #pragma once
 
-#include "eventspd/common.h"
+#include "common/common.h"
 
 namespace eventspd {
 

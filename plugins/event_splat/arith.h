@@ -1,7 +1,7 @@
 // event_splat: event validity, pixel, F^3 grid normalisation, corner rows and weights.
 #pragma once
 
-#include "eventspd/common.h"
+#include "common/common.h"
 
 namespace eventspd {
 

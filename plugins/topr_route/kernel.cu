@@ -2,14 +2,14 @@
 // the reference's ranking rule, index -> anchor pixel. One warp per query.
 //
 // Selection: every token gets a unique 64-bit key whose ascending order is the ranking order
-// (eventspd/topr.h). The warp then extracts the R smallest keys one after another: round r
+// (topr_route/arith.h). The warp then extracts the R smallest keys one after another: round r
 // takes the smallest key greater than the key chosen in round r-1 (a warp-wide min). That is
 // exact for any T and any ties, needs no sort, and costs R * T / 32 comparisons per lane.
 // Keys live in shared memory when they fit, otherwise they are recomputed from attn.
 #include <cuda_fp16.h>
 
-#include "eventspd/topr.h"
-#include "launch.h"
+#include "topr_route/arith.h"
+#include "topr_route/launch.h"
 
 namespace eventspd {
 namespace cuda {

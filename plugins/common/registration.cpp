@@ -2,7 +2,9 @@
 // `trtexec --staticPlugins` / `polygraphy --plugins`, which only dlopen the library) and the
 // plugin-library entry points (getCreators / setLoggerFinder, for
 // IPluginRegistry::loadLibrary and `trtexec --dynamicPlugins`).
-#include "plugins.h"
+#include "deform_read/plugin.h"
+#include "event_splat/plugin.h"
+#include "topr_route/plugin.h"
 
 using eventspd::trt::DeformReadCreator;
 using eventspd::trt::EventSplatCreator;

@@ -1,9 +1,9 @@
 // EventSPDDeformRead: v2, v3, v4 [B, C, H_l, W_l] (fp32/fp16, same type), anchors [B, K, R, 2]
 // fp32, offsets [B, K, R, heads, 3, M, 2] and logits [B, K, R, heads, 3, M] (fp32/fp16, same
-// type) -> [B, K, R, C] in the value type. Field: strides (INT32[3]). See README_deform_read.md.
-#include "plugins.h"
+// type) -> [B, K, R, C] in the value type. Field: strides (INT32[3]). See README.md.
+#include "deform_read/plugin.h"
 
-#include "launch.h"
+#include "deform_read/launch.h"
 
 namespace eventspd {
 namespace trt {

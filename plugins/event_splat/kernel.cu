@@ -1,10 +1,10 @@
 // Fused F^3 grid encoding and splat: one thread per event computes the 2L features of its
-// pixel (8 trilinear corners per level, eventspd/splat.h) and atomically adds them into the
+// pixel (8 trilinear corners per level, event_splat/arith.h) and atomically adds them into the
 // [2L, H, W] fp32 grid. Any event count, including zero.
 #include <cuda_fp16.h>
 
-#include "eventspd/splat.h"
-#include "launch.h"
+#include "event_splat/arith.h"
+#include "event_splat/launch.h"
 
 namespace eventspd {
 namespace cuda {

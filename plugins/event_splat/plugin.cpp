@@ -1,11 +1,11 @@
 // EventSPDEventSplat: events [N, 4] fp32, table [rows, 2] fp32/fp16 -> grid [1, 2L, height,
 // width] fp32. Fields: width, height (INT32), resolutions (INT32[3L]), time_scale (FLOAT32).
-// See README_event_splat.md.
-#include "plugins.h"
+// See README.md.
+#include "event_splat/plugin.h"
 
 #include <cmath>
 
-#include "launch.h"
+#include "event_splat/launch.h"
 
 namespace eventspd {
 namespace trt {

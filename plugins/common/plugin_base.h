@@ -1,7 +1,7 @@
 // Shared TensorRT boilerplate for the EventSPD plugins: one base class implementing
 // IPluginV3 with its core/build/runtime capabilities, a creator template, field parsing and
-// logging. Each plugin (topr_route_plugin.cpp, ...) only states its fields, shapes, types and
-// enqueue. Torch-free.
+// logging. Each plugin (<op>/plugin.h, <op>/plugin.cpp) states its own name, version, fields,
+// shapes, types and enqueue. Torch-free.
 #pragma once
 
 #include <NvInferRuntime.h>

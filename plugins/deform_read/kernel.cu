@@ -4,12 +4,12 @@
 //    channels of one head at one pixel are contiguous and a warp's reads coalesce.
 // 2. deform_read_kernel: the warp's lanes first compute, for every (head, level, point)
 //    sample, the softmax weight (over the head's L*M logits, fp32) and the four bilinear
-//    corners (fp32 coordinates, eventspd/deform.h) into shared memory; then each lane owns
+//    corners (fp32 coordinates, deform_read/arith.h) into shared memory; then each lane owns
 //    channels c = lane, lane + 32, ... and accumulates sum_{l,m,corner} a * w * value in fp32.
 #include <cuda_fp16.h>
 
-#include "eventspd/deform.h"
-#include "launch.h"
+#include "deform_read/arith.h"
+#include "deform_read/launch.h"
 
 namespace eventspd {
 namespace cuda {

@@ -1,0 +1,45 @@
+// CUDA front end of torch.ops.eventspd_plugins.event_splat: argument checks, output
+// allocation and the current stream; the kernel itself is in kernel.cu (torch-free, shared
+// with the TensorRT plugin). Compiled only when the extension is built with CUDA.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common/ops_common.h"
+#include "event_splat/check.h"
+#include "event_splat/launch.h"
+
+namespace eventspd {
+namespace {
+
+at::Tensor event_splat_cuda(const at::Tensor& events, const at::Tensor& table, int64_t width, int64_t height,
+                            at::IntArrayRef resolutions, double time_scale) {
+    cuda::EventSplatArgs args{};
+    args.num_levels = check_event_splat(events, table, width, height, resolutions, time_scale, args.levels);
+    check_device(table, events, "event_splat");
+    check_no_double(events, "event_splat");
+    check_no_double(table, "event_splat");
+    const c10::cuda::CUDAGuard guard(events.device());
+    auto ev = events.to(at::kFloat).contiguous();
+    if (reinterpret_cast<uintptr_t>(ev.data_ptr()) % 16 != 0) ev = ev.clone();  // rows are read as float4
+    const auto tb = table.scalar_type() == at::kHalf ? table.contiguous() : table.to(at::kFloat).contiguous();
+    auto grid = at::empty({1, 2 * args.num_levels, height, width}, events.options().dtype(at::kFloat));
+    args.events = ev.data_ptr<float>();
+    args.num_events = ev.size(0);
+    args.table = tb.data_ptr();
+    args.table_type = dtype_of(tb);
+    args.width = static_cast<int32_t>(width);
+    args.height = static_cast<int32_t>(height);
+    args.time_scale = static_cast<float>(time_scale);
+    args.grid = grid.data_ptr<float>();
+    check_launch(cuda::event_splat(args, c10::cuda::getCurrentCUDAStream().stream()), "event_splat");
+    return grid;
+}
+
+}  // namespace
+}  // namespace eventspd
+
+TORCH_LIBRARY_IMPL(eventspd_plugins, CUDA, m) {
+    m.impl("event_splat", &eventspd::event_splat_cuda);
+}

@@ -1,0 +1,25 @@
+// Host-side launcher of the event_splat CUDA kernel (kernel.cu). Torch-free and TensorRT-free.
+#pragma once
+
+#include "common/launch.h"
+#include "event_splat/arith.h"
+
+namespace eventspd {
+namespace cuda {
+
+// events [N, 4] fp32, table [rows, 2] (fp32 or fp16) -> grid [1, 2L, height, width] fp32
+// (zeroed here, then events are scatter-added).
+struct EventSplatArgs {
+    const float* events;
+    int64_t num_events;
+    const void* table;
+    DType table_type;
+    F3Level levels[kMaxF3Levels];
+    int32_t num_levels, width, height;
+    float time_scale;
+    float* grid;
+};
+cudaError_t event_splat(const EventSplatArgs& a, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace eventspd
