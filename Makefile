@@ -10,7 +10,7 @@ install:
 	$(PYTHON) -m pip install --quiet --no-build-isolation -e ".[onnx,data,bench,test,tensorrt-rtx]"
 	# which TensorRT flavours this Python has; adds the libtensorrt_rtx.so link TensorRT-RTX's
 	# ONNX parser needs (the wheel ships only libtensorrt_rtx.so.1)
-	$(PYTHON) -m eventspd_export.trt_flavour
+	$(PYTHON) -m eventspd_export.runtime.trt_flavour
 
 # The main job on the committed trained demo checkpoint: export + ONNX Runtime check, then
 # held-out depth accuracy in PyTorch and through the exported graphs.

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .onnx_graph import toposort
+from calibration.onnx_graph import toposort
 
 KEEP_FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "Softplus", "GridSample", "Sin", "Cos", "QuantizeLinear",

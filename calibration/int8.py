@@ -28,8 +28,9 @@ import numpy as np
 import onnx
 
 from model_def.atomic import atomic_write_bytes
+from model_def.errors import UserError
 
-from .onnx_graph import toposort
+from calibration.onnx_graph import toposort
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ METHODS = ("max", "percentile", "entropy")
 PERCENTILE = 99.99
 
 
-class CalibrationError(Exception):
+class CalibrationError(UserError):
     """The calibration cannot run as asked (no data, unknown method ...)."""
 
 

@@ -24,17 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
-from model_def import EventSPD, contract
-from eventspd_export.onnx_export import onnx_file
+from calibration import int8 as q8
+from calibration.fp16 import convert_to_fp16
+from calibration.report import accuracy_report, onnx_pair, write_report
+from calibration.sensitivity import choose_float_layers, groups
+from eventspd_export.artifacts import onnx_file
+from eventspd_export.data.query_sampler import QuerySampler
+from eventspd_export.data.sources import open_source
+from eventspd_export.data.windows import EventWindow
+from eventspd_export.runtime.pair import Stream, stream_depths
+from eventspd_export.runtime.torch_pair import TorchPair
+from model_def import EventSPD
 from model_def.atomic import atomic_write_bytes
-
-from . import int8 as q8
-from .fp16 import convert_to_fp16
-from .sampler import QuerySampler
-from .sensitivity import choose_float_layers, groups
-from .windows import EventWindow, open_source
 
 log = logging.getLogger(__name__)
 GRAPHS = ("precompute", "decoder")
@@ -67,7 +69,7 @@ class CalibrationOptions:
             raise q8.CalibrationError("need at least one calibration and one held-out window")
         if not self.precisions:
             raise q8.CalibrationError(f"--precision names no precision; choose from {', '.join(PRECISIONS)}")
-        from eventspd_export.onnx_export import K_LIMIT
+        from model_def.contract import K_LIMIT
 
         bad_k = [k for k in (*self.k_eval, self.k_calib) if not 1 <= k <= K_LIMIT]
         if bad_k or not self.k_eval:
@@ -92,46 +94,16 @@ def make_feeds(model: EventSPD, windows: list[EventWindow], k: int, seed: int) -
     sampler = QuerySampler(cfg.width, cfg.height)
     rng = np.random.default_rng(seed)
     feeds = Feeds(windows)
-    hidden = model.initial_state()
+    pair = TorchPair(model)
+    carrier = Stream(pair)
     for w in windows:
-        events = torch.from_numpy(w.events)
-        with torch.inference_mode():
-            pre = model.precompute(events, hidden)
+        hidden = carrier.hidden
+        pre = carrier.step(w.events)
         queries = sampler.sample(k, rng, events=w.events, depth=w.depth)[None].astype(np.float32)
-        with torch.inference_mode():
-            depth, _ = model.decode(pre, torch.from_numpy(queries))
-        feeds.precompute.append({"events": w.events, "hidden": hidden.numpy()})
-        dec = {n: pre[n].numpy() for n in contract.SHARED_NAMES}
-        dec["queries"] = queries
-        feeds.decoder.append(dec)
-        feeds.depth_fp32.append(depth.numpy())
-        hidden = pre["hidden_out"]
+        feeds.precompute.append({"events": w.events, "hidden": hidden})
+        feeds.decoder.append(pair.decoder_feeds(pre, queries))
+        feeds.depth_fp32.append(pair.decode(pre, queries)["depth"])
     return feeds
-
-
-class Pipeline:
-    """ONNX Runtime runs of a (precompute, decoder) pair, chained over windows."""
-
-    def __init__(self, precompute: onnx.ModelProto, decoder: onnx.ModelProto):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        self.pre = ort.InferenceSession(precompute.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        self.dec = ort.InferenceSession(decoder.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        self.out_names = [o.name for o in self.pre.get_outputs()]
-
-    def run(self, windows: list[EventWindow], queries: list[np.ndarray], hidden0: np.ndarray
-            ) -> list[np.ndarray]:
-        hidden = hidden0
-        depths = []
-        for w, q in zip(windows, queries):
-            out = dict(zip(self.out_names, self.pre.run(None, {"events": w.events, "hidden": hidden})))
-            feed = {n: out[n] for n in contract.SHARED_NAMES}
-            feed["queries"] = q
-            depths.append(self.dec.run(None, feed)[0])
-            hidden = out["hidden_out"]
-        return depths
 
 
 def _median_rel(depths: list[np.ndarray], refs: list[np.ndarray]) -> float:
@@ -140,7 +112,7 @@ def _median_rel(depths: list[np.ndarray], refs: list[np.ndarray]) -> float:
 
 
 def ensure_fp32_graphs(model: EventSPD, onnx_dir: Path) -> dict[str, Path]:
-    from eventspd_export.onnx_export import ExportOptions, MANIFEST_FILE, export_onnx
+    from eventspd_export.export.onnx_export import ExportOptions, MANIFEST_FILE, export_onnx
 
     paths = {g: onnx_dir / onnx_file(g) for g in GRAPHS}
     manifest = onnx_dir / MANIFEST_FILE
@@ -156,7 +128,6 @@ def ensure_fp32_graphs(model: EventSPD, onnx_dir: Path) -> dict[str, Path]:
 
 def calibrate(model: EventSPD, options: CalibrationOptions) -> dict:
     """Write the requested fp16/int8 graphs and the accuracy report; returns the report."""
-    from .report import accuracy_report, write_report
 
     options.validate()
     t0 = time.perf_counter()
@@ -189,13 +160,13 @@ def calibrate(model: EventSPD, options: CalibrationOptions) -> dict:
             ranges[g], ranges_cached[g] = q8.collect_ranges(
                 paths[g], getattr(feeds, g), options.method, options.cache_dir)
         all_groups = {g: groups(fp32[g]) for g in GRAPHS}
-        hidden0 = model.initial_state().numpy()
         queries = [f["queries"] for f in feeds.decoder]
+        calib_events = [w.events for w in calib]
 
         def evaluate(exclude):
             quant = {g: q8.quantize(paths[g], ranges[g], exclude[g]) for g in GRAPHS}
-            return _median_rel(Pipeline(quant["precompute"], quant["decoder"]).run(calib, queries, hidden0),
-                               feeds.depth_fp32)
+            pair = onnx_pair(model.cfg, quant["precompute"], quant["decoder"], "onnxruntime-int8")
+            return _median_rel(stream_depths(pair, calib_events, queries), feeds.depth_fp32)
 
         exclude = {g: [] for g in GRAPHS}
         if options.budget is not None:

@@ -16,36 +16,30 @@ from typing import Mapping
 
 import numpy as np
 import onnx
-import torch
 
-from eventspd_export.metrics import agreement, depth_metrics, gt_at_queries
+from eventspd_export.data.query_sampler import QuerySampler
+from eventspd_export.data.windows import EventWindow
+from eventspd_export.evaluation.metrics import agreement, depth_metrics, gt_at_queries
+from eventspd_export.runtime.ort_pair import OrtPair
+from eventspd_export.runtime.pair import stream_depths
+from eventspd_export.runtime.torch_pair import TorchPair
 from model_def import EventSPD
 from model_def.atomic import atomic_write_bytes
 
-from .sampler import QuerySampler
-from .windows import EventWindow
 
-
-def _torch_depths(model: EventSPD, windows: list[EventWindow], queries: list[np.ndarray]) -> list[np.ndarray]:
-    hidden = model.initial_state()
-    out = []
-    for w, q in zip(windows, queries):
-        with torch.inference_mode():
-            pre = model.precompute(torch.from_numpy(w.events), hidden)
-            depth, _ = model.decode(pre, torch.from_numpy(q))
-        out.append(depth.numpy())
-        hidden = pre["hidden_out"]
-    return out
+def onnx_pair(cfg, precompute: onnx.ModelProto, decoder: onnx.ModelProto, name: str) -> OrtPair:
+    """ONNX Runtime on a (precompute, decoder) pair of in-memory graphs, all optimisations on
+    (Q/DQ fused into integer kernels, see ``ort_session``)."""
+    return OrtPair(cfg, precompute, decoder, name=name, optimization="all")
 
 
 def accuracy_report(model: EventSPD, models: Mapping[str, Mapping[str, onnx.ModelProto]],
                     windows: list[EventWindow], ks: tuple[int, ...], seed: int) -> dict:
-    from .pipeline import Pipeline
-
     cfg = model.cfg
     sampler = QuerySampler(cfg.width, cfg.height)
-    hidden0 = model.initial_state().numpy()
-    pipelines = {p: Pipeline(m["precompute"], m["decoder"]) for p, m in models.items()}
+    reference = TorchPair(model)
+    pairs = {p: onnx_pair(cfg, m["precompute"], m["decoder"], f"onnxruntime-{p}") for p, m in models.items()}
+    events = [w.events for w in windows]
     has_gt = any(w.depth is not None for w in windows)
     rows = []
     for k in ks:
@@ -53,12 +47,12 @@ def accuracy_report(model: EventSPD, models: Mapping[str, Mapping[str, onnx.Mode
         queries = [sampler.sample(k, rng, events=w.events, depth=w.depth)[None].astype(np.float32)
                    for w in windows]
         gt = np.concatenate([gt_at_queries(w.depth, q[0]) for w, q in zip(windows, queries)])
-        ref = _torch_depths(model, windows, queries)
+        ref = stream_depths(reference, events, queries)
         ref_all = np.concatenate([r.reshape(-1) for r in ref])
         rows.append({"precision": "torch-fp32", "k": k, "vs_gt": depth_metrics(ref_all, gt) if has_gt else None,
                      "vs_fp32": agreement(ref_all, ref_all)})
-        for precision, pipe in pipelines.items():
-            pred = np.concatenate([d.reshape(-1) for d in pipe.run(windows, queries, hidden0)])
+        for precision, pair in pairs.items():
+            pred = np.concatenate([d.reshape(-1) for d in stream_depths(pair, events, queries)])
             rows.append({"precision": f"onnx-{precision}", "k": k,
                          "vs_gt": depth_metrics(pred, gt) if has_gt else None,
                          "vs_fp32": agreement(pred, ref_all)})

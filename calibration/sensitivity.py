@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 
 import onnx
 
-from .int8 import quantisable_nodes
+from calibration.int8 import quantisable_nodes
 
 log = logging.getLogger(__name__)
 _NUMBERED = re.compile(r"^(layers|blocks)\.\d+$")

@@ -3,7 +3,7 @@ it reads the graphs ("this folder holds these graphs, at this precision, for thi
 and they are the files the manifest describes").
 
 ``open_export(folder, precision, cfg)`` is used by ``trt``, ``check``, ``evaluate --onnx``,
-``calibrate`` and ``bench``; it raises ``ManifestError`` (a ``UsageError``: one ``error:`` line,
+``calibrate`` and ``bench``; it raises ``ManifestError`` (a ``UserError``: one ``error:`` line,
 exit code 2) naming the file and what to do when
 
 * the folder or its ``eventspd.manifest.json`` is missing or not a manifest;
@@ -26,7 +26,7 @@ from model_def.atomic import atomic_write_bytes
 from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
-from .errors import UsageError
+from model_def.errors import UserError
 
 MANIFEST_FILE = "eventspd.manifest.json"
 GRAPHS = ("precompute", "decoder")
@@ -41,7 +41,7 @@ def onnx_file(graph: str, precision: str = "fp32") -> str:
     return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
 
 
-class ManifestError(UsageError):
+class ManifestError(UserError):
     """The export's manifest is missing, unreadable, or does not match the files."""
 
 
@@ -107,7 +107,7 @@ def open_export(folder: str | os.PathLike, precision: str = "fp32", cfg: ModelCo
     """Read and verify an export folder (see the module docstring); writes nothing."""
     folder = Path(folder)
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if not folder.is_dir():
         raise ManifestError(f"ONNX folder {folder} does not exist: export with `eventspd-export onnx "
                             f"--out {folder}` first")

@@ -23,6 +23,7 @@ from typing import Mapping
 import torch
 
 from .atomic import atomic_open
+from .errors import UserError
 from .config import CONFIGS, ModelConfig
 from .model import EventSPD
 from .training import TRAINING_PREFIX
@@ -32,7 +33,7 @@ FORMAT = "eventspd-export/checkpoint-1"
 _MAX_LISTED = 8
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """The checkpoint cannot be used; the message says which file and why."""
 
 

@@ -18,6 +18,11 @@ from .config import ModelConfig
 
 NUM_EVENTS = "num_events"
 NUM_QUERIES = "num_queries"
+# Largest K and event count the graphs, engines and commands accept. The kernels index with
+# int32: K * R * heads * levels * points * 2 stays below 2^31 up to K = 466k, events * 8
+# channels up to 268M. The documented limits leave margin.
+K_LIMIT = 65_536
+EVENTS_LIMIT = 1 << 26
 
 
 @dataclass(frozen=True)

@@ -400,7 +400,7 @@ def event_splat(events: torch.Tensor, table: torch.Tensor, width: int, height: i
 # name, the plugin's fields as attributes, plus ``plugin_version`` and ``plugin_namespace``
 # (TensorRT's parser uses them to pick our plugin). The exporter then adds a model-local ONNX
 # function of the same domain/name that computes the op with standard ops
-# (eventspd_export/onnx_functions.py), so ONNX Runtime runs the file as it is.
+# (eventspd_export/export/onnx_functions.py), so ONNX Runtime runs the file as it is.
 
 
 def _node_attrs(op: str, **fields) -> dict:

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model_def.errors import UserError
+
 PLUGINS_DIR = Path(__file__).resolve().parent
 LIBRARY_NAME = "libeventspd_plugins.so"
 COMMON_ROOTS = ("/usr/local/tensorrt", "/opt/tensorrt", "/usr/lib/x86_64-linux-gnu", "/usr")
@@ -34,7 +36,7 @@ _INCLUDE_SUFFIXES = ("include", "include/x86_64-linux-gnu", "include/aarch64-lin
 _LIB_SUFFIXES = ("lib", "lib64", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu", "targets/x86_64-linux/lib", "")
 
 
-class PluginBuildError(RuntimeError):
+class PluginBuildError(UserError, RuntimeError):
     """The plugin library could not be built."""
 
 
@@ -104,7 +106,7 @@ def _header_major(inc: Path) -> int | None:
 def find_tensorrt_rtx(include_dir: str | os.PathLike | None = None,
                       tensorrt_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(include dir, libtensorrt_rtx.so.1) for a build against TensorRT-RTX."""
-    from eventspd_export.trt_flavour import RTX_LIBRARY, rtx_libs_dir
+    from eventspd_export.runtime.trt_flavour import RTX_LIBRARY, rtx_libs_dir
 
     libs = rtx_libs_dir()
     if libs is None or not (libs / RTX_LIBRARY).is_file():

@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calibration.windows import open_source  # noqa: E402
-from eventspd_export.evaluate import best_constant, window_queries  # noqa: E402
-from eventspd_export.metrics import gt_at_queries  # noqa: E402
+from eventspd_export.data.sources import open_source  # noqa: E402
+from eventspd_export.evaluation.evaluate import best_constant, window_queries  # noqa: E402
+from eventspd_export.evaluation.metrics import gt_at_queries  # noqa: E402
 from model_def import get_config  # noqa: E402
 from model_def.training import LAMBDA_SI, absrel_loss, point_loss, silog_loss  # noqa: E402
 

@@ -30,7 +30,7 @@ def precision_graphs(model, folder: Path, precisions, windows: int) -> dict[str,
 
     from calibration import int8 as q8
     from calibration.fp16 import convert_to_fp16
-    from eventspd_export.synthetic import random_queries, synthetic_window
+    from eventspd_export.data.synthetic import random_queries, synthetic_window
     from model_def import contract
 
     seconds = {}
@@ -71,9 +71,9 @@ def main() -> int:
 
     import torch
 
-    from eventspd_export.onnx_export import ExportOptions, export_onnx
-    from eventspd_export.trt_engine import BuildOptions, build_engines
-    from eventspd_export.trt_flavour import load_runtime
+    from eventspd_export.export.onnx_export import ExportOptions, export_onnx
+    from eventspd_export.trt.engine_build import BuildOptions, build_engines
+    from eventspd_export.runtime.trt_flavour import load_runtime
     from model_def import EventSPD, get_config
 
     runtime = load_runtime("tensorrt-rtx")

@@ -16,8 +16,8 @@ import torch
 
 # The timer and the least-squares fit are shared with `eventspd-export bench` (the fuller
 # benchmark: backends, dense baseline, crossover, plot).
-from eventspd_export.bench import Clock, fit_linear
-from eventspd_export.synthetic import random_queries, synthetic_window
+from eventspd_export.bench.timing import Clock, fit_linear
+from eventspd_export.data.synthetic import random_queries, synthetic_window
 from model_def import EventSPD, get_config
 
 

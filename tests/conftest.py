@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eventspd_export.synthetic import random_queries, synthetic_window
+from eventspd_export.data.synthetic import random_queries, synthetic_window
 from model_def import EventSPD, get_config
 
 
@@ -57,12 +57,12 @@ def skip_or_fail(reason: str):
 
 @pytest.fixture(scope="session")
 def rtx_runtime():
-    from eventspd_export.errors import UsageError
-    from eventspd_export.trt_flavour import load_runtime
+    from model_def.errors import UserError
+    from eventspd_export.runtime.trt_flavour import load_runtime
 
     try:
         return load_runtime("tensorrt-rtx")
-    except UsageError as exc:
+    except UserError as exc:
         skip_or_fail(str(exc))
 
 

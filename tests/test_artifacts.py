@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import one_error_line
 from eventspd_export.artifacts import MANIFEST_FILE, ManifestError, open_export
 from eventspd_export.cli import main
-from eventspd_export.onnx_export import ExportOptions, export_onnx
+from eventspd_export.export.onnx_export import ExportOptions, export_onnx
 from model_def import EventSPD, get_config
 from model_def.checkpoint import save_checkpoint
 

@@ -76,7 +76,7 @@ def test_calibrate_refuses_bad_options_before_any_work(tmp_path, args, message):
 def test_written_files_follow_the_umask(tmp_path):
     """ONNX files, the manifest and checkpoints are readable by others under the usual 022 umask
     (mkstemp alone would leave them 0600)."""
-    from eventspd_export.onnx_export import ExportOptions, export_onnx
+    from eventspd_export.export.onnx_export import ExportOptions, export_onnx
 
     old = os.umask(0o022)
     try:

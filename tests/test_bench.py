@@ -1,4 +1,4 @@
-"""`eventspd-export bench` (eventspd_export/bench.py, bench_cli.py) and the dense baseline.
+"""`eventspd-export bench` (eventspd_export/bench/, cli/bench_command.py) and the dense baseline.
 
 Fast CPU checks on the `tiny` config: one end-to-end run shared by several tests (small K,
 few events, a small dense input), the fit on synthetic timings, skipped backends, the CLI's
@@ -18,10 +18,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from eventspd_export import bench
-from eventspd_export.bench import (BenchOptions, crossover_k, fit_latency, fit_linear, format_table,
-                                   run_bench, summarize, write_json, write_plot)
-from eventspd_export.bench_cli import bench as bench_command
+import eventspd_export.bench
+from eventspd_export.bench import options as bench
+from eventspd_export.bench.backends import plugin_availability
+from eventspd_export.bench.options import BenchOptions
+from eventspd_export.bench.report import format_table, write_json, write_plot
+from eventspd_export.bench.runner import run_bench
+from eventspd_export.bench.timing import crossover_k, fit_latency, fit_linear, summarize
+from eventspd_export.cli.bench_command import bench as bench_command
 from model_def import get_config
 from model_def.dense_baseline import (DAV2_S_PARAMS, RGB_PATCH_EMBED_PARAMS, DenseBaseline,
                                       dav2_input_hw)
@@ -94,20 +98,24 @@ def test_summarize():
 
 
 def test_k_limit_matches_exporter():
-    from eventspd_export.onnx_export import K_LIMIT
+    """bench accepts exactly the K the exported graphs support (model_def.contract.K_LIMIT)."""
+    from model_def.contract import K_LIMIT
+    from model_def.errors import UserError
 
-    assert bench.K_MAX == K_LIMIT
+    assert BenchOptions(config="tiny", ks=(1, K_LIMIT)).resolved().ks == (1, K_LIMIT)
+    with pytest.raises(UserError, match=f"1..{K_LIMIT}"):
+        BenchOptions(config="tiny", ks=(1, K_LIMIT + 1)).resolved()
 
 
 def test_cpu_script_uses_the_shared_fit():
     spec = importlib.util.spec_from_file_location("bench_model_cpu", ROOT / "scripts" / "bench_model_cpu.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.fit_linear is bench.fit_linear
+    assert mod.fit_linear is fit_linear
 
 
 def test_docstring_documents_every_field():
-    doc = bench.__doc__
+    doc = eventspd_export.bench.__doc__
     for name in (*bench.TOP_FIELDS, *bench.OK_BACKEND_FIELDS):
         assert f"``{name}``" in doc, name
     for name in bench.STATS_FIELDS:
@@ -162,7 +170,7 @@ def run(tmp_path_factory):
 def _expected_status(name: str) -> str:
     if name == "trt" or name in bench.GRAPH_BACKENDS:  # no TensorRT; CUDA graphs need CUDA
         return "skipped"
-    if name == "torch-plugins" and bench.plugin_availability(torch.device("cpu")) is not None:
+    if name == "torch-plugins" and plugin_availability(torch.device("cpu")) is not None:
         return "skipped"
     if name == "onnxrt" and not _has_onnxruntime():
         return "skipped"
@@ -370,7 +378,7 @@ def test_graphed_backends_replay_what_eager_computes():
         torch.backends.cudnn.allow_tf32 = saved
     for name in names:
         e = result["backends"][name]
-        if name == "torch-plugins-cudagraph" and bench.plugin_availability(torch.device("cuda")):
+        if name == "torch-plugins-cudagraph" and plugin_availability(torch.device("cuda")):
             assert e["status"] == "skipped"
             continue
         assert e["status"] == "ok", (name, e.get("reason"))

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration import (CATEGORIES, CalibrationDataError, EventSimulator, HardExampleMap,
-                         QuerySampler, SimulatorConfig, SyntheticSource, open_source,
-                         window_boundaries_us)
-from calibration.simulator import Body
+from eventspd_export.data.query_sampler import CATEGORIES, HardExampleMap, QuerySampler
+from eventspd_export.data.simulator import Body, EventSimulator, SimulatorConfig, SyntheticSource
+from eventspd_export.data.sources import open_source
+from eventspd_export.data.windows import DataError, window_boundaries_us
 from model_def import get_config
 
 WINDOW_S = 1.0 / 120.0
@@ -83,7 +83,7 @@ def test_simulator_is_deterministic():
 def _static_scene(sim: EventSimulator, card_velocity=(0.0, 0.0, 0.0), wall_z=10.0):
     """Static camera, a textured wall and one card at 4 m (optionally moving)."""
     rng = np.random.default_rng(0)
-    from calibration.simulator import _make_texture
+    from eventspd_export.data.simulator import _make_texture
 
     sc = sim.empty_scene()
     sc.add_texture(_make_texture(rng, 256))
@@ -216,25 +216,25 @@ def test_refractory_period_holds_per_pixel():
 
 
 def test_open_source_errors(tmp_path):
-    with pytest.raises(CalibrationDataError, match="unknown calibration data source"):
+    with pytest.raises(DataError, match="unknown calibration data source"):
         open_source("kitti:/x", 256, 160, WINDOW_S)
     f = tmp_path / "events.h5"
     f.write_bytes(b"")
-    with pytest.raises(CalibrationDataError, match="is a path: say which dataset"):
+    with pytest.raises(DataError, match="is a path: say which dataset"):
         open_source(str(f), 256, 160, WINDOW_S)
-    with pytest.raises(CalibrationDataError, match="seed must be an integer"):
+    with pytest.raises(DataError, match="seed must be an integer"):
         open_source("synthetic:abc", 256, 160, WINDOW_S)
-    with pytest.raises(CalibrationDataError, match="no path given"):
+    with pytest.raises(DataError, match="no path given"):
         open_source("dsec:", 640, 480, WINDOW_S)
-    with pytest.raises(CalibrationDataError, match="unknown option.*bogus"):
+    with pytest.raises(DataError, match="unknown option.*bogus"):
         open_source("synthetic", 256, 160, WINDOW_S, bogus=1)
-    with pytest.raises(CalibrationDataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         open_source(f"m3ed:{tmp_path / 'missing_data.h5'}", 1280, 720, WINDOW_S)
-    with pytest.raises(CalibrationDataError,
+    with pytest.raises(DataError,
                        match="cannot open .* as HDF5" if h5py else "needs h5py"):
         open_source(f"dsec:{f}", 640, 480, WINDOW_S)  # an empty file is no HDF5 file
     src = open_source("synthetic:1", 256, 160, WINDOW_S, num_windows=2)
-    with pytest.raises(CalibrationDataError, match="5 windows requested.*only 2"):
+    with pytest.raises(DataError, match="5 windows requested.*only 2"):
         list(src.take(5))
     with pytest.raises(IndexError):
         src.window(2)
@@ -391,17 +391,17 @@ def test_dsec_without_calibration_says_so_and_errors(tmp_path, monkeypatch):
     src = open_source(f"dsec:{d['seq']}", 640, 480, WINDOW_S)
     assert not src.has_depth and "no baseline_focal" in src.describe()
     assert src[3].depth is None
-    with pytest.raises(CalibrationDataError, match="mode='gt' needs depth"):
+    with pytest.raises(DataError, match="mode='gt' needs depth"):
         open_source(f"dsec:{d['seq']}", 640, 480, WINDOW_S, mode="gt")
     # wrong sensor size for the configuration: file, key, shape and expectation named
-    with pytest.raises(CalibrationDataError,
+    with pytest.raises(DataError,
                        match=r"rectify_map.h5 'rectify_map' is shape \(480, 640, 2\).*256x160"):
         open_source(f"dsec:{d['seq']}", 256, 160, WINDOW_S)
     # a filter the HDF5 library cannot decode names the dataset and the fix
-    import calibration.datasets as ds_mod
+    import eventspd_export.data.hdf5 as ds_mod
 
     monkeypatch.setattr(ds_mod, "filter_available", lambda code: code != 1)  # 1 = gzip
-    with pytest.raises(CalibrationDataError,
+    with pytest.raises(DataError,
                        match=r"dsec: .*events.h5 dataset '/events/x' is compressed with HDF5 "
                              r"filter 1 .*pip install hdf5plugin"):
         open_source(f"dsec:{d['seq']}", 640, 480, WINDOW_S)
@@ -410,11 +410,11 @@ def test_dsec_without_calibration_says_so_and_errors(tmp_path, monkeypatch):
 @needs_h5py
 def test_dsec_bad_files(tmp_path):
     d = _write_dsec(tmp_path, np.random.default_rng(3), disparity=False, rectify=False)
-    with pytest.raises(CalibrationDataError, match="640x480 sensor.*expects 346x260"):
+    with pytest.raises(DataError, match="640x480 sensor.*expects 346x260"):
         open_source(f"dsec:{d['events']}", 346, 260, WINDOW_S)
     with h5py.File(d["events"], "a") as f:  # (the failed open above closed the file)
         del f["events/p"]
-    with pytest.raises(CalibrationDataError, match=r"has no dataset 'events/p'"):
+    with pytest.raises(DataError, match=r"has no dataset 'events/p'"):
         open_source(f"dsec:{d['events']}", 640, 480, WINDOW_S)
 
     # empty and too-short files
@@ -429,7 +429,7 @@ def test_dsec_bad_files(tmp_path):
             f.create_dataset("events/p", data=np.zeros(n_events, np.uint8))
             f.create_dataset("ms_to_idx", data=_ms_index(t) if n_events else np.zeros(0, np.uint64))
             f.create_dataset("t_offset", data=np.int64(0))
-        with pytest.raises(CalibrationDataError, match=match):
+        with pytest.raises(DataError, match=match):
             open_source(f"dsec:{root}", 640, 480, WINDOW_S)
 
     # an index that does not mean "first event of the millisecond" is caught, not trusted
@@ -444,12 +444,12 @@ def test_dsec_bad_files(tmp_path):
         f.create_dataset("ms_to_idx", data=_ms_index(t) // 2)
         f.create_dataset("t_offset", data=np.int64(0))
     src = open_source(f"dsec:{root}", 640, 480, WINDOW_S)
-    with pytest.raises(CalibrationDataError, match="'ms_to_idx' does not match the timestamps"):
+    with pytest.raises(DataError, match="'ms_to_idx' does not match the timestamps"):
         src.window(3)
 
 
 def test_ms_index_reads_only_one_millisecond_per_lookup():
-    from calibration.datasets import _MsIndex
+    from eventspd_export.data.hdf5 import MsIndex as _MsIndex
 
     t = np.sort(np.random.default_rng(0).integers(0, 2_000_000, 400_000))
 
@@ -533,7 +533,7 @@ def test_m3ed_windows_depth_and_layout(tmp_path, compression):
 @needs_h5py
 def test_m3ed_errors(tmp_path):
     d = _write_m3ed(tmp_path, np.random.default_rng(6), resolution=(640, 480), depth=False)
-    with pytest.raises(CalibrationDataError,
+    with pytest.raises(DataError,
                        match=r"'/prophesee/left/calib/resolution' is \[640, 480\].*1280x720"):
         open_source(f"m3ed:{d['data']}", 1280, 720, WINDOW_S)
     other = tmp_path / "b"
@@ -544,14 +544,14 @@ def test_m3ed_errors(tmp_path):
         f.create_dataset("/depth/prophesee/left", data=np.ones((2, 480, 640), np.float32))
         f.create_dataset("/ts", data=np.array([3_000_000, 3_050_000]))
         f.create_dataset("/ts_map_prophesee_left_t", data=np.array([0, 10]))
-    with pytest.raises(CalibrationDataError, match=r"small_depth_gt.h5 '/depth/prophesee/left' "
+    with pytest.raises(DataError, match=r"small_depth_gt.h5 '/depth/prophesee/left' "
                                                    r"is shape \(2, 480, 640\).*1280x720"):
         open_source(f"m3ed:{d['data']}", 1280, 720, WINDOW_S, depth_path=small)
-    with pytest.raises(CalibrationDataError, match="depth GT file .*nope.h5 does not exist"):
+    with pytest.raises(DataError, match="depth GT file .*nope.h5 does not exist"):
         open_source(f"m3ed:{d['data']}", 1280, 720, WINDOW_S, depth_path=other / "nope.h5")
     with h5py.File(d["data"], "a") as f:
         del f["/prophesee/left/ms_map_idx"]
-    with pytest.raises(CalibrationDataError, match="has no dataset '/prophesee/left/ms_map_idx'"):
+    with pytest.raises(DataError, match="has no dataset '/prophesee/left/ms_map_idx'"):
         open_source(f"m3ed:{d['data']}", 1280, 720, WINDOW_S)
 
 
@@ -608,16 +608,16 @@ def test_mvsec_windows_by_searchsorted_and_depth(tmp_path):
 @needs_h5py
 def test_mvsec_errors(tmp_path):
     d = _write_mvsec(tmp_path, np.random.default_rng(9), gt_shape=(180, 240))
-    with pytest.raises(CalibrationDataError,
+    with pytest.raises(DataError,
                        match=r"outdoor_day1_gt.hdf5 'davis/left/depth_image_rect' is shape "
                              r"\(3, 180, 240\).*346x260"):
         open_source(f"mvsec:{d['data']}", 346, 260, WINDOW_S)
     bad = tmp_path / "x_data.hdf5"
     with h5py.File(bad, "w") as f:
         f.create_dataset("davis/left/events", data=np.zeros((10, 3)))
-    with pytest.raises(CalibrationDataError, match=r"'davis/left/events' has shape \(10, 3\)"):
+    with pytest.raises(DataError, match=r"'davis/left/events' has shape \(10, 3\)"):
         open_source(f"mvsec:{bad}", 346, 260, WINDOW_S)
-    with pytest.raises(CalibrationDataError, match="several MVSEC data file"):
+    with pytest.raises(DataError, match="several MVSEC data file"):
         open_source(f"mvsec:{tmp_path}", 346, 260, WINDOW_S)
 
 

@@ -8,9 +8,9 @@ from onnx import TensorProto
 from calibration import int8 as q8
 from calibration.fp16 import convert_to_fp16
 from calibration.sensitivity import choose_float_layers, group_of, groups
-from eventspd_export.onnx_export import ExportOptions, export_onnx
-from eventspd_export.ort_check import relative_error
-from eventspd_export.synthetic import random_queries, synthetic_window
+from eventspd_export.export.onnx_export import ExportOptions, export_onnx
+from eventspd_export.check.ort_check import relative_error
+from eventspd_export.data.synthetic import random_queries, synthetic_window
 from model_def import EventSPD, contract, get_config
 
 

@@ -17,10 +17,10 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from eventspd_export import polygraphy_check as pc
-from eventspd_export.onnx_export import ExportOptions, export_onnx
-from eventspd_export.synthetic import random_queries, synthetic_window
-from eventspd_export.trt_cli import check
+from eventspd_export.check import tolerances
+from eventspd_export.export.onnx_export import ExportOptions, export_onnx
+from eventspd_export.data.synthetic import random_queries, synthetic_window
+from eventspd_export.cli.trt_commands import check
 from model_def import EventSPD, contract, get_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,9 +31,9 @@ FAST = ["--k", "1,7", "--events", "1000", "--windows", "2"]
 README_POLYGRAPHY_ONNXRT = """\
 polygraphy run artifacts/precompute.onnx --onnxrt --load-inputs artifacts/check/precompute/inputs.json --load-outputs artifacts/check/precompute/reference.json --atol 1e-4 --rtol 1e-4
 polygraphy run artifacts/decoder.onnx --onnxrt --load-inputs artifacts/check/decoder/inputs.json --load-outputs artifacts/check/decoder/reference.json --atol 0 --rtol 1e-4
-EVENTSPD_K=1000 polygraphy run artifacts/decoder.onnx --onnxrt --data-loader-script eventspd_export/polygraphy_data_loader.py --save-inputs artifacts/check/k1000-inputs.json --save-outputs artifacts/check/k1000-fp32.json
+EVENTSPD_K=1000 polygraphy run artifacts/decoder.onnx --onnxrt --data-loader-script eventspd_export/check/polygraphy_data_loader.py --save-inputs artifacts/check/k1000-inputs.json --save-outputs artifacts/check/k1000-fp32.json
 polygraphy run artifacts/decoder.fp16.onnx --onnxrt --load-inputs artifacts/check/k1000-inputs.json --load-outputs artifacts/check/k1000-fp32.json --check-error-stat quantile --error-quantile 0.99 --atol 0 --rtol 1e-2
-EVENTSPD_EVENTS=0 polygraphy run artifacts/precompute.onnx --onnxrt --data-loader-script eventspd_export/polygraphy_data_loader.py
+EVENTSPD_EVENTS=0 polygraphy run artifacts/precompute.onnx --onnxrt --data-loader-script eventspd_export/check/polygraphy_data_loader.py
 """
 
 
@@ -216,12 +216,12 @@ def test_check_errors_exit_2(root, tmp_path):
 
 
 def test_tolerance_table_and_polygraphy_lines():
-    assert pc.tolerance_for("fp32", "depth") == pc.Tolerance("elemwise", 0.0, 1e-4)
-    assert pc.tolerance_for("fp16", "l1_map").describe() == "median rel<=1e-2"
-    assert pc.tolerance_for("fp16", "inv_depth").cli_args() == "--check-error-stat quantile --error-quantile 0.99 --atol 0 --rtol 1e-2"
-    assert not pc.tolerance_for("int8", "hidden_out").gating
+    assert tolerances.tolerance_for("fp32", "depth") == tolerances.Tolerance("elemwise", 0.0, 1e-4)
+    assert tolerances.tolerance_for("fp16", "l1_map").describe() == "median rel<=1e-2"
+    assert tolerances.tolerance_for("fp16", "inv_depth").cli_args() == "--check-error-stat quantile --error-quantile 0.99 --atol 0 --rtol 1e-2"
+    assert not tolerances.tolerance_for("int8", "hidden_out").gating
     lines = README_POLYGRAPHY_ONNXRT.splitlines()
-    assert pc.polygraphy_commands("artifacts", "fp32") == lines[:2]
+    assert tolerances.polygraphy_commands("artifacts", "fp32") == lines[:2]
 
 
 def test_readme_polygraphy_lines_run_as_written(root):
@@ -248,8 +248,7 @@ def test_readme_contains_the_tested_lines():
 
 
 def test_data_loader_yields_valid_feeds_for_any_k(root, monkeypatch):
-    from eventspd_export import polygraphy_data_loader as dl
-
+    from eventspd_export.check import polygraphy_data_loader as dl
     cfg = get_config("tiny")
     art = root / "artifacts"
     monkeypatch.setenv("EVENTSPD_MODEL", str(art / "decoder.fp16.onnx"))

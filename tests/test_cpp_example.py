@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from eventspd_export import trt_engine
-from eventspd_export.event_file import EventFileError, read_event_file, write_event_file
-from eventspd_export.onnx_export import MANIFEST_FILE
-from eventspd_export.trt_cli import write_events
+from eventspd_export.trt import engine_build as trt_engine
+from eventspd_export.trt import plugin_library
+from eventspd_export.data.event_file import EventFileError, read_event_file, write_event_file
+from eventspd_export.export.onnx_export import MANIFEST_FILE
+from eventspd_export.cli.trt_commands import write_events
 from eventspd_export.artifacts import write_manifest
-from eventspd_export.trt_engine import BuildOptions, engine_entry, plan_build
-from eventspd_export.trt_flavour import FLAVOURS, GpuInfo, Runtime, Target
+from eventspd_export.trt.engine_build import BuildOptions, engine_entry, plan_build
+from eventspd_export.runtime.trt_flavour import FLAVOURS, GpuInfo, Runtime, Target
 from test_trt import fake_export
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,7 +136,7 @@ def engines_folder(folder: Path, gpu: GpuInfo | None = H100, trt_version: str = 
         (art / trt_engine.ENGINE_FILES[graph]).write_bytes(blob)
         manifest["engines"][graph] = engine_entry(
             graph, plan, hashlib.sha256(blob).hexdigest(), len(blob), runtime, target,
-            hashlib.sha256(lib.read_bytes()).hexdigest(), "00" * 32, list(trt_engine.PLUGIN_NODES[graph]), 1.0,
+            hashlib.sha256(lib.read_bytes()).hexdigest(), "00" * 32, list(plugin_library.PLUGIN_NODES[graph]), 1.0,
             "strongly typed")
     write_manifest(art, manifest)
     return art

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eventspd_export.evaluate import EvalOptions, evaluate, markdown_table
+from eventspd_export.evaluation.evaluate import EvalOptions, evaluate, markdown_table
 from model_def.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_demo_through_onnx_and_precision_report(demo, tmp_path):
     """Export, then the precision pipeline on held-out simulator scenes: fp16 and int8 stay
     close to fp32 against ground truth, not only against the fp32 output."""
     from calibration.pipeline import CalibrationOptions, calibrate
-    from eventspd_export.onnx_export import ExportOptions, export_onnx
+    from eventspd_export.export.onnx_export import ExportOptions, export_onnx
 
     torch.set_num_threads(1)
     export_onnx(demo, ExportOptions(tmp_path / "fp32"))

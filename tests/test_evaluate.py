@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from eventspd_export.cli import main
-from eventspd_export.evaluate import EvalOptions, best_constant, evaluate, valid_pixel_queries
+from eventspd_export.evaluation.evaluate import EvalOptions, best_constant, evaluate, valid_pixel_queries
 from model_def import EventSPD, get_config
 from model_def.checkpoint import save_checkpoint
 

@@ -3,7 +3,7 @@ determinism, and the handling of empty, off-sensor and non-finite events."""
 import pytest
 import torch
 
-from eventspd_export.synthetic import random_queries, synthetic_window
+from eventspd_export.data.synthetic import random_queries, synthetic_window
 from model_def import EventSPD, InputError, contract, get_config
 
 

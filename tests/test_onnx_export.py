@@ -10,11 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from eventspd_export import onnx_export
+from eventspd_export.export import onnx_export
 from eventspd_export.cli import main
-from eventspd_export.onnx_export import ExportOptions, export_onnx
-from eventspd_export.ort_check import relative_error, sessions, verify
-from eventspd_export.synthetic import random_queries, synthetic_window
+from eventspd_export.export.onnx_export import ExportOptions, export_onnx
+from eventspd_export.check.ort_check import relative_error, verify
+from eventspd_export.runtime.ort_pair import OrtPair
+from eventspd_export.data.synthetic import random_queries, synthetic_window
 from model_def import EventSPD, contract, get_config, ops
 from model_def.atomic import atomic_open
 from model_def.checkpoint import save_checkpoint
@@ -97,7 +98,8 @@ def test_manifest(exported, tiny):
 
 def _check_ort(model, onnx_dir, ks, event_counts):
     cfg = model.cfg
-    pre_sess, dec_sess = sessions(onnx_dir)
+    pair = OrtPair.from_folder(model.cfg, onnx_dir)
+    pre_sess, dec_sess = pair.pre_session, pair.dec_session
     names = [s.name for s in contract.precompute_outputs(cfg)]
     for n in event_counts:
         events = synthetic_window(cfg, n, seed=n)
@@ -143,7 +145,7 @@ def test_query_semantics_sub_pixel_border_and_outside(exported, tiny):
         depth, _ = tiny.decode(pre, q)
     # outside the sensor clamps to the nearest border pixel
     assert depth[0, 3] == depth[0, 4] and depth[0, 5] == depth[0, 6]
-    _, dec = sessions(exported["plugins"])
+    dec = OrtPair.from_folder(tiny.cfg, exported["plugins"]).dec_session
     feeds = {n: pre[n].numpy() for n in contract.SHARED_NAMES}
     feeds["queries"] = q.numpy()
     d_o, _ = dec.run(None, feeds)

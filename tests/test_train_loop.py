@@ -5,9 +5,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from calibration.windows import EventWindow
+from eventspd_export.data.windows import EventWindow
 from eventspd_export.cli import main
-from eventspd_export.train import (Trainer, TrainingError, TrainOptions, SequenceSource,
+from eventspd_export.train.loop import (Trainer, TrainingError, TrainOptions, SequenceSource,
                                    event_counts, inference_checkpoint, level_targets, lr_factor,
                                    parameter_groups, run_training)
 from model_def import EventSPD, get_config
@@ -124,7 +124,7 @@ class _NoDepth:
 
 
 def test_data_without_depth_is_refused(monkeypatch):
-    import eventspd_export.train as train_mod
+    import eventspd_export.train.loop as train_mod
 
     monkeypatch.setattr(train_mod, "open_source", lambda *a, **k: _NoDepth())
     with pytest.raises(TrainingError, match="no depth ground truth"):

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from eventspd_export.synthetic import random_queries, synthetic_window
+from eventspd_export.data.synthetic import random_queries, synthetic_window
 from model_def import EventSPD, get_config
 from model_def import training as T
 from model_def.layers import GRN

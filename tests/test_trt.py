@@ -21,12 +21,15 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from eventspd_export import trt_engine, trt_flavour
-from eventspd_export.onnx_export import MANIFEST_FILE, plugin_ops_used
-from eventspd_export.trt_cli import trt
+from eventspd_export.runtime import trt_flavour
+from eventspd_export.trt import engine_build as trt_engine
+from eventspd_export.trt import plugin_library
+from eventspd_export.export.onnx_export import MANIFEST_FILE, plugin_ops_used
+from eventspd_export.cli.trt_commands import trt
 from eventspd_export.artifacts import onnx_file
-from eventspd_export.trt_engine import BuildOptions, EngineBuildError, Profile, engine_entry, plan_build, verify_plugin_layers
-from eventspd_export.trt_flavour import FLAVOURS, GpuInfo, Runtime, Target, engine_problems
+from eventspd_export.trt.engine_build import BuildOptions, EngineBuildError, Profile, engine_entry, plan_build
+from eventspd_export.trt.plugin_library import verify_plugin_layers
+from eventspd_export.runtime.trt_flavour import FLAVOURS, GpuInfo, Runtime, Target, engine_problems
 from model_def import contract, get_config, ops
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,10 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 README_POLYGRAPHY_TRT = """\
 polygraphy run artifacts/precompute.engine --model-type engine --trt --plugins artifacts/libeventspd_plugins.so --load-inputs artifacts/check/precompute/inputs.json --load-outputs artifacts/check/precompute/reference.json --atol 1e-4 --rtol 1e-4
 polygraphy run artifacts/decoder.engine --model-type engine --trt --plugins artifacts/libeventspd_plugins.so --load-inputs artifacts/check/decoder/inputs.json --load-outputs artifacts/check/decoder/reference.json --atol 0 --rtol 1e-4
-EVENTSPD_K=4096 polygraphy run artifacts/decoder.onnx --onnxrt --trt --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'queries:[1,1,2]' --trt-opt-shapes 'queries:[1,256,2]' --trt-max-shapes 'queries:[1,4096,2]' --data-loader-script eventspd_export/polygraphy_data_loader.py --atol 0 --rtol 1e-4
-EVENTSPD_EVENTS=20000 polygraphy run artifacts/precompute.onnx --onnxrt --trt --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'events:[0,4]' --trt-opt-shapes 'events:[100000,4]' --trt-max-shapes 'events:[2000000,4]' --data-loader-script eventspd_export/polygraphy_data_loader.py --atol 1e-4 --rtol 1e-4
-EVENTSPD_K=4096 polygraphy run artifacts/decoder.fp16.onnx --onnxrt --trt --strongly-typed --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'queries:[1,1,2]' --trt-opt-shapes 'queries:[1,256,2]' --trt-max-shapes 'queries:[1,4096,2]' --data-loader-script eventspd_export/polygraphy_data_loader.py --check-error-stat quantile --error-quantile 0.99 --atol 0 --rtol 1e-2
-EVENTSPD_K=4096 polygraphy run artifacts/decoder.int8.onnx --onnxrt --trt --strongly-typed --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'queries:[1,1,2]' --trt-opt-shapes 'queries:[1,256,2]' --trt-max-shapes 'queries:[1,4096,2]' --data-loader-script eventspd_export/polygraphy_data_loader.py --check-error-stat median --atol 0 --rtol 2e-2
+EVENTSPD_K=4096 polygraphy run artifacts/decoder.onnx --onnxrt --trt --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'queries:[1,1,2]' --trt-opt-shapes 'queries:[1,256,2]' --trt-max-shapes 'queries:[1,4096,2]' --data-loader-script eventspd_export/check/polygraphy_data_loader.py --atol 0 --rtol 1e-4
+EVENTSPD_EVENTS=20000 polygraphy run artifacts/precompute.onnx --onnxrt --trt --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'events:[0,4]' --trt-opt-shapes 'events:[100000,4]' --trt-max-shapes 'events:[2000000,4]' --data-loader-script eventspd_export/check/polygraphy_data_loader.py --atol 1e-4 --rtol 1e-4
+EVENTSPD_K=4096 polygraphy run artifacts/decoder.fp16.onnx --onnxrt --trt --strongly-typed --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'queries:[1,1,2]' --trt-opt-shapes 'queries:[1,256,2]' --trt-max-shapes 'queries:[1,4096,2]' --data-loader-script eventspd_export/check/polygraphy_data_loader.py --check-error-stat quantile --error-quantile 0.99 --atol 0 --rtol 1e-2
+EVENTSPD_K=4096 polygraphy run artifacts/decoder.int8.onnx --onnxrt --trt --strongly-typed --plugins artifacts/libeventspd_plugins.so --onnx-flags enable_plugin_override --trt-min-shapes 'queries:[1,1,2]' --trt-opt-shapes 'queries:[1,256,2]' --trt-max-shapes 'queries:[1,4096,2]' --data-loader-script eventspd_export/check/polygraphy_data_loader.py --check-error-stat median --atol 0 --rtol 2e-2
 """
 
 
@@ -51,7 +54,7 @@ def _graph_with_plugin_nodes(graph: str, cfg) -> onnx.ModelProto:
     vi = lambda s: helper.make_tensor_value_info(s.name, TensorProto.FLOAT, list(s.shape))  # noqa: E731
     nodes = [helper.make_node(op, [specs_in[0].name], [f"{op}_out"], name=f"/x/{op}", domain=ops.PLUGIN_DOMAIN,
                               plugin_version="1", plugin_namespace="eventspd")
-             for op in trt_engine.PLUGIN_NODES[graph]]
+             for op in plugin_library.PLUGIN_NODES[graph]]
     nodes += [helper.make_node("Identity", [specs_in[0].name], [s.name]) for s in specs_out]
     model = helper.make_model(helper.make_graph(nodes, graph, [vi(s) for s in specs_in], [vi(s) for s in specs_out]),
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ops.PLUGIN_DOMAIN, 1)])
@@ -98,7 +101,7 @@ def test_plan_uses_the_matching_onnx_and_profile(export):
     assert {g: p.name for g, p in plan.onnx.items()} == {"precompute": "precompute.fp16.onnx",
                                                            "decoder": "decoder.fp16.onnx"}
     assert plan.plugins is None  # searched only once TensorRT and a GPU are there
-    assert trt_engine.resolve_plugin_library(None, export / "engines", export) == export / trt_engine.PLUGIN_LIBRARY
+    assert plugin_library.resolve_plugin_library(None, export / "engines", export) == export / trt_engine.PLUGIN_LIBRARY
     assert plan.profile == Profile(0, 256, 4096, 100_000, 2_000_000, 0)
     cfg = plan.cfg
     assert plan.profile.shapes("precompute", cfg) == {"events": ((0, 4), (100_000, 4), (2_000_000, 4))}
@@ -159,7 +162,7 @@ def test_trt_file_errors(tmp_path):
 def test_missing_plugin_library_names_the_build_command(tmp_path, monkeypatch, fake_trt):
     fake_trt()
     d = fake_export(tmp_path / "art")
-    monkeypatch.setattr(trt_engine, "DEFAULT_PLUGIN_BUILD", tmp_path / "build" / trt_engine.PLUGIN_LIBRARY)
+    monkeypatch.setattr(plugin_library, "DEFAULT_PLUGIN_BUILD", tmp_path / "build" / trt_engine.PLUGIN_LIBRARY)
     r = CliRunner().invoke(trt, ["--onnx-dir", str(d), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2
     assert "libeventspd_plugins.so not found" in r.output and "eventspd-export build-plugins" in r.output
@@ -546,7 +549,7 @@ def _real_tensorrt_and_gpu():
     try:
         runtime = trt_flavour.load_runtime("tensorrt")
         gpu = trt_flavour.gpu_info()
-    except trt_engine.UsageError as exc:
+    except trt_engine.UserError as exc:
         pytest.skip(str(exc))
     return runtime, gpu
 
@@ -565,7 +568,7 @@ def built(tmp_path_factory):
         lib = build_plugins(build_dir=art / "plugin-build", runtime="tensorrt")
     except PluginBuildError as exc:
         pytest.skip(f"cannot build the plugin library here: {exc}")
-    from eventspd_export.onnx_export import ExportOptions, export_onnx
+    from eventspd_export.export.onnx_export import ExportOptions, export_onnx
     from model_def import EventSPD
 
     model = EventSPD(get_config("tiny"), seed=0).eval()
@@ -584,7 +587,7 @@ def built(tmp_path_factory):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engines_build_with_plugins_and_pass_check(built, precision):
-    from eventspd_export.trt_cli import check
+    from eventspd_export.cli.trt_commands import check
 
     art, dirs, lib = built
     manifest = json.loads((dirs[precision] / MANIFEST_FILE).read_text())
@@ -600,7 +603,7 @@ def test_engines_build_with_plugins_and_pass_check(built, precision):
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_cpp_example_runs_the_engines(built, tmp_path):
-    from eventspd_export.event_file import write_from_source
+    from eventspd_export.data.event_file import write_from_source
 
     art, dirs, lib = built
     if shutil.which("cmake") is None:
@@ -626,8 +629,8 @@ def test_cpp_example_runs_the_engines(built, tmp_path):
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_readme_polygraphy_trt_lines_run_as_written(built, tmp_path):
-    from eventspd_export.polygraphy_check import polygraphy_commands
-    from eventspd_export.trt_cli import check
+    from eventspd_export.check.tolerances import polygraphy_commands
+    from eventspd_export.cli.trt_commands import check
 
     art, dirs, lib = built
     root = tmp_path / "repo"
@@ -646,7 +649,7 @@ def test_readme_polygraphy_trt_lines_run_as_written(built, tmp_path):
 
 
 def test_readme_trt_lines_match_check_output():
-    from eventspd_export.polygraphy_check import polygraphy_commands
+    from eventspd_export.check.tolerances import polygraphy_commands
 
     assert polygraphy_commands("artifacts", "fp32", "trt") == README_POLYGRAPHY_TRT.splitlines()[:2]
     rtx = polygraphy_commands("artifacts", "fp32", "trt", flavour="tensorrt-rtx")
@@ -672,23 +675,23 @@ def test_load_plugins_checks_the_registry(tmp_path):
     fake = SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
         get_creator=lambda name, version, ns: object() if name in registered and ns == "eventspd" else None))
     runtime = Runtime(FLAVOURS["tensorrt"], fake, "10.15.1")
-    with pytest.raises(trt_engine.PluginLibraryError, match="registry has no creator for EventSPDDeformRead"):
-        trt_engine.load_plugins(runtime, lib)
+    with pytest.raises(plugin_library.PluginLibraryError, match="registry has no creator for EventSPDDeformRead"):
+        plugin_library.load_plugins(runtime, lib)
     registered.add("EventSPDDeformRead")
-    trt_engine.load_plugins(runtime, lib)  # all three: fine
+    plugin_library.load_plugins(runtime, lib)  # all three: fine
     # all_creators (what TensorRT-RTX needs: get_creator misses static registrations there)
     listed = [SimpleNamespace(name=n, plugin_version="1", plugin_namespace="eventspd")
               for n in ("EventSPDTopRRoute", "EventSPDEventSplat")]
     rtx = Runtime(FLAVOURS["tensorrt-rtx"], SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
         all_creators=listed, get_creator=lambda *a: None)), "1.7.1.116")
-    with pytest.raises(trt_engine.PluginLibraryError, match="no creator for EventSPDDeformRead.*--runtime tensorrt-rtx"):
-        trt_engine.load_plugins(rtx, lib)
+    with pytest.raises(plugin_library.PluginLibraryError, match="no creator for EventSPDDeformRead.*--runtime tensorrt-rtx"):
+        plugin_library.load_plugins(rtx, lib)
     listed.append(SimpleNamespace(name="EventSPDDeformRead", plugin_version="1", plugin_namespace="eventspd"))
-    trt_engine.load_plugins(rtx, lib)
+    plugin_library.load_plugins(rtx, lib)
     not_a_library = tmp_path / "libbroken.so"
     not_a_library.write_bytes(b"not an ELF file")
-    with pytest.raises(trt_engine.PluginLibraryError, match="cannot load the plugin library"):
-        trt_engine.load_plugins(runtime, not_a_library)
+    with pytest.raises(plugin_library.PluginLibraryError, match="cannot load the plugin library"):
+        plugin_library.load_plugins(runtime, not_a_library)
 
 
 def test_graphs_of_an_older_export_keep_k_min_1(tmp_path):

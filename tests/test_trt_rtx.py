@@ -22,10 +22,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from eventspd_export import trt_engine, trt_flavour
-from eventspd_export.onnx_export import MANIFEST_FILE, ExportOptions, export_onnx
-from eventspd_export.trt_cli import check, trt
-from eventspd_export.trt_engine import PLUGIN_LIBRARY
+from eventspd_export.runtime import trt_flavour
+from eventspd_export.trt import engine_build as trt_engine
+from eventspd_export.trt import plugin_library
+from eventspd_export.export.onnx_export import MANIFEST_FILE, ExportOptions, export_onnx
+from eventspd_export.cli.trt_commands import check, trt
+from eventspd_export.trt.engine_build import PLUGIN_LIBRARY
 from conftest import one_error_line
 from model_def import EventSPD, get_config
 
@@ -142,7 +144,7 @@ def test_without_the_plugin_library_the_decoder_builds_from_function_bodies_but_
     logger = t.Logger(t.Logger.ERROR)
     builder = t.Builder(logger)
     network, _ = trt_engine._parse(rtx_runtime, logger, builder, "decoder", d / "decoder.onnx", True)
-    assert trt_engine.plugin_layers(t, network) == []
+    assert plugin_library.plugin_layers(t, network) == []
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
     profile.set_shape("queries", (1, 0, 2), (1, 64, 2), (1, 256, 2))
@@ -187,7 +189,7 @@ def test_refusals_before_any_build(export_copy, tmp_path, rtx_plugin_library, mo
              "--weakly-typed needs TensorRT 10's precision builder flags")
     _refused(["--onnx-dir", str(d), "--plugins", lib], Path("/proc/eventspd-engines"), "is not writable")
     # no plugin library anywhere we look
-    monkeypatch.setattr(trt_engine, "DEFAULT_PLUGIN_BUILD", tmp_path / "nowhere" / PLUGIN_LIBRARY)
+    monkeypatch.setattr(plugin_library, "DEFAULT_PLUGIN_BUILD", tmp_path / "nowhere" / PLUGIN_LIBRARY)
     _refused(["--onnx-dir", str(d)], out, "libeventspd_plugins.so not found", "eventspd-export build-plugins")
     # a library that is not ours / not loadable
     bogus = tmp_path / "libbogus.so"
@@ -263,7 +265,7 @@ def test_readme_tensorrt_rtx_lines_run_as_written(tiny_export, rtx_plugin_librar
 
 def test_cpp_program_links_against_tensorrt_rtx_and_refuses_to_run_without_a_gpu(
         tiny_engines, rtx_runtime, tensorrt_include, tmp_path):
-    from eventspd_export.event_file import write_from_source
+    from eventspd_export.data.event_file import write_from_source
 
     from conftest import skip_or_fail
 

@@ -1,5 +1,5 @@
 // Reader of the event file that `eventspd-export write-events` writes (layout in
-// eventspd_export/event_file.py): little-endian header (magic "ESPDEVT\0", version 1, width,
+// eventspd_export/data/event_file.py): little-endian header (magic "ESPDEVT\0", version 1, width,
 // height, window count), then per window uint32 N + N*4 float32 (x, y, t, p), then uint32 K +
 // K*2 float32 queries (u, v). Validated like the Python reader: truncation and trailing bytes
 // are errors.

@@ -25,7 +25,7 @@ struct TensorInfo {
 
 struct EngineInfo {
     std::string graph, file, sha256, precision, onnxFile;
-    std::string flavour = "tensorrt";  // "tensorrt" | "tensorrt-rtx" (eventspd_export/trt_flavour.py)
+    std::string flavour = "tensorrt";  // "tensorrt" | "tensorrt-rtx" (eventspd_export/runtime/trt_flavour.py)
     std::string trtVersion;
     int trtMajor = 0, trtMinor = 0, trtPatch = 0;
     std::vector<std::string> targetCapabilities;  // what the engine runs on ("8.6", ...)
@@ -203,7 +203,7 @@ inline bool rtxHasTarget(std::string const& capability) {
 }
 
 // Why these engines cannot run with this TensorRT (empty: they can), before any GPU is looked at;
-// the same rules as eventspd_export/trt_flavour.py engine_problems with gpu=None. An engine runs
+// the same rules as eventspd_export/runtime/trt_flavour.py engine_problems with gpu=None. An engine runs
 // only on the flavour that built it (TensorRT or TensorRT-RTX) and needs the exact version (build
 // number aside).
 inline std::vector<std::string> runtimeProblems(Manifest const& m, std::string const& flavour, int trtMajor,

@@ -1,0 +1,1 @@
+"""Numerical checks of exported graphs and engines against PyTorch."""

@@ -1,0 +1,1 @@
+"""Event data: windows, the simulator, dataset readers, event files, query sampling."""

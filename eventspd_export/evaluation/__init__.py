@@ -1,0 +1,1 @@
+"""Held-out depth accuracy: metrics and the evaluate command's work."""

@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX: the export, the plugin ops' ONNX function bodies, model loading."""

@@ -1,0 +1,1 @@
+"""TensorRT / TensorRT-RTX engine builds."""
