@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from eventspd_export.data.synthetic import random_queries, synthetic_window
+from helpers import skip_or_fail
 from model_def import EventSPD, get_config
 
 
@@ -31,29 +32,10 @@ def tiny_queries(tiny_cfg):
     return random_queries(tiny_cfg, 7, seed=4)
 
 
-def one_error_line(result, alone: bool = True) -> str:
-    """A click result of a user mistake: exit code 2, exactly one `error:` line, last, no traceback;
-    ``alone``: nothing else printed either. Returns that line."""
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert result.exit_code == 2, result.output
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in result.output, result.output
-    assert not alone or len(lines) == 1, result.output
-    return errors[0]
-
-
 # ---- TensorRT-RTX (real engine builds without a GPU) ----------------------------------------------
 # `make test` installs TensorRT-RTX and points TENSORRT_INCLUDE at TensorRT 11.1's headers; CI also
 # sets EVENTSPD_REQUIRE_TENSORRT_RTX=1, which turns these skips into failures so a CI run can never
 # pass while silently skipping the engine builds.
-
-def skip_or_fail(reason: str):
-    import os
-
-    if os.environ.get("EVENTSPD_REQUIRE_TENSORRT_RTX"):
-        pytest.fail(f"EVENTSPD_REQUIRE_TENSORRT_RTX is set but: {reason}")
-    pytest.skip(reason)
-
 
 @pytest.fixture(scope="session")
 def rtx_runtime():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import one_error_line
+from helpers import one_error_line
 from eventspd_export.artifacts import MANIFEST_FILE, ManifestError, open_export
 from eventspd_export.cli import main
 from eventspd_export.export.onnx_export import ExportOptions, export_onnx

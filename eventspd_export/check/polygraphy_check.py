@@ -58,7 +58,7 @@ Why these:
   from two smoke windows): 3e-4 for the decoder alone, 2.3e-3 for the pipeline.
 
 A deliberately perturbed graph (precompute's last weight scaled by 20, the depth head's last
-bias shifted by 1) fails them at every precision (tests/test_check.py); note that the untrained
+bias shifted by 1) fails them at every precision (tests/check/test_check.py); note that the untrained
 default model's depth barely depends on its features, so small perturbations of the decoder move
 depth by less than the fp16/int8 bounds (a 1.5x head weight: 2e-3 median), and that in a Q/DQ
 graph a scaled weight is clipped by the next QuantizeLinear's calibrated range. The same numbers serve the TensorRT backend: fp32 engines are built

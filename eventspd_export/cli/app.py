@@ -154,7 +154,8 @@ def _attach_commands() -> None:
     """Commands defined in their own modules (they share this module's option decorators)."""
     from eventspd_export.cli.bench_command import bench
     from eventspd_export.cli.train_commands import evaluate, train
-    from eventspd_export.cli.trt_commands import check, trt, write_events
+    from eventspd_export.cli.data_commands import write_events
+    from eventspd_export.cli.trt_commands import check, trt
 
     for command in (bench, trt, check, write_events, train, evaluate):
         main.add_command(command)

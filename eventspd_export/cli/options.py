@@ -42,6 +42,11 @@ def checkpoint_option(f):
                         help="EventSPD checkpoint (.pt). Default: built-in seeded weights.")(f)
 
 
+def onnx_dir_option(f):
+    return click.option("--onnx-dir", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+                        help="Folder with the exported graphs and eventspd.manifest.json.")(f)
+
+
 def trust_option(f):
     return click.option("--trust-checkpoint", "trusted", is_flag=True,
                         help="Allow pickled Python objects in the checkpoint (only for files "

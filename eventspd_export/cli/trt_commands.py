@@ -1,9 +1,8 @@
-"""``eventspd-export trt``, ``check`` and ``write-events``: click commands that only parse options
-and call ``trt/engine_build``, ``check/polygraphy_check`` and ``data/event_file``.
+"""``eventspd-export trt`` and ``check``: click commands that only parse options and call
+``trt/engine_build`` and ``check/polygraphy_check``.
 
-Attached to the main CLI with ``main.add_command(trt)``, ``main.add_command(check)`` and
-``main.add_command(write_events)``. Exit codes as everywhere in the CLI: 2 with one ``error:``
-line for what the user asked for but cannot be done here (bad option or file, no TensorRT, no
+Attached to the main CLI with ``main.add_command(trt)`` and ``main.add_command(check)``. Exit
+codes as everywhere in the CLI: 2 with one ``error:`` line for what the user asked for but cannot be done here (bad option or file, no TensorRT, no
 GPU, no plugin library); 1 when the work ran and failed (a tolerance exceeded, TensorRT could not
 build an engine), after the table.
 """
@@ -14,13 +13,8 @@ from pathlib import Path
 
 import click
 
-from eventspd_export.cli.options import DataOption, KListOption, ModelOptions, config_option, user_errors
+from eventspd_export.cli.options import DataOption, KListOption, ModelOptions, onnx_dir_option, user_errors
 from model_def.errors import CheckFailed, UserError
-
-
-def onnx_dir_option(f):
-    return click.option("--onnx-dir", type=click.Path(file_okay=False), default="artifacts", show_default=True,
-                        help="Folder with the exported graphs and eventspd.manifest.json.")(f)
 
 
 def plugins_option(f):
@@ -140,31 +134,3 @@ def check(backend, precision, onnx_dir, engine_dir, plugins, ks, data, windows, 
         raise CheckFailed(f"{len(report.failures())} check(s) exceeded the {precision} tolerance "
                           f"(first: {worst.part} {worst.output}"
                           f"{'' if worst.k is None else f' K={worst.k}'}, {worst.tolerance.describe()})")
-
-
-@click.command("write-events")
-@DataOption("synthetic", "Event data source")
-@click.option("--windows", type=click.IntRange(1), default=8, show_default=True, help="Consecutive windows.")
-@click.option("--k", type=click.IntRange(1), default=256, show_default=True, help="Query pixels (decoded after every window).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="artifacts/events.bin", show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the query set.")
-@onnx_dir_option
-@config_option
-@user_errors
-def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
-    """Write event windows + a query list for the C++ example (examples/cpp)."""
-    from model_def import get_config
-
-    from eventspd_export.data.event_file import write_from_source
-    from eventspd_export.artifacts import manifest_config, read_manifest
-
-    if config_name:
-        cfg = get_config(config_name)
-    elif (Path(onnx_dir) / "eventspd.manifest.json").is_file():
-        cfg = manifest_config(read_manifest(onnx_dir))
-    else:
-        raise UserError(f"no configuration: pass --config, or --onnx-dir with an export ({onnx_dir} has "
-                         "no eventspd.manifest.json)")
-    written = write_from_source(out_path, cfg, data=data, windows=windows, k=k, seed=seed)
-    click.echo(f"wrote {out_path}: {len(written.windows)} windows ({written.num_events} events) of {data}, "
-               f"K={k}, sensor {cfg.width}x{cfg.height}")

@@ -197,7 +197,7 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     export = open_export(onnx_dir, source_precision)
     manifest, cfg, paths = export.manifest, export.cfg, export.graphs
     if not manifest.get("plugin_ops"):
-        # Measured with TensorRT-RTX 1.7 (tests/test_trt_rtx.py): it builds the standard-op decoder,
+        # Measured with TensorRT-RTX 1.7 (tests/trt/test_trt_rtx.py): it builds the standard-op decoder,
         # but its parser rejects the event splat's ScatterElements(reduction="add") (and ScatterND
         # with any reduction); ARCHITECTURE §3 records the same history for TensorRT's parser.
         raise UserError(f"the graphs in {onnx_dir} were exported with --no-plugins, and TensorRT-RTX's ONNX parser "

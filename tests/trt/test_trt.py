@@ -32,7 +32,7 @@ from eventspd_export.trt.plugin_library import verify_plugin_layers
 from eventspd_export.runtime.trt_flavour import FLAVOURS, GpuInfo, Runtime, Target, engine_problems
 from model_def import contract, get_config, ops
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The README's Polygraphy lines for TensorRT, verbatim (run from the repository root after
 # `eventspd-export trt --fp32` and `eventspd-export check --backend trt`; calibrate for fp16).

@@ -30,7 +30,7 @@ from model_def import get_config
 from model_def.dense_baseline import (DAV2_S_PARAMS, RGB_PATCH_EMBED_PARAMS, DenseBaseline,
                                       dav2_input_hw)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KS = (1, 8)
 # A small ViT input for the tests (4x6 and 4x4 patches); the real runs use 518-row inputs.

@@ -13,7 +13,7 @@ import torch
 from eventspd_export.evaluation.evaluate import EvalOptions, evaluate, markdown_table
 from model_def.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "checkpoints" / "demo.pt"
 STORED = REPO / "checkpoints" / "demo.eval.json"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import one_error_line
+from helpers import one_error_line
 from eventspd_export.cli import main
 from model_def import EventSPD, ModelConfig, get_config
 from model_def.checkpoint import FORMAT, save_checkpoint

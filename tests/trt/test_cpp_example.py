@@ -21,13 +21,13 @@ from eventspd_export.trt import engine_build as trt_engine
 from eventspd_export.trt import plugin_library
 from eventspd_export.data.event_file import EventFileError, read_event_file, write_event_file
 from eventspd_export.export.onnx_export import MANIFEST_FILE
-from eventspd_export.cli.trt_commands import write_events
+from eventspd_export.cli.data_commands import write_events
 from eventspd_export.artifacts import write_manifest
 from eventspd_export.trt.engine_build import BuildOptions, engine_entry, plan_build
 from eventspd_export.runtime.trt_flavour import FLAVOURS, GpuInfo, Runtime, Target
 from test_trt import fake_export
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPP = REPO / "examples" / "cpp"
 HEADERS = ["json.h", "sha256.h", "event_file.h", "manifest.h"]
 H100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0")

@@ -23,7 +23,7 @@ from eventspd_export.data.synthetic import random_queries, synthetic_window
 from eventspd_export.cli.trt_commands import check
 from model_def import EventSPD, contract, get_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--k", "1,7", "--events", "1000", "--windows", "2"]
 
 # The README's Polygraphy lines for ONNX Runtime, verbatim (run from the repository root after

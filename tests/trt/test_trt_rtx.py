@@ -28,10 +28,10 @@ from eventspd_export.trt import plugin_library
 from eventspd_export.export.onnx_export import MANIFEST_FILE, ExportOptions, export_onnx
 from eventspd_export.cli.trt_commands import check, trt
 from eventspd_export.trt.engine_build import PLUGIN_LIBRARY
-from conftest import one_error_line
+from helpers import one_error_line
 from model_def import EventSPD, get_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The README's TensorRT-RTX lines, verbatim (run from the repository root after `eventspd-export
 # onnx --config tiny` and build-plugins, the library copied into artifacts/).
@@ -267,7 +267,7 @@ def test_cpp_program_links_against_tensorrt_rtx_and_refuses_to_run_without_a_gpu
         tiny_engines, rtx_runtime, tensorrt_include, tmp_path):
     from eventspd_export.data.event_file import write_from_source
 
-    from conftest import skip_or_fail
+    from helpers import skip_or_fail
 
     cmake = shutil.which("cmake")
     if cmake is None:

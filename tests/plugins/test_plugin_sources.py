@@ -25,7 +25,7 @@ import pytest
 
 from model_def.ops import PLUGIN_NAMESPACE, PLUGIN_SPECS, PluginSpec
 
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
 _STRING = r'"((?:[^"\\\n]|\\.)*)"'
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 CU_FILES = sorted(PLUGINS.glob("*/kernel.cu"))
 TRT_SOURCES = sorted(PLUGINS.glob("*/plugin.cpp")) + [PLUGINS / "common" / "plugin_base.cpp",
                                                       PLUGINS / "common" / "registration.cpp"]
@@ -59,7 +59,7 @@ def test_tensorrt_sources_compile(src: Path, tensorrt_include):
     include = str(tensorrt_include)
     nvcc = _nvcc()
     cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
-    from conftest import skip_or_fail
+    from helpers import skip_or_fail
 
     if not (cuda_inc / "cuda_runtime_api.h").is_file():
         skip_or_fail("CUDA headers (cuda_runtime_api.h) not found")

@@ -1,0 +1,39 @@
+"""``eventspd-export write-events``: event windows and a query list in the C++ example's file
+format (``data/event_file``). Attached to the main CLI in app.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from eventspd_export.cli.options import DataOption, config_option, onnx_dir_option, user_errors
+from model_def.errors import UserError
+
+
+@click.command("write-events")
+@DataOption("synthetic", "Event data source")
+@click.option("--windows", type=click.IntRange(1), default=8, show_default=True, help="Consecutive windows.")
+@click.option("--k", type=click.IntRange(1), default=256, show_default=True, help="Query pixels (decoded after every window).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="artifacts/events.bin", show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the query set.")
+@onnx_dir_option
+@config_option
+@user_errors
+def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
+    """Write event windows + a query list for the C++ example (examples/cpp)."""
+    from model_def import get_config
+
+    from eventspd_export.data.event_file import write_from_source
+    from eventspd_export.artifacts import manifest_config, read_manifest
+
+    if config_name:
+        cfg = get_config(config_name)
+    elif (Path(onnx_dir) / "eventspd.manifest.json").is_file():
+        cfg = manifest_config(read_manifest(onnx_dir))
+    else:
+        raise UserError(f"no configuration: pass --config, or --onnx-dir with an export ({onnx_dir} has "
+                         "no eventspd.manifest.json)")
+    written = write_from_source(out_path, cfg, data=data, windows=windows, k=k, seed=seed)
+    click.echo(f"wrote {out_path}: {len(written.windows)} windows ({written.num_events} events) of {data}, "
+               f"K={k}, sensor {cfg.width}x{cfg.height}")
