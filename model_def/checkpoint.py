@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -80,16 +82,34 @@ def read_payload(path: str | os.PathLike, trusted: bool = False):
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of plain pickles before failing on them; the
+            # error below says what the file is, the warning would only come first
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as exc:  # torch raises several types for a damaged or foreign file
+        text = str(exc)
+        blocked = re.search(r"unsupported GLOBAL (\S+)", text)
+        if blocked:  # a pickle that would call or build a Python object when loaded
+            raise CheckpointError(
+                f"{path}: refused: loading it would run pickled Python code ({blocked.group(1)}), "
+                "which the safe loader never does; load it with --trust-checkpoint only if you "
+                "trust where the file came from") from None
         # A readable file that pickles other Python objects ("Unsupported global"), as
         # opposed to a damaged one, which also fails inside the weights-only unpickler.
-        if "Unsupported global" in str(exc) or "can still be loaded" in str(exc):
+        if "Unsupported global" in text or "can still be loaded" in text:
             raise CheckpointError(
                 f"{path}: holds Python objects besides tensors (e.g. a Lightning checkpoint's "
                 "hyper-parameters or callbacks) that the safe loader refuses; if you trust the "
                 "file, load it with --trust-checkpoint (runs its pickled code)") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80" and ("Unsupported operand" in text or "Invalid magic number" in text):
+            raise CheckpointError(
+                f"{path}: a plain pickle file, not a torch.save checkpoint (a zip archive): torch.load "
+                "reads neither with nor without --trust-checkpoint; re-save the weights with "
+                "torch.save(state_dict, path)") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint — the file is truncated (an interrupted "
             f"download or copy?) or is not a torch.save file ({type(exc).__name__}: {first[:200]})"

@@ -427,6 +427,10 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
     else:
         backend = onnxrt_backend(options)
     limits = backend.limits
+    exported = (manifest.get("dynamic_axes") or {}).get(contract.NUM_QUERIES) or {}
+    if "max" in exported and max(options.ks) > exported["max"]:
+        raise UserError(f"--k {max(options.ks)} is above the K the graphs in {onnx_dir} were exported for "
+                        f"(--k-max {exported['max']}); pass a smaller --k or re-export with a larger --k-max")
     if limits:
         bad = [k for k in options.ks if not limits["k_min"] <= k <= limits["k_max"]]
         if bad:
@@ -434,6 +438,11 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
                              f"{limits['k_min']}..{limits['k_max']}; rebuild with `eventspd-export trt --k-max`")
     report = CheckReport(options.backend, options.precision)
     windows = _windows(model.cfg, options)  # a bad --data spec fails before any work
+    events_axis = (manifest.get("dynamic_axes") or {}).get(contract.NUM_EVENTS) or {}
+    n_most = max((w.shape[0] for w in windows), default=0)
+    if "max" in events_axis and n_most > events_axis["max"]:
+        raise UserError(f"a window has {n_most} events, above the {events_axis['max']} the graphs in {onnx_dir} "
+                        "were exported for (--events-max); pass fewer --events or re-export")
     log_fn(f"reference: PyTorch fp32 {model.cfg.name}, {options.windows} windows of "
            f"{options.data if options.data != SMOKE else f'{options.num_events} smoke events'}, K={list(options.ks)}")
     ref = make_reference(model, options, windows)

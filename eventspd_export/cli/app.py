@@ -162,6 +162,3 @@ def _attach_commands() -> None:
 
 
 _attach_commands()
-
-if __name__ == "__main__":
-    main()

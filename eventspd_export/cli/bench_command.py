@@ -114,7 +114,3 @@ def bench(config_name, checkpoint, device, backends, ks, precision, num_events, 
     failed = [name for name, e in result["backends"].items() if e["status"] == "failed"]
     if failed:
         raise CheckFailed(f"backend(s) {', '.join(failed)} failed (see the table and {json_path})")
-
-
-if __name__ == "__main__":  # `python -m eventspd_export.cli.bench_command ...` (scripts/bench_gpu.sh)
-    bench()

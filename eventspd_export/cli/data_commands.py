@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from eventspd_export.cli.options import DataOption, config_option, onnx_dir_option, user_errors
 from model_def.errors import UserError
@@ -25,12 +26,19 @@ def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
     from model_def import get_config
 
     from eventspd_export.data.event_file import write_from_source
-    from eventspd_export.artifacts import manifest_config, read_manifest
+    from eventspd_export.artifacts import MANIFEST_FILE, manifest_config, read_manifest
 
+    exported = manifest_config(read_manifest(onnx_dir)) if (Path(onnx_dir) / MANIFEST_FILE).is_file() else None
+    given_dir = click.get_current_context().get_parameter_source("onnx_dir") == ParameterSource.COMMANDLINE
+    if config_name and exported is not None and given_dir and get_config(config_name) != exported:
+        # the events are for the engines of that folder: a file for another sensor would be refused
+        # by the C++ example, or worse, read with the wrong size
+        raise UserError(f"--config {config_name} contradicts --onnx-dir {onnx_dir}, whose graphs are for "
+                        f"configuration {exported.name!r}; drop one of them")
     if config_name:
         cfg = get_config(config_name)
-    elif (Path(onnx_dir) / "eventspd.manifest.json").is_file():
-        cfg = manifest_config(read_manifest(onnx_dir))
+    elif exported is not None:
+        cfg = exported
     else:
         raise UserError(f"no configuration: pass --config, or --onnx-dir with an export ({onnx_dir} has "
                          "no eventspd.manifest.json)")

@@ -99,3 +99,71 @@ def test_a_plain_state_dict_gets_the_configuration_that_fits(tmp_path):
     line = one_error_line(CliRunner().invoke(main, ["onnx", str(path), "--config", "tiny", "--out", str(tmp_path / "o")]), alone=False)
     assert line.endswith("these weights look like configuration 'demo': pass --config demo")
     assert not (tmp_path / "o").exists()
+
+
+# ---- item 10: the small ones -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    """A tiny export for K <= 64 and at most 500 events per window."""
+    out = tmp_path_factory.mktemp("small") / "exp"
+    r = CliRunner().invoke(main, ["onnx", "--config", "tiny", "--out", str(out), "--k-max", "64",
+                                  "--events-max", "500", "--no-verify"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--k", "1,100"], "--k 100 is above the K the graphs in"),
+    (["--k", "1", "--events", "1000"], "a window has 1000 events, above the 500"),
+])
+def test_check_refuses_what_the_export_was_not_made_for(small_export, args, message):
+    before = sorted(p.name for p in small_export.iterdir())
+    r = CliRunner().invoke(main, ["check", "--onnx-dir", str(small_export), "--windows", "1", *args])
+    line = one_error_line(r)
+    assert message in line and ("--k-max" in line or "--events-max" in line)
+    assert sorted(p.name for p in small_export.iterdir()) == before  # no check/ folder written
+
+
+def test_write_events_config_must_match_the_given_export(small_export, tmp_path):
+    out = tmp_path / "ev.bin"
+    r = CliRunner().invoke(main, ["write-events", "--onnx-dir", str(small_export), "--config", "dsec",
+                                  "--windows", "1", "--out", str(out)])
+    assert "contradicts --onnx-dir" in one_error_line(r) and "'tiny'" in r.output
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["write-events", "--onnx-dir", str(small_export), "--config", "tiny",
+                                  "--windows", "1", "--k", "4", "--out", str(out)])
+    assert r.exit_code == 0 and out.is_file(), r.output
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_an_exploit_pickle_is_named_as_such_and_never_runs(tmp_path, capfd):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Exploit()}, path)
+    line = one_error_line(CliRunner().invoke(main, ["onnx", str(path), "--out", str(tmp_path / "o")]))
+    assert "refused: loading it would run pickled Python code (posix.system)" in line
+    assert "truncated" not in line and "this must never run" not in capfd.readouterr().out
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_plain_pickle_gets_its_own_message_and_no_torch_warning(tmp_path, tiny_state):
+    import pickle
+
+    path = tmp_path / "raw.pkl"
+    path.write_bytes(pickle.dumps(tiny_state))
+    for extra in ([], ["--trust-checkpoint"]):
+        r = CliRunner().invoke(main, ["onnx", str(path), *extra, "--out", str(tmp_path / "o")])
+        line = one_error_line(r)
+        assert "a plain pickle file, not a torch.save checkpoint" in line and "torch.save(state_dict" in line
+    # in a fresh process (pytest would swallow the warning): stderr is that one line, no UserWarning
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "eventspd_export.cli", "onnx", str(path), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [line], proc.stderr
+    assert not (tmp_path / "o").exists()
