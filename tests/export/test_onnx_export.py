@@ -130,7 +130,8 @@ def test_ort_matches_torch_tiny(exported, tiny, flavour):
 @pytest.mark.parametrize("flavour", ["plugins", "inline"])
 def test_three_windows_chained_through_the_state(exported, tiny, flavour):
     report = verify(tiny, exported[flavour], windows=3, num_events=5000, ks=(5,))
-    assert len(report.errors) == 3 * (14 + 2)
+    # + the plugin ops' four comparisons where the decoder has plugin nodes (issue 17)
+    assert len(report.errors) == 3 * (14 + 2 + (4 if flavour == "plugins" else 0))
     assert not report.failures(), report.worst
 
 
