@@ -112,6 +112,11 @@ def deform_read_function(cfg: ModelConfig, opset: int) -> onnx.FunctionProto:
             base = b.op("Sub", b.op("Div", b.op("Add", anchor_xy[j], b.f(0.5)), b.f(float(stride))), b.f(0.5))
             base = b.op("Unsqueeze", base, b.i([3, 4]))  # [B, K, R, 1, 1]
             pos = b.op("Add", base, b.take(offset_xy[j], lvl, axis=4))  # [B, K, R, Hh, M]
+            # as the reference: a NaN position reads nothing, and positions are clamped to
+            # [-2, size + 1] (no in-map change; +-inf and far points then read nothing, where
+            # GridSample's own float -> int conversion would read garbage)
+            pos = b.op("Where", b.op("IsNaN", pos), b.f(-2.0), pos)
+            pos = b.op("Clip", pos, b.f(-2.0), b.f(size + 1.0))
             norm = b.op("Sub", b.op("Mul", b.op("Add", pos, b.f(0.5)), b.f(2.0 / size)), b.f(1.0))
             grid.append(b.unsq(norm, -1))
         grid = b.op("Transpose", b.op("Concat", *grid, axis=-1), perm=[0, 3, 1, 2, 4, 5])
