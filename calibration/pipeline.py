@@ -36,7 +36,7 @@ from eventspd_export.data.windows import EventWindow
 from eventspd_export.runtime.pair import Stream, stream_depths
 from eventspd_export.runtime.torch_pair import TorchPair
 from model_def import EventSPD
-from model_def.atomic import atomic_write_bytes
+from model_def.atomic import atomic_write_bytes, folder_lock
 
 log = logging.getLogger(__name__)
 GRAPHS = ("precompute", "decoder")
@@ -131,10 +131,16 @@ def calibrate(model: EventSPD, options: CalibrationOptions) -> dict:
 
     options.validate()
     t0 = time.perf_counter()
-    cfg = model.cfg
     out = Path(options.out_dir)
     paths = ensure_fp32_graphs(model, Path(options.onnx_dir))  # verified before anything is created
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):  # a second writer of the folder is refused (FolderBusy, exit 2)
+        return _calibrate_into(out, model, options, paths, t0)
+
+
+def _calibrate_into(out: Path, model: EventSPD, options: CalibrationOptions, paths: dict[str, Path],
+                    t0: float) -> dict:
+    cfg = model.cfg
     fp32 = {g: onnx.load(str(p)) for g, p in paths.items()}
 
     source = open_source(options.data, cfg.width, cfg.height, cfg.window_s)

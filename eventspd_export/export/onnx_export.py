@@ -26,7 +26,7 @@ from torch import nn
 
 from model_def import EventSPD, contract, ops
 from model_def.contract import EVENTS_LIMIT, K_LIMIT
-from model_def.atomic import atomic_write_bytes
+from model_def.atomic import atomic_write_bytes, folder_lock
 from model_def.checkpoint import LoadReport
 
 from eventspd_export import __version__
@@ -241,7 +241,6 @@ def plugin_ops_used(model: EventSPD) -> list[dict]:
 def export_onnx(model: EventSPD, options: ExportOptions, load: LoadReport | None = None) -> dict:
     """Export both graphs and the manifest into ``options.out_dir``; returns the manifest."""
     options.validate()
-    cfg = model.cfg
     out = Path(options.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +248,12 @@ def export_onnx(model: EventSPD, options: ExportOptions, load: LoadReport | None
         raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"output folder {out} is not writable")
+    with folder_lock(out):  # a second writer of the folder is refused (FolderBusy, exit 2)
+        return _export_into(out, model, options, load)
 
+
+def _export_into(out: Path, model: EventSPD, options: ExportOptions, load: LoadReport | None) -> dict:
+    cfg = model.cfg
     model = model.eval()
     events = synthetic_window(cfg, 1000, seed=0)
     hidden = model.initial_state()

@@ -58,6 +58,7 @@ to get it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -68,7 +69,7 @@ from pathlib import Path
 from typing import Callable
 
 from model_def import contract
-from model_def.atomic import atomic_write_bytes
+from model_def.atomic import atomic_write_bytes, folder_lock
 from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
@@ -397,7 +398,22 @@ def build_engines(options: BuildOptions, log_fn: Callable[[str], None] = log.inf
         log_fn(f"timing cache {options.timing_cache} ({len(cache_bytes)} bytes)")
     typing = "strongly typed" if not options.weakly_typed else (
         "builder flags FP16" if options.precision == "fp16" else "builder flags INT8|FP16")
+    out = Path(options.out_dir)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out):  # a second writer of the folder is refused (FolderBusy, exit 2)
+            return _build_into(out, runtime, logger, plan, target, cache_bytes, typing, log_fn)
+    except BaseException:
+        if created:  # a failed build leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
+
+def _build_into(out: Path, runtime: Runtime, logger, plan: BuildPlan, target: Target, cache_bytes: bytes | None,
+                typing: str, log_fn: Callable[[str], None]) -> dict:
+    options = plan.options
     built: dict[str, BuiltEngine] = {}
     for graph in GRAPHS:
         engine, cache_new = _build_one(runtime, logger, plan, graph, target, cache_bytes, log_fn)
@@ -407,8 +423,6 @@ def build_engines(options: BuildOptions, log_fn: Callable[[str], None] = log.inf
                f"(plugins: {', '.join(engine.plugins)}; I/O checked on the network"
                f"{' and the deserialised engine' if engine.deserialised else ', not deserialised: no GPU of its targets here'})")
 
-    out = Path(options.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     plugin_sha = sha256_file(plan.plugins)
     # The export's manifest plus the new engines (both are always rebuilt together, so any
     # earlier "engines" entry is replaced as a whole).
