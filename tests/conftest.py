@@ -1,9 +1,20 @@
-import pytest
-import torch
+import sys
+from pathlib import Path
 
-from eventspd_export.data.synthetic import random_queries, synthetic_window
-from helpers import skip_or_fail
-from model_def import EventSPD, get_config
+import pytest
+
+# Test modules share helpers across folders (test_cpp_example uses test_trt's fake export,
+# test_trt test_check's precision graphs): every test folder is on the path, whatever order
+# pytest collects them in (their basenames are unique).
+for _folder in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
+
+import torch  # noqa: E402
+
+from eventspd_export.data.synthetic import random_queries, synthetic_window  # noqa: E402
+from helpers import skip_or_fail  # noqa: E402
+from model_def import EventSPD, get_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,8 @@ def trt(fp32, fp16, int8, runtime, compute_capability, onnx_dir, out_dir, k_min,
 def check(backend, precision, onnx_dir, engine_dir, plugins, ks, data, windows, num_events, save_dir,
           model_args):
     """Compare ONNX Runtime or TensorRT with PyTorch through Polygraphy (per-precision tolerances)."""
-    from eventspd_export.check.polygraphy_check import CheckOptions, format_table, run_check
+    from eventspd_export.check.polygraphy_check import CheckOptions, run_check
+    from eventspd_export.check.table import format_table
     from eventspd_export.check.tolerances import polygraphy_commands
     from eventspd_export.export.inspect_model import reference_model
     from eventspd_export.artifacts import read_manifest

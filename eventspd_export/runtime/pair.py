@@ -19,6 +19,7 @@ import numpy as np
 
 from model_def import contract
 from model_def.config import ModelConfig
+from model_def.model import InputError
 
 
 class ModelPair(ABC):
@@ -40,7 +41,11 @@ class ModelPair(ABC):
         return np.zeros(contract.hidden_spec(self.cfg, "hidden").shape, dtype=np.float32)
 
     def decoder_feeds(self, shared: Mapping[str, np.ndarray], queries: np.ndarray) -> dict[str, np.ndarray]:
-        """The decoder graph's inputs: the shared tensors and the queries (contract order)."""
+        """The decoder graph's inputs: the shared tensors and the queries (contract order).
+        Non-finite queries are refused here, as ``EventSPD.decode`` refuses them: the graphs
+        would answer a NaN query with a NaN depth (and an inf one with a border pixel's)."""
+        if not np.isfinite(queries).all():
+            raise InputError("queries: contain NaN or infinite coordinates")
         feeds = {n: shared[n] for n in contract.SHARED_NAMES}
         feeds["queries"] = queries
         return feeds

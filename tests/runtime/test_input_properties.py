@@ -3,9 +3,9 @@ negative, empty, unsorted) and queries [1, K, 2] give finite depths or a clear `
 ``UserError`` -- never a crash, never a NaN depth -- in PyTorch (``EventSPD``, tiny) and in ONNX
 Runtime (tiny exported once for the module, run through ``OrtPair``).
 
-Finding: ONNX Runtime gives a NaN depth for a NaN query (PyTorch refuses it; an inf query gets a
-finite border depth); recorded as a
-strict xfail below until the runtime layer checks the queries."""
+Finding (fixed): the graphs answer a NaN query with a NaN depth and an inf one with a border
+pixel's, where PyTorch refuses both; the runtime layer (``ModelPair.decoder_feeds``) now refuses
+them for every backend."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +17,7 @@ from hypothesis.extra.numpy import arrays
 
 from eventspd_export.data.synthetic import random_queries, synthetic_window
 from eventspd_export.runtime.ort_pair import OrtPair
-from model_def import EventSPD, get_config
+from model_def import EventSPD, contract, get_config
 from model_def.errors import UserError
 
 CFG = get_config("tiny")
@@ -116,10 +116,7 @@ def test_ort_any_finite_queries_give_finite_depths(ort_pair, ort_pre, queries):
     _finite_depth(ort_pair.decode(ort_pre, queries)["depth"], queries.shape[1])
 
 
-@pytest.mark.xfail(strict=True, reason="finding (issue 17): ONNX Runtime returns a NaN depth for a NaN "
-                   "query where PyTorch raises InputError; the fix belongs in the runtime layer "
-                   "(ModelPair.decoder_feeds), outside this change's files")
-@pytest.mark.parametrize("bad", [np.nan])  # +-inf: ONNX Runtime clamps to the border, a finite depth
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_ort_refuses_non_finite_queries_like_torch(model, torch_pre, ort_pair, ort_pre, bad):
     from model_def.model import InputError
 
@@ -127,8 +124,9 @@ def test_ort_refuses_non_finite_queries_like_torch(model, torch_pre, ort_pair, o
     q[0, 2, 1] = bad
     with pytest.raises(InputError, match="queries: contain NaN or infinite coordinates"):
         model.decode(torch_pre, torch.from_numpy(q))
-    try:
-        depth = ort_pair.decode(ort_pre, q)["depth"]
-    except UserError:
-        return
-    _finite_depth(depth, q.shape[1])  # today: depth [1, 5] with NaN exactly at the bad query
+    with pytest.raises(InputError, match="queries: contain NaN or infinite coordinates"):
+        ort_pair.decode(ort_pre, q)
+    # the mutation: the graph itself, fed directly, gives the NaN depth the pair refuses
+    raw = ort_pair.dec_session.run(None, {**{n: ort_pre[n] for n in contract.SHARED_NAMES}, "queries": q})[0]
+    if np.isnan(bad):
+        assert np.isnan(raw[0, 2]) and np.isfinite(np.delete(raw[0], 2)).all()
