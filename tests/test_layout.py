@@ -19,7 +19,7 @@ LAYERS = (
     ("stages", ("eventspd_export.export", "eventspd_export.check", "eventspd_export.trt",
                 "eventspd_export.evaluation", "eventspd_export.train", "eventspd_export.bench",
                 "calibration", "plugins")),
-    ("cli", ("eventspd_export.cli",)),
+    ("cli", ("eventspd_export.cli", "eventspd_export.__main__")),
 )
 MAX_LINES = 500
 # Over MAX_LINES on purpose, each one cohesive thing (its docstring says so).

@@ -51,14 +51,21 @@ from model_def.errors import CheckFailed, UserError
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after the step that passes this many seconds and write the checkpoint "
                    "(resumable with --resume; the learning-rate schedule stays that of --steps).")
+@click.option("--batch-sequences", type=click.IntRange(1), default=1, show_default=True,
+              help="BPTT sequences per process per step (under torchrun: per rank; the step's "
+                   "gradient is the mean over all of them).")
+@click.option("--dist-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Seconds the rendezvous and every collective may wait under torchrun before the run "
+                   "fails (a dead or missing rank ends the run, it does not hang it).")
 @user_errors
 def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, device, threads,
           teacher, checkpoint_every, out_path, resume, weights_out, absrel_weight, init_path,
-          time_limit):
+          time_limit, batch_sequences, dist_timeout):
     """Train EventSPD with the seed's §4 losses on event windows with depth ground truth."""
     import torch
 
-    from eventspd_export.train.loop import TrainOptions, inference_checkpoint, run_training
+    from eventspd_export.train.loop import inference_checkpoint, run_training
+    from eventspd_export.train.options import TrainOptions
 
     if threads:
         torch.set_num_threads(threads)
@@ -73,7 +80,8 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
     options = TrainOptions(config=config_name, data=data, steps=steps, k_train=k_train, bptt=bptt,
                            lr=lr, warmup_steps=warmup_steps, seed=seed, device=device,
                            checkpoint_every=checkpoint_every, teacher=teacher,
-                           absrel_weight=absrel_weight, init=init_path)
+                           absrel_weight=absrel_weight, init=init_path, batch_sequences=batch_sequences,
+                           dist_timeout_s=dist_timeout)
 
     def progress(steps_range):
         return click.progressbar(steps_range, label="training", show_eta=True, show_pos=True,
@@ -81,11 +89,11 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
 
     trainer = run_training(options, out_path, resume=resume, progress=progress, log=click.echo,
                            time_limit_s=time_limit)
-    last = trainer.history[-1] if trainer.history else {}
+    last = trainer.history[-1] if trainer.history and trainer.dist.main else {}
     if last:
         click.echo("last step: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()
                                               if isinstance(v, float)))
-    if weights_out:
+    if weights_out and trainer.dist.main:
         inference_checkpoint(out_path, weights_out)
         click.echo(f"inference checkpoint: {weights_out}")
 

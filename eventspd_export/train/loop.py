@@ -24,8 +24,8 @@ The DAv2 teacher of L_feat cannot be downloaded here: ``teacher`` is pluggable (
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
-import importlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from eventspd_export.data.query_sampler import QuerySampler
-from eventspd_export.data.sources import is_synthetic, open_source
-from eventspd_export.data.windows import DataError, EventWindow, WindowSource
+from eventspd_export.data.windows import EventWindow
 from model_def import EventSPD, get_config
 from model_def.atomic import atomic_open
 from model_def.checkpoint import FORMAT, read_payload, save_checkpoint
@@ -47,137 +46,15 @@ from model_def.config import ModelConfig
 from model_def.training import (LAMBDA_FEAT, LAMBDA_SI, absrel_loss, dense_loss, dense_weight,
                                 feature_loss, point_loss, silog_loss)
 
-from model_def.errors import UserError
 from eventspd_export.evaluation.metrics import gt_at_queries
+from eventspd_export.train.distributed import Dist, DistributedError, first_line, from_environment, peer_lost
+from eventspd_export.train.inputs import SequenceSource, event_counts, level_targets, load_teacher
+from eventspd_export.train.options import TrainingError, TrainOptions
 
 TRAIN_FORMAT = "eventspd-export/train-state-1"
+TERMS = ("point", "silog", "dense", "absrel", "feat")  # the loss terms a step reports
 LOW_LR_PARAMETERS = ("b4.w_offset.",)  # seed B4: offsets zero-initialised, trained at 0.1 x LR
 NO_DECAY_PARAMETERS = ("f3.table",)
-
-
-class TrainingError(UserError):
-    """Training cannot start or continue (data without depth, bad resume file, bad option)."""
-
-
-@dataclass
-class TrainOptions:
-    config: str = "demo"
-    data: str = "synthetic"
-    steps: int = 1000
-    k_train: int = 2048
-    bptt: int = 4
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    clip_norm: float = 1.0
-    warmup_steps: int = 50
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int = 100
-    teacher: str | None = None
-    absrel_weight: float = 0.0  # not the seed's: + w * AbsRel on the queries (0 = seed losses only)
-    init: str | None = None  # start from this checkpoint's weights (fresh optimizer and heads)
-
-    def validate(self) -> None:
-        get_config(self.config)  # KeyError names the known configurations
-        for name in ("steps", "k_train", "bptt", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainingError(f"--lr must be a positive number, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise TrainingError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if not (self.absrel_weight >= 0 and math.isfinite(self.absrel_weight)):
-            raise TrainingError(f"--absrel-weight must be a number >= 0, got {self.absrel_weight}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise TrainingError(f"--device {self.device!r}: expected cpu, cuda or cuda:N")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise TrainingError(f"--device {self.device}: this torch build sees no CUDA device")
-
-
-# ---- targets -----------------------------------------------------------------------------------
-def level_targets(depth: np.ndarray | None, cfg: ModelConfig) -> tuple[dict, dict]:
-    """Dense inverse-depth targets at L2 and L3: the mean inverse depth of the valid pixels of
-    each cell's stride x stride block (cell i covers pixels [i s, (i + 1) s)); a cell is valid
-    when at least a quarter of its pixels are. Returns ({level: [1, h, w]}, {level: bool})."""
-    targets, valid = {}, {}
-    for level, key in ((2, "l2"), (3, "l3")):
-        h, w = cfg.level_hw(level)
-        s = cfg.strides[level - 1]
-        if depth is None:
-            targets[key] = torch.zeros(1, h, w)
-            valid[key] = torch.zeros(1, h, w, dtype=torch.bool)
-            continue
-        block = np.asarray(depth, np.float64)[: h * s, : w * s].reshape(h, s, w, s)
-        ok = np.isfinite(block) & (block > 0)
-        inv = np.where(ok, 1.0 / np.where(ok, block, 1.0), 0.0)
-        count = ok.sum(axis=(1, 3))
-        mean = inv.sum(axis=(1, 3)) / np.maximum(count, 1)
-        targets[key] = torch.from_numpy(mean.astype(np.float32))[None]
-        valid[key] = torch.from_numpy(count * 4 >= s * s)[None]
-    return targets, valid
-
-
-def event_counts(events: np.ndarray, cfg: ModelConfig, level: int) -> torch.Tensor:
-    """Events per cell of pyramid level ``level`` [1, h, w] (L_feat's sparsity weights)."""
-    h, w = cfg.level_hw(level)
-    s = cfg.strides[level - 1]
-    cx = np.floor(events[:, 0] / s).astype(np.int64)
-    cy = np.floor(events[:, 1] / s).astype(np.int64)
-    keep = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
-    counts = np.bincount(cy[keep] * w + cx[keep], minlength=h * w).reshape(1, h, w)
-    return torch.from_numpy(counts.astype(np.float32))
-
-
-# ---- teacher -----------------------------------------------------------------------------------
-Teacher = Callable[[EventWindow, ModelConfig], dict]
-
-
-def load_teacher(spec: str | None) -> Teacher | None:
-    """``module:factory`` -> factory(); the result is called as ``teacher(window, cfg)``."""
-    if not spec:
-        return None
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise TrainingError(f"--teacher {spec!r}: expected module:factory (a Python import path)")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise TrainingError(f"--teacher {spec!r}: cannot load it ({exc})") from None
-    return factory()
-
-
-# ---- data --------------------------------------------------------------------------------------
-class SequenceSource:
-    """BPTT sequences of ``bptt`` consecutive windows, deterministic in (seed, step)."""
-
-    def __init__(self, spec: str, cfg: ModelConfig, bptt: int, steps: int, seed: int):
-        self.bptt, self.seed = bptt, seed
-        self.synthetic = is_synthetic(spec)
-        options = {"num_windows": steps * bptt, "windows_per_scene": bptt} if self.synthetic else {}
-        try:
-            self.source: WindowSource = open_source(spec, cfg.width, cfg.height, cfg.window_s, **options)
-        except DataError as exc:
-            raise TrainingError(str(exc)) from None
-        if not self.source.has_depth:
-            self.source.close()
-            raise TrainingError(f"--data {spec}: this source has no depth ground truth, which "
-                                "every training loss needs (DSEC: disparity maps; M3ED/MVSEC: "
-                                "the depth file)")
-        if len(self.source) < bptt:
-            self.source.close()
-            raise TrainingError(f"--data {spec}: {len(self.source)} complete windows, fewer than "
-                                f"one BPTT sequence of {bptt}")
-
-    def sequence(self, step: int) -> list[EventWindow]:
-        if self.synthetic:  # one fresh scene per step
-            start = step * self.bptt
-        else:
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5E9, step]))
-            start = int(rng.integers(0, len(self.source) - self.bptt + 1))
-        return [self.source.window(start + i) for i in range(self.bptt)]
-
-    def close(self) -> None:
-        self.source.close()
 
 
 # ---- optimisation ------------------------------------------------------------------------------
@@ -212,12 +89,30 @@ class StepResult:
     grad_norm: float
 
 
+class SequenceLoss(torch.nn.Module):
+    """One BPTT sequence's loss as one module call, so DistributedDataParallel sees exactly one
+    forward per backward. A sequence without any loss returns 0 connected to every parameter
+    (all ranks must run the same backward)."""
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__()
+        self.model = trainer.model
+        self._trainer = [trainer]  # a plain reference, not a submodule
+
+    def forward(self, windows, rng, sampler):
+        total, sums, n_loss, valid = self._trainer[0].run_sequence(windows, rng, sampler)
+        if total is None:
+            total = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+        return total, sums, n_loss, valid
+
+
 class Trainer:
-    def __init__(self, options: TrainOptions, model: EventSPD | None = None):
+    def __init__(self, options: TrainOptions, model: EventSPD | None = None, dist: Dist | None = None):
         options.validate()
         self.options = options
+        self.dist = dist or Dist()
         self.cfg = model.cfg if model is not None else get_config(options.config)
-        self.device = torch.device(options.device)
+        self.device = torch.device(self.dist.device(options.device))
         self.model = (model or EventSPD(self.cfg, training_heads=True, seed=options.seed)).to(self.device)
         if self.model.train_heads is None:
             raise TrainingError("the model to train needs its training heads (training_heads=True)")
@@ -230,6 +125,9 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.autocast = (self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        # one forward per sequence through DDP (several ranks) or directly (one process)
+        self.sequence_loss = SequenceLoss(self)
+        self.ddp = self.dist.wrap(self.sequence_loss) if self.dist.enabled else None
 
     def _load_init(self, path: str) -> None:
         """Fine-tuning: the inference weights of ``path`` (its configuration must be this run's);
@@ -246,15 +144,17 @@ class Trainer:
                                 f"unexpected {unexpected})")
 
     # ---- one step ------------------------------------------------------------------------------
-    def window_loss(self, window: EventWindow, hidden, rng: np.random.Generator):
+    def window_loss(self, window: EventWindow, hidden, rng: np.random.Generator,
+                    sampler: QuerySampler | None = None):
         cfg, dev = self.cfg, self.device
+        sampler = sampler or self.sampler
         events = torch.from_numpy(window.events).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
             pre, feats = self.model.precompute(events, hidden, return_features=True)
         terms = {}
         loss = None
         if window.depth is not None:
-            queries = self.sampler.sample(self.options.k_train, rng, events=window.events,
+            queries = sampler.sample(self.options.k_train, rng, events=window.events,
                                           depth=window.depth)
             gt = gt_at_queries(window.depth, queries)
             valid_np = np.isfinite(gt) & (gt > 0)
@@ -280,7 +180,7 @@ class Trainer:
             # the hard-example map follows each query's own data loss (eq. 33)
             if valid_np.any():
                 per_query = F.huber_loss(inv.detach(), gt_inv, reduction="none")[valid]
-                self.sampler.hard_map.update(queries[valid_np], per_query.cpu().numpy())
+                sampler.hard_map.update(queries[valid_np], per_query.cpu().numpy())
             terms["valid"] = int(valid_np.sum())
         if self.teacher is not None:
             loss_f = self.feature_loss(window, feats)
@@ -304,41 +204,112 @@ class Trainer:
             total = term if total is None else total + term
         return total
 
-    def train_step(self, windows: list[EventWindow]) -> StepResult:
-        opts = self.options
-        self.model.train()
-        factor = lr_factor(self.step, opts.steps, opts.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = opts.lr * factor * group["lr_scale"]
-        rng = np.random.default_rng(np.random.SeedSequence([opts.seed, 0x9E7, self.step]))
-        # dropout draws from torch's global generator: seed it per step so that a resumed run
-        # makes the same draws as an uninterrupted one
+    def sequence_rng(self, index: int) -> np.random.Generator:
+        """The query-sampling RNG of sequence ``index``. Its first draw seeds torch's global
+        generator (dropout), so a sequence makes the same draws whichever step, rank or resumed run
+        trains it."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.options.seed, 0x9E7, index]))
         torch.manual_seed(int(rng.integers(0, 2**62)))
+        return rng
+
+    def run_sequence(self, windows: list[EventWindow], rng: np.random.Generator,
+                     sampler: QuerySampler | None = None):
+        """(mean loss over the windows that have one, or None; term sums; windows with a loss;
+        valid queries) of one BPTT sequence from h_0 = 0."""
         hidden = None  # h_0 = 0 at the start of every BPTT sequence
         losses, sums, valid = [], {}, 0
         for window in windows:
-            loss, terms, hidden = self.window_loss(window, hidden, rng)
+            loss, terms, hidden = self.window_loss(window, hidden, rng, sampler)
             valid += terms.pop("valid", 0)
             if loss is not None:
                 losses.append(loss)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+        return (torch.stack(losses).mean() if losses else None), sums, len(losses), valid
+
+    def _set_lr(self) -> float:
+        opts = self.options
+        factor = lr_factor(self.step, opts.steps, opts.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = opts.lr * factor * group["lr_scale"]
+        return factor
+
+    def train_step(self, sequences) -> StepResult:
+        """One optimisation step over this process's sequences: a list of B window lists (a bare
+        window list is one sequence). One process with one sequence is the seed's step as it
+        always was; otherwise see distributed.py for how sequences, gradients and the
+        hard-example map combine across the W * B sequences of the step."""
+        if sequences and isinstance(sequences[0], EventWindow):
+            sequences = [sequences]
+        self.model.train()
+        factor = self._set_lr()
+        if len(sequences) == 1 and not self.dist.enabled:
+            return self._one_sequence_step(sequences[0], factor)
+        return self._batched_step(sequences, factor)
+
+    def _one_sequence_step(self, windows: list[EventWindow], factor: float) -> StepResult:
+        opts = self.options
+        total, sums, n_loss, valid = self.run_sequence(windows, self.sequence_rng(self.step))
         self.optimizer.zero_grad(set_to_none=True)
-        if not losses:  # no window of this sequence has depth: nothing to learn from
+        if total is None:  # no window of this sequence has depth: nothing to learn from
             self.step += 1
             return StepResult(float("nan"), {}, 0, 0.0)
-        total = torch.stack(losses).mean()
         if not torch.isfinite(total):
             raise TrainingError(f"step {self.step}: the loss is {float(total)}; lower --lr")
         total.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), opts.clip_norm))
         self.optimizer.step()
         self.step += 1
-        terms = {k: v / len(losses) for k, v in sums.items()}
+        terms = {k: v / n_loss for k, v in sums.items()}
         record = {"step": self.step, "loss": float(total.detach()), "grad_norm": grad_norm,
                   "lr": opts.lr * factor, **terms}
         self.history.append(record)
         return StepResult(record["loss"], terms, valid, grad_norm)
+
+    def _batched_step(self, sequences: list[list[EventWindow]], factor: float) -> StepResult:
+        opts, dist = self.options, self.dist
+        B, W = len(sequences), dist.world
+        start = self.sampler.hard_map.grid.copy()
+        change = np.zeros(start.shape, np.float64)
+        # loss sum, sequences with a loss, valid queries, then per term: sum and count
+        stats = np.zeros(3 + 2 * len(TERMS))
+        self.optimizer.zero_grad(set_to_none=True)
+        for b, windows in enumerate(sequences):
+            rng = self.sequence_rng((self.step * W + dist.rank) * B + b)
+            sampler = copy.copy(self.sampler)  # samples from the map as the step found it
+            sampler.hard_map = copy.deepcopy(self.sampler.hard_map)
+            # DDP all-reduces the gradients in the last sequence's backward only
+            quiet = self.ddp.no_sync() if self.ddp is not None and b < B - 1 else contextlib.nullcontext()
+            with quiet:
+                total, sums, n_loss, valid = (self.ddp or self.sequence_loss)(windows, rng, sampler)
+                if dist.any(not bool(torch.isfinite(total.detach()))):
+                    raise TrainingError(f"step {self.step}: the loss is not finite on rank "
+                                        f"{dist.rank if not torch.isfinite(total.detach()) else 'another'}; lower --lr")
+                (total / B).backward()  # DDP divides by W: the mean over all W * B sequences
+            change += sampler.hard_map.grid - start
+            if n_loss:
+                stats[0] += float(total.detach())
+                stats[1] += 1
+                for i, k in enumerate(TERMS):
+                    if k in sums:
+                        stats[3 + 2 * i] += sums[k] / n_loss
+                        stats[4 + 2 * i] += 1
+            stats[2] += valid
+        change = dist.sum(change)
+        self.sampler.hard_map.grid[...] = (start + change).astype(start.dtype)
+        stats = dist.sum(stats)
+        if stats[1] == 0:  # no sequence of the step has depth anywhere
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            return StepResult(float("nan"), {}, 0, 0.0)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), opts.clip_norm))
+        self.optimizer.step()
+        self.step += 1
+        terms = {k: float(stats[3 + 2 * i] / stats[4 + 2 * i]) for i, k in enumerate(TERMS) if stats[4 + 2 * i]}
+        record = {"step": self.step, "loss": float(stats[0] / stats[1]), "grad_norm": grad_norm,
+                  "lr": opts.lr * factor, "sequences": int(B * W), **terms}
+        self.history.append(record)
+        return StepResult(record["loss"], terms, int(stats[2]), grad_norm)
 
     # ---- state -----------------------------------------------------------------------------------
     def train_state(self) -> dict:
@@ -401,42 +372,65 @@ def run_training(options: TrainOptions, out: str | Path, resume: str | Path | No
     the end (atomically: an interrupted run leaves the last complete checkpoint).
     ``time_limit_s``: stop after the step that passes this many seconds of training and write
     the checkpoint there (resumable; the learning-rate schedule stays that of ``steps``).
-    The next sequence is read on a worker thread while the current step trains (on a GPU the
-    step is shorter than the event simulation)."""
-    trainer = Trainer(options)
-    if resume is not None:
-        trainer.load_state(resume)
-        log(f"resumed from {resume} at step {trainer.step}")
-    first = trainer.step
-    data = SequenceSource(options.data, trainer.cfg, options.bptt, options.steps, options.seed)
+    The next sequences are read on a worker thread while the current step trains (on a GPU the
+    step is shorter than the event simulation). Under torchrun (distributed.py) every rank runs
+    this; only rank 0 logs, shows progress and writes ``out``."""
+    dist = from_environment(options.device, options.dist_timeout_s)
+    if not dist.main:
+        progress, log = None, (lambda _msg: None)
     reader = ThreadPoolExecutor(max_workers=1)  # one worker: the source is read in order
+    data = None
     try:
+        trainer = Trainer(options, dist=dist)
+        if resume is not None:
+            trainer.load_state(resume)  # every rank: the same weights, optimizer, step and map
+            log(f"resumed from {resume} at step {trainer.step}")
+        first = trainer.step
+        per_rank = options.batch_sequences
+        data = SequenceSource(options.data, trainer.cfg, options.bptt, options.steps, options.seed,
+                              per_step=dist.world * per_rank)
+
+        def mine(step: int) -> list[list[EventWindow]]:  # this rank's sequences of the step
+            first_index = (step * dist.world + dist.rank) * per_rank
+            return data.sequences(range(first_index, first_index + per_rank))
+
         log(f"training {trainer.cfg.name} on {data.source.describe()}: {options.steps} steps x "
-            f"{options.bptt} windows x K={options.k_train}, device {options.device}"
+            f"{dist.world * per_rank} sequence(s)"
+            + (f" ({dist.world} processes x {per_rank})" if dist.enabled else "")
+            + f" x {options.bptt} windows x K={options.k_train}, device {options.device}"
             + (", bf16 autocast" if trainer.autocast else ""))
         t0 = time.time()
         steps = range(trainer.step, options.steps)
-        pending = reader.submit(data.sequence, trainer.step) if steps else None
+        pending = reader.submit(mine, trainer.step) if steps else None
         with (progress(steps) if progress else contextlib.nullcontext(steps)) as iterator:
             for step in iterator:
-                sequence = pending.result()
-                pending = reader.submit(data.sequence, step + 1) if step + 1 < options.steps else None
-                result = trainer.train_step(sequence)
+                sequences = pending.result()
+                pending = reader.submit(mine, step + 1) if step + 1 < options.steps else None
+                result = trainer.train_step(sequences)
                 if progress:
                     iterator.label = _progress_label(result)
-                out_of_time = time_limit_s is not None and time.time() - t0 >= time_limit_s
+                # every rank must stop at the same step
+                out_of_time = dist.any(time_limit_s is not None and time.time() - t0 >= time_limit_s)
                 if (trainer.step % options.checkpoint_every == 0 or trainer.step == options.steps
                         or out_of_time):
-                    trainer.save(out)
+                    if dist.main:
+                        trainer.save(out)
                     log(f"step {trainer.step}: {_progress_label(result)}")  # also for logs without a tty
                 if out_of_time:
                     log(f"time limit of {time_limit_s:.0f} s reached at step {trainer.step} of "
                         f"{options.steps}")
                     break
         log(f"trained steps {first}..{trainer.step} in {time.time() - t0:.0f} s; checkpoint {out}")
+    except RuntimeError as exc:
+        if dist.enabled and peer_lost(exc):  # a rank that failed or was killed: say so, no traceback
+            raise DistributedError(f"rank {dist.rank}: another rank stopped ({first_line(exc)}); its own "
+                                   "error says why") from None
+        raise
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
-        data.close()
+        if data is not None:
+            data.close()
+        dist.close()
     return trainer
 
 

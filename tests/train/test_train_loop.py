@@ -7,9 +7,9 @@ from click.testing import CliRunner
 
 from eventspd_export.data.windows import EventWindow
 from eventspd_export.cli import main
-from eventspd_export.train.loop import (Trainer, TrainingError, TrainOptions, SequenceSource,
-                                   event_counts, inference_checkpoint, level_targets, lr_factor,
-                                   parameter_groups, run_training)
+from eventspd_export.train.inputs import SequenceSource, event_counts, level_targets
+from eventspd_export.train.loop import Trainer, inference_checkpoint, lr_factor, parameter_groups, run_training
+from eventspd_export.train.options import TrainingError, TrainOptions
 from model_def import EventSPD, get_config
 from model_def.checkpoint import load_checkpoint, save_checkpoint
 
@@ -124,7 +124,7 @@ class _NoDepth:
 
 
 def test_data_without_depth_is_refused(monkeypatch):
-    import eventspd_export.train.loop as train_mod
+    import eventspd_export.train.inputs as train_mod
 
     monkeypatch.setattr(train_mod, "open_source", lambda *a, **k: _NoDepth())
     with pytest.raises(TrainingError, match="no depth ground truth"):
