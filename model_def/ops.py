@@ -94,6 +94,15 @@ PLUGIN_SPECS: dict[str, PluginSpec] = {
 # ------------------------------------------------------------------------------------------
 # Pure PyTorch implementations (the specification)
 # ------------------------------------------------------------------------------------------
+def route_scores(attn: torch.Tensor) -> torch.Tensor:
+    """The routing score of each token: the mean of its attention over the heads, summed head by
+    head in order (the kernels and the ONNX body sum in the same order, so ties stay ties)."""
+    score = attn[:, :, 0, :]
+    for h in range(1, attn.shape[2]):
+        score = score + attn[:, :, h, :]
+    return score / attn.shape[2]
+
+
 def topr_route_reference(attn: torch.Tensor, top_r: int, grid_w: int, grid_h: int,
                          stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     B, K, Hh, T = attn.shape
@@ -101,10 +110,7 @@ def topr_route_reference(attn: torch.Tensor, top_r: int, grid_w: int, grid_h: in
         raise ValueError(f"topr_route: attention has {T} tokens, grid is {grid_w}x{grid_h}")
     if top_r > T:
         raise ValueError(f"topr_route: top_r={top_r} exceeds the {T} tokens")
-    score = attn[:, :, 0, :]
-    for h in range(1, Hh):
-        score = score + attn[:, :, h, :]
-    score = score / Hh
+    score = route_scores(attn)
     # stable descending sort: among equal scores the lower token index comes first
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :top_r]
     u = (order % grid_w).to(torch.float32).add_(0.5).mul_(stride).sub_(0.5)

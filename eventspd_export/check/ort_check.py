@@ -60,7 +60,7 @@ def verify(model: EventSPD, onnx_dir: str | Path, windows: int = 3, num_events: 
     """Run ``windows`` synthetic windows chained through the ConvGRU state in both PyTorch and
     ONNX Runtime (each side carrying its own state), decoding ``ks`` queries after each."""
     cfg = model.cfg
-    torch_pair, ort_pair = TorchPair(model), OrtPair.from_folder(cfg, onnx_dir)
+    torch_pair, ort_pair = TorchPair(model), OrtPair.from_folder(cfg, onnx_dir)  # torch_pair: Phase A
     op_session, op_outputs = plugin_op_session(Path(onnx_dir) / "decoder.onnx")
     report = OrtReport(tolerance=tolerance)
     counts = event_counts or tuple(num_events for _ in range(windows))
@@ -70,15 +70,16 @@ def verify(model: EventSPD, onnx_dir: str | Path, windows: int = 3, num_events: 
             report.errors[f"window{w}/precompute/{name}"] = relative_error(got[name], pre[name])
         for k in ks:
             queries = random_queries(cfg, k, seed=1000 * w + k).numpy()
-            ref = torch_pair.decode(pre, queries)
-            # the decoder is fed PyTorch's precompute outputs, so each graph is checked alone
+            ref = torch_decode(model, pre, queries)  # depth, inv_depth and the plugin ops' tensors
+            # the decoder is fed PyTorch's precompute outputs, so each graph is checked alone; the
+            # file as exported gives depth, the copy with extra outputs the plugin ops' tensors
             out = ort_pair.decode(pre, queries)
             for name in ("depth", "inv_depth"):
                 report.errors[f"window{w}/decoder/K={k}/{name}"] = relative_error(out[name], ref[name], True)
             if op_outputs:
                 got_ops = dict(zip(op_outputs, op_session.run(
                     list(op_outputs.values()), ort_pair.decoder_feeds(pre, queries))))
-                for name, err in compare_plugin_ops(got_ops, torch_plugin_ops(model, pre, queries)).items():
+                for name, err in compare_plugin_ops(got_ops, ref).items():
                     report.errors[f"window{w}/decoder/K={k}/{name}"] = err
     return report
 
@@ -116,9 +117,10 @@ def plugin_op_session(decoder_path: str | Path):
     return ort_session(graph), names
 
 
-def torch_plugin_ops(model: EventSPD, pre, queries: np.ndarray) -> dict[str, np.ndarray]:
-    """The same tensors in PyTorch: B3's routing from ``decode_with_routing`` and the deformable
-    read as it enters B4's output projection W_O (a forward pre-hook on ``b4.w_o``)."""
+def torch_decode(model: EventSPD, pre, queries: np.ndarray) -> dict[str, np.ndarray]:
+    """One PyTorch decode giving depth and inv_depth and the plugin ops' tensors: B3's routing
+    from ``decode_with_routing`` and the deformable read as it enters B4's output projection W_O
+    (a forward pre-hook on ``b4.w_o``)."""
     import torch
 
     captured = []
@@ -126,23 +128,15 @@ def torch_plugin_ops(model: EventSPD, pre, queries: np.ndarray) -> dict[str, np.
     try:
         shared = {n: torch.from_numpy(np.asarray(pre[n])) for n in contract.SHARED_NAMES}
         with torch.inference_mode():
-            _, _, routing = model.decode_with_routing(
+            depth, inv_depth, routing = model.decode_with_routing(
                 shared, torch.from_numpy(np.ascontiguousarray(queries, np.float32)))
     finally:
         hook.remove()
-    return {"topr_route/indices": routing["indices"].numpy(),
+    return {"depth": depth.numpy(), "inv_depth": inv_depth.numpy(),
+            "topr_route/indices": routing["indices"].numpy(),
             "topr_route/anchors": routing["anchors"].numpy(),
             "topr_route/attention": routing["attention"].numpy(),
             "deform_read/out": captured[-1].numpy()}
-
-
-def route_scores(attention: np.ndarray) -> np.ndarray:
-    """The head-averaged routing score of ``model_def.ops.topr_route`` (sequential fp32 sum)."""
-    attention = np.asarray(attention, np.float32)
-    score = attention[:, :, 0, :]
-    for h in range(1, attention.shape[2]):
-        score = score + attention[:, :, h, :]
-    return score / np.float32(attention.shape[2])
 
 
 def compare_plugin_ops(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
@@ -171,7 +165,10 @@ def compare_plugin_ops(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -
     if idx_got.shape != idx_ref.shape:
         return {name: float("inf") for name in
                 ("topr_route/scores", "topr_route/indices", "topr_route/anchors", "deform_read/out")}
-    score = route_scores(ref["topr_route/attention"]).astype(np.float64)
+    import torch
+
+    attention = torch.from_numpy(np.asarray(ref["topr_route/attention"], np.float32))
+    score = ops.route_scores(attention).numpy().astype(np.float64)
     T = score.shape[-1]
     chosen = np.take_along_axis(score, np.clip(idx_got, 0, T - 1), axis=-1)
     chosen[(idx_got < 0) | (idx_got >= T)] = np.nan  # an index off the grid fails
