@@ -94,21 +94,14 @@ def test_onnx_into_a_folder_being_written_is_refused_then_succeeds(tmp_path, hol
 
 
 def test_trt_into_a_folder_being_written_is_refused_then_succeeds(tmp_path, holder, monkeypatch):
-    sys.path.insert(0, str(REPO / "tests" / "trt"))
-    try:
-        from test_trt import FakeTensorRT, fake_export
-    finally:
-        sys.path.remove(str(REPO / "tests" / "trt"))
+    from test_trt import fake_export, install_fake_tensorrt  # tests/trt (conftest puts it on the path)
+
     from eventspd_export.cli.trt_commands import trt
-    from eventspd_export.runtime import trt_flavour
-    from eventspd_export.runtime.trt_flavour import GpuInfo
     from eventspd_export.trt import engine_build as trt_engine
 
     src = fake_export(tmp_path / "onnx")
     (src / trt_engine.PLUGIN_LIBRARY).write_bytes(b"\x7fELF not really a library")
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
-    monkeypatch.setattr(trt_flavour, "gpu_info", lambda index=0: GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0"))
-    monkeypatch.setattr(trt_engine, "load_plugins", lambda trt, path: None)
+    install_fake_tensorrt(monkeypatch)
     out = tmp_path / "engines"
     h = holder(out)
     args = ["--fp32", "--onnx-dir", str(src), "--out", str(out)]

@@ -267,22 +267,15 @@ def test_export_killed_before_the_manifest_rename_is_never_trusted(exported, tmp
 # ---- the engine and manifest write of `trt` (TensorRT faked, as in tests/trt/test_trt.py) -------
 
 def test_engine_write_failing_at_the_manifest_keeps_the_previous_manifest(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "tests" / "trt"))
-    try:
-        from test_trt import FakeTensorRT, fake_export
-    finally:
-        sys.path.remove(str(REPO / "tests" / "trt"))
+    from test_trt import fake_export, install_fake_tensorrt  # tests/trt (conftest puts it on the path)
+
     from eventspd_export.artifacts import MANIFEST_FILE
-    from eventspd_export.runtime import trt_flavour
-    from eventspd_export.runtime.trt_flavour import GpuInfo
     from eventspd_export.trt import engine_build as trt_engine
     from eventspd_export.trt.engine_build import BuildOptions, Profile, build_engines
 
     d = fake_export(tmp_path / "art")
     (d / trt_engine.PLUGIN_LIBRARY).write_bytes(b"\x7fELF not really a library")
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
-    monkeypatch.setattr(trt_flavour, "gpu_info", lambda index=0: GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0"))
-    monkeypatch.setattr(trt_engine, "load_plugins", lambda trt, path: None)
+    install_fake_tensorrt(monkeypatch)
     out = tmp_path / "engines"
     build_engines(BuildOptions(d, out, profile=Profile(k_max=1024)), log_fn=lambda m: None)
     before = _snapshot(out)

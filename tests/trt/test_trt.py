@@ -472,15 +472,19 @@ class FakeTensorRT(types.ModuleType):
         self.get_plugin_registry = lambda: SimpleNamespace(all_creators=creators)
 
 
+def install_fake_tensorrt(monkeypatch, **kwargs) -> "FakeTensorRT":
+    """TensorRT faked for the build flow: the fake module, an H100 as the visible GPU, and the
+    plugin library's loading skipped (other test folders use this too)."""
+    fake = FakeTensorRT(**kwargs)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt_flavour, "gpu_info", lambda index=0: GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0"))
+    monkeypatch.setattr(trt_engine, "load_plugins", lambda trt, path: None)
+    return fake
+
+
 @pytest.fixture()
 def fake_trt(monkeypatch):
-    def install(**kwargs):
-        fake = FakeTensorRT(**kwargs)
-        monkeypatch.setitem(sys.modules, "tensorrt", fake)
-        monkeypatch.setattr(trt_flavour, "gpu_info", lambda index=0: GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0"))
-        monkeypatch.setattr(trt_engine, "load_plugins", lambda trt, path: None)
-        return fake
-    return install
+    return lambda **kwargs: install_fake_tensorrt(monkeypatch, **kwargs)
 
 
 def test_build_flow_writes_engines_library_cache_and_manifest(export, tmp_path, fake_trt):
