@@ -94,7 +94,7 @@ fi
 for prec in $PRECISIONS; do
     if [ "$prec" = fp32 ]; then backends="$BACKENDS_FP32"; else backends="$BACKENDS_FP16"; fi
     step "eventspd-export bench --config hd --device cuda --precision $prec"
-    if ! "$PY" -m eventspd_export.cli bench --config hd --device cuda --backends "$backends" \
+    if ! "$PY" -m eventspd_export bench --config hd --device cuda --backends "$backends" \
             --k 1,64,256,1024,4096 --precision "$prec" \
             --json "$OUT/bench-hd-cuda-$prec.json" --plot "$OUT/bench-hd-cuda-$prec.png" \
             2> "$OUT/bench-hd-cuda-$prec.log" | tee "$OUT/bench-hd-cuda-$prec.txt"; then

@@ -163,7 +163,7 @@ def test_a_plain_pickle_gets_its_own_message_and_no_torch_warning(tmp_path, tiny
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "eventspd_export.cli", "onnx", str(path), "--out",
+    proc = subprocess.run([sys.executable, "-m", "eventspd_export", "onnx", str(path), "--out",
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [line], proc.stderr
     assert not (tmp_path / "o").exists()
