@@ -282,9 +282,10 @@ class Trainer:
             quiet = self.ddp.no_sync() if self.ddp is not None and b < B - 1 else contextlib.nullcontext()
             with quiet:
                 total, sums, n_loss, valid = (self.ddp or self.sequence_loss)(windows, rng, sampler)
-                if dist.any(not bool(torch.isfinite(total.detach()))):
-                    raise TrainingError(f"step {self.step}: the loss is not finite on rank "
-                                        f"{dist.rank if not torch.isfinite(total.detach()) else 'another'}; lower --lr")
+                bad_here = not bool(torch.isfinite(total.detach()))
+                if dist.any(bad_here):  # every rank stops, not only the one that saw it
+                    raise TrainingError(f"step {self.step}: the loss is not finite on "
+                                        f"{f'rank {dist.rank}' if bad_here else 'another rank'}; lower --lr")
                 (total / B).backward()  # DDP divides by W: the mean over all W * B sequences
             change += sampler.hard_map.grid - start
             if n_loss:
