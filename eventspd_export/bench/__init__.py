@@ -32,8 +32,9 @@ Backends
                      mode, static shapes) before capture
   ``trt``            skipped with the reason: ``tensorrt`` does not import here, and the
                      TensorRT engine timing path is not part of this benchmark yet
-A backend that cannot run is ``skipped`` with the reason; one that raises while running is
-``failed`` with the error (the other backends still run).
+A backend that cannot run is ``skipped`` with the reason the runtime registry gives
+(``eventspd_export.runtime.registry``; ``eventspd-export backends`` prints it for every backend);
+one that raises while running is ``failed`` with the error (the other backends still run).
 
 Timing: CUDA events around each call on ``--device cuda`` (``time.perf_counter`` around
 synchronous calls on CPU and for ONNX Runtime, whose ``run`` returns host arrays). fp16 means

@@ -1,4 +1,5 @@
-"""What each backend runs (one ``Pipeline`` per backend), and measuring one."""
+"""What each backend runs (one ``Pipeline`` per backend, registered under the name the runtime
+registry gives it), and measuring one."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from eventspd_export.runtime import availability
+from eventspd_export.runtime import availability, registry
 from model_def import EventSPD, ops
 
 from eventspd_export.data.synthetic import random_queries
 from eventspd_export.bench.options import (BackendSkipped, BenchOptions, COMPILED_BACKENDS,
-                                           DECODER_STAGES, PRECOMPUTE_STAGES, TORCH_BACKENDS)
+                                           DECODER_STAGES, GRAPH_BACKENDS, PRECOMPUTE_STAGES,
+                                           TORCH_BACKENDS)
 from eventspd_export.bench.timing import Clock, fit_latency, summarize, timed_stages
 
 
@@ -55,24 +57,49 @@ def torch_context(ops_backend: str, precision: str, device: torch.device,
     return context
 
 
-def plugin_availability(device: torch.device) -> str | None:
-    """None when the compiled ops can run on ``device``; otherwise why not."""
-    return availability.torch_plugins(device.type)
+@dataclass
+class Prepared:
+    """What every pipeline starts from: the model on the device, the same weights on the CPU
+    in fp32 (the ONNX export traces there), the configuration and the event window."""
+
+    model: EventSPD
+    cpu_model: EventSPD
+    cfg: Any
+    events: torch.Tensor
+    opts: BenchOptions
+    device: torch.device
 
 
-def _ops_backend(name: str, device: torch.device) -> str:
-    """The model_def.ops backend of a torch backend; BackendSkipped when its ops cannot run."""
+PipelineFactory = Callable[[str, Prepared], Pipeline]
+PIPELINES: dict[str, PipelineFactory] = {}
+
+
+def pipeline_for(*names: str) -> Callable[[PipelineFactory], PipelineFactory]:
+    """Register a pipeline factory for backends of the runtime registry (``names``)."""
+    def register(factory: PipelineFactory) -> PipelineFactory:
+        for name in names:
+            registry.get(name)  # only names the runtime layer knows (and says why not for)
+            if name in PIPELINES:
+                raise ValueError(f"backend {name!r} has two pipelines")
+            PIPELINES[name] = factory
+        return factory
+
+    return register
+
+
+def make_pipeline(name: str, prepared: Prepared) -> Pipeline:
+    """Backend ``name``'s pipeline; BackendSkipped with the runtime registry's reason when the
+    backend cannot run on this device here."""
+    reason = registry.why_not(name, prepared.device.type)
+    if reason:
+        raise BackendSkipped(reason)
+    return PIPELINES[name](name, prepared)
+
+
+@pipeline_for("torch", "torch-plugins")
+def torch_pipeline(name: str, prep: Prepared) -> Pipeline:
+    model, events, opts, device = prep.model, prep.events, prep.opts, prep.device
     ops_backend = TORCH_BACKENDS[name]
-    if ops_backend == "plugin":
-        reason = plugin_availability(device)
-        if reason:
-            raise BackendSkipped(reason)
-    return ops_backend
-
-
-def torch_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: BenchOptions,
-                    device: torch.device) -> Pipeline:
-    ops_backend = _ops_backend(name, device)
     context = torch_context(ops_backend, opts.precision, device)
     cfg = model.cfg
     with context():
@@ -87,16 +114,15 @@ def torch_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: Bench
         context=context, clock=Clock(device), model=model, window=(events, hidden))
 
 
-def graph_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: BenchOptions,
-                    device: torch.device) -> Pipeline:
+@pipeline_for(*GRAPH_BACKENDS)
+def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
     """The torch pipeline with each phase replayed from a CUDA graph: Phase A captured once on
     the prepared window, Phase B once per K (queries copied into the graph's static input).
     The captured code is the staged pass without the decoder's host-side input checks."""
     from eventspd_export.runtime.cuda_graph import StaticCall
 
-    if device.type != "cuda":
-        raise BackendSkipped("CUDA graphs need --device cuda")
-    ops_backend = _ops_backend(name, device)
+    model, events, opts, device = prep.model, prep.events, prep.opts, prep.device
+    ops_backend = TORCH_BACKENDS[name]
     compiled = name in COMPILED_BACKENDS
     context = torch_context(ops_backend, opts.precision, device, graphs=True)
     model = copy.deepcopy(model)  # its own copy: F^3 runs channels-last
@@ -145,11 +171,10 @@ def graph_pipeline(name: str, model: EventSPD, events: torch.Tensor, opts: Bench
                       "ops gives the stage breakdown", graph_check=check)
 
 
-def ort_pipeline(model_cpu: Callable[[], EventSPD], cfg, events: torch.Tensor, opts: BenchOptions,
-                  device: torch.device) -> Pipeline:
-    providers, reason = availability.onnxruntime_providers(device.type)
-    if reason:
-        raise BackendSkipped(reason)
+@pipeline_for("onnxrt")
+def ort_pipeline(name: str, prep: Prepared) -> Pipeline:
+    cfg, events, opts = prep.cfg, prep.events, prep.opts
+    providers, _ = availability.onnxruntime_providers(prep.device.type)  # available: make_pipeline asked
     if opts.precision != "fp32":
         raise BackendSkipped("the exported ONNX graphs are fp32 (the exporter writes no fp16 "
                              "graphs); time onnxrt with --precision fp32")
@@ -171,7 +196,7 @@ def ort_pipeline(model_cpu: Callable[[], EventSPD], cfg, events: torch.Tensor, o
         source = str(opts.onnx_dir)
     else:
         with tempfile.TemporaryDirectory(prefix="eventspd-bench-") as tmp:
-            export_onnx(model_cpu(), ExportOptions(Path(tmp), k_max=max(opts.ks)))
+            export_onnx(prep.cpu_model, ExportOptions(Path(tmp), k_max=max(opts.ks)))
             pair = load(Path(tmp))  # sessions hold the graphs; the folder can go
         source = "fresh export (seeded default model)"
     ev = events.cpu().numpy()
@@ -185,13 +210,10 @@ def ort_pipeline(model_cpu: Callable[[], EventSPD], cfg, events: torch.Tensor, o
         clock=Clock("cpu"))  # session.run is synchronous (host outputs) on every provider
 
 
-def trt_pipeline() -> Pipeline:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as exc:
-        raise BackendSkipped(f"tensorrt does not import ({exc}); the trt backend needs TensorRT's "
-                             "Python package, a CUDA device and the plugin library "
-                             "(eventspd-export build-plugins)") from None
+@pipeline_for("trt")
+def trt_pipeline(name: str, prep: Prepared) -> Pipeline:
+    import tensorrt
+
     raise BackendSkipped(f"TensorRT {tensorrt.__version__} is present, but timing engines is not "
                          "part of this benchmark yet (it times PyTorch and ONNX Runtime)")
 

@@ -13,11 +13,11 @@ from model_def.model import DECODER_MARKS, PRECOMPUTE_MARKS
 from model_def.dense_baseline import MODES as DENSE_MODES
 
 from model_def.errors import UserError
+from eventspd_export.runtime import registry
 
 
 SCHEMA = "eventspd-export/bench-1"
-BACKENDS = ("torch", "torch-plugins", "torch-cudagraph", "torch-plugins-cudagraph",
-            "torch-plugins-compiled", "onnxrt", "trt")
+BACKENDS = registry.names()  # the runtime layer's table; bench/backends.py has one pipeline per name
 # name -> model_def.ops backend
 TORCH_BACKENDS = {"torch": "reference", "torch-plugins": "plugin",
                   "torch-cudagraph": "reference", "torch-plugins-cudagraph": "plugin",

@@ -16,11 +16,9 @@ from model_def.dense_baseline import DenseBaseline
 
 from model_def.errors import UserError
 from eventspd_export.data.synthetic import synthetic_window
-from eventspd_export.bench.backends import (graph_pipeline, measure_pipeline, ort_pipeline,
-                                            torch_pipeline, trt_pipeline)
+from eventspd_export.bench.backends import Prepared, make_pipeline, measure_pipeline
 from eventspd_export.bench.dense import compare_with_dense, dense_entry
-from eventspd_export.bench.options import (BackendSkipped, BenchOptions, GRAPH_BACKENDS, SCHEMA,
-                                           TORCH_BACKENDS)
+from eventspd_export.bench.options import BackendSkipped, BenchOptions, SCHEMA, TORCH_BACKENDS
 from eventspd_export.bench.timing import Clock, MemoryProbe
 
 
@@ -79,22 +77,15 @@ def _run(opts: BenchOptions, cfg, device: torch.device, log) -> dict:
         "plot": {"path": None, "status": "not requested", "reason": None},
     }
 
-    def cpu_model() -> EventSPD:  # the ONNX export traces on CPU, fp32
-        return base
+    # The ONNX export traces on CPU in fp32: the same weights as `model`.
+    prepared = Prepared(model, base, cfg, events, opts, device)
 
     dense_models: dict[str, DenseBaseline] = {}
     for name in opts.backends:
         log(f"{name}: starting")
         try:
             with MemoryProbe(device) as probe:
-                if name in GRAPH_BACKENDS:
-                    p = graph_pipeline(name, model, events, opts, device)
-                elif name in TORCH_BACKENDS:
-                    p = torch_pipeline(name, model, events, opts, device)
-                elif name == "onnxrt":
-                    p = ort_pipeline(cpu_model, cfg, events, opts, device)
-                else:
-                    p = trt_pipeline()
+                p = make_pipeline(name, prepared)
                 entry = measure_pipeline(p, opts, log, name)
                 del p
             entry["memory"] = probe.result

@@ -150,6 +150,25 @@ def build_plugins_cmd(tensorrt_root, runtime, include_dir, library, build_dir, c
     click.echo(str(path))
 
 
+@main.command("backends")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="The device to ask about.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of a table.")
+def backends_cmd(device, as_json):
+    """Which backends can run a precompute/decoder pair here, their versions, and why not."""
+    from eventspd_export.runtime.registry import table
+
+    rows = table(device)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        state = "available" if r["available"] else "not available"
+        click.echo(f"{r['name']:<{width}}  {state:<13}  {r['version'] or '-'}")
+        click.echo(f"{'':<{width}}  {r['summary']}" + (f"\n{'':<{width}}  why not: {r['reason']}" if r["reason"] else ""))
+
+
 def _attach_commands() -> None:
     """Commands defined in their own modules (they share this module's option decorators)."""
     from eventspd_export.cli.bench_command import bench

@@ -6,7 +6,10 @@
 * ``torch_pair.py``: PyTorch (the reference).
 * ``ort_pair.py``: ONNX Runtime, and :func:`ort_session`, the one place a session is created.
 * ``polygraphy_pair.py``: any pair of Polygraphy runners (ONNX Runtime or TensorRT engines).
-* ``availability.py``: which backends can run here, and why not (the bench and checks ask it).
+* ``registry.py``: the backends in one table, each with its version and why it cannot run on
+  a device here; the benchmark registers a pipeline per name, ``eventspd-export backends``
+  prints it.
+* ``availability.py``: the checks the registry combines (what is missing, how to get it).
 * ``trt_flavour.py``: TensorRT vs TensorRT-RTX (import, version rules, targets, engine guard).
 * ``cuda_graph.py``: capture one call into a CUDA graph and replay it.
 """

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 import eventspd_export.bench
 from eventspd_export.bench import options as bench
-from eventspd_export.bench.backends import plugin_availability
+from eventspd_export.runtime import registry
 from eventspd_export.bench.options import BenchOptions
 from eventspd_export.bench.report import format_table, write_json, write_plot
 from eventspd_export.bench.runner import run_bench
@@ -170,7 +170,7 @@ def run(tmp_path_factory):
 def _expected_status(name: str) -> str:
     if name == "trt" or name in bench.GRAPH_BACKENDS:  # no TensorRT; CUDA graphs need CUDA
         return "skipped"
-    if name == "torch-plugins" and plugin_availability(torch.device("cpu")) is not None:
+    if name == "torch-plugins" and registry.why_not("torch-plugins", "cpu") is not None:
         return "skipped"
     if name == "onnxrt" and not _has_onnxruntime():
         return "skipped"
@@ -378,7 +378,7 @@ def test_graphed_backends_replay_what_eager_computes():
         torch.backends.cudnn.allow_tf32 = saved
     for name in names:
         e = result["backends"][name]
-        if name == "torch-plugins-cudagraph" and plugin_availability(torch.device("cuda")):
+        if name == "torch-plugins-cudagraph" and registry.why_not("torch-plugins-cudagraph", "cuda"):
             assert e["status"] == "skipped"
             continue
         assert e["status"] == "ok", (name, e.get("reason"))
