@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import ops
+
 
 class LayerNorm2d(nn.Module):
     """Channels-first LayerNorm over C of an NCHW map (ConvNeXt's ``channels_first`` LN)."""
@@ -56,6 +58,12 @@ class ConvNeXtV2Block(nn.Module):
         self.pwconv2 = nn.Linear(expansion * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if ops.fused_block_applies(x, self.pwconv1.in_features, self.pwconv1.out_features,
+                                   self.dwconv.kernel_size[0]):
+            return ops.convnext_block(x, self.dwconv.weight, self.dwconv.bias, self.norm.weight,
+                                      self.norm.bias, self.pwconv1.weight, self.pwconv1.bias,
+                                      self.grn.gamma, self.grn.beta, self.pwconv2.weight,
+                                      self.pwconv2.bias, self.norm.eps)
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.pwconv2(self.grn(F.gelu(self.pwconv1(self.norm(y)))))
         return x + y.permute(0, 3, 1, 2)

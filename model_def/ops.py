@@ -398,6 +398,37 @@ def event_splat(events: torch.Tensor, table: torch.Tensor, width: int, height: i
     return _ops().event_splat(events, table, width, height, resolutions, float(time_scale))
 
 
+# The fused ConvNeXt-V2 block (plugins/convnext_block): in the "plugin" backend a block runs as
+# one op of two passes instead of dwconv, LayerNorm, two GEMMs, GELU and GRN's reductions. Its
+# reference is the PyTorch block itself (layers.ConvNeXtV2Block), so there is no reference op
+# and nothing changes in the exported graphs. Inference only (no autograd formula), shapes the
+# kernels take, and devices in FUSED_BLOCK_DEVICES: on the CPU its scalar loops are ~4x slower
+# than PyTorch's oneDNN convolutions and GEMMs (one HD F^3 block, 640 x 360 x 64: 4.8 s vs 1.2 s
+# on this project's 2-core machine), so the CPU kernel serves as the tested reference of the GPU
+# arithmetic and runs only where a test asks for it.
+FUSED_BLOCK_DEVICES: tuple[str, ...] = ("cuda",)
+
+
+def fused_block_applies(x: torch.Tensor, channels: int, hidden: int, kernel: int) -> bool:
+    if _backend != "plugin" or _exporting() or torch.is_grad_enabled():
+        return False
+    if x.device.type not in FUSED_BLOCK_DEVICES:
+        return False
+    import plugins.torch_ext as ext
+
+    return ext.convnext_block_supports(channels, hidden, kernel)
+
+
+def convnext_block(x, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, beta, w2, b2,
+                   eps: float) -> torch.Tensor:
+    """One fused ConvNeXt-V2 block; under autocast its data runs in the autocast dtype (as the
+    block's convolutions and GEMMs would), the arithmetic in fp32."""
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return _plugin_ops().convnext_block(x, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, beta,
+                                        w2, b2, float(eps))
+
+
 # ------------------------------------------------------------------------------------------
 # ONNX export points
 # ------------------------------------------------------------------------------------------

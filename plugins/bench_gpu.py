@@ -7,7 +7,8 @@ the reference op (model_def.ops *_reference, on the same GPU), the speed-up, the
 bandwidth (bytes the op must move / kernel time) and the ratio to the bandwidth floor
 (those bytes at the measured device-to-device copy bandwidth). The deformable read reports
 two byte counts: "unique" (value maps, inputs and output once) and "gathered" (every bilinear
-corner read). Writes everything as JSON to the given path.
+corner read). The fused ConvNeXt-V2 block (convnext_block) is timed at the F^3 map size against
+the PyTorch block. Writes everything as JSON to the given path.
 """
 from __future__ import annotations
 
@@ -121,9 +122,41 @@ def bench(config: str, ks: list[int], iters: int, n_events: int, log=print) -> d
     nbytes = events.numel() * 4 + channels * cfg.height * cfg.width * 4 + table.numel() * 4
     report(_row("event_splat", n, torch.float32, tk, tr, nbytes, peak, {"index_add_ms": t_index_add}))
     log(f"(bare index_add_ of {n} x {channels} values: {t_index_add:.4f} ms)")
+    bench_convnext_block(cfg, iters, peak, report)
     return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "config": config, "copy_bandwidth_GBps": peak / 1e9,
             "iters": iters, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": rows}
+
+
+def bench_convnext_block(cfg, iters: int, peak: float, report) -> None:
+    """One F^3 ConvNeXt-V2 block at the F^3 map size (H/2 x W/2 x f3_dim), channels-last: the
+    fused op (plugins/convnext_block) against the PyTorch block, eager, in fp32 and fp16 (the
+    block's own dtype: .half() weights and data, not autocast). The bytes are the floor of the
+    two-pass design: x read twice, out written once, the hidden map written and read once."""
+    from model_def import ops as ref_ops
+    from model_def.layers import ConvNeXtV2Block
+
+    dev = torch.device("cuda")
+    h, w, c = cfg.height // 2, cfg.width // 2, cfg.f3_dim
+    block = ConvNeXtV2Block(c, cfg.f3_kernel, cfg.f3_bottleneck).to(dev).eval()
+    with torch.no_grad():
+        for prm in block.parameters():  # GRN's zero init would make it the identity
+            prm.normal_(0, 0.05)
+    block = block.to(memory_format=torch.channels_last)
+    e = block.pwconv1.out_features
+    for dtype in (torch.float32, torch.float16):
+        blk = block.to(dtype)
+        x = torch.randn(1, c, h, w, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            tr = _timer(lambda: blk(x), iters)
+            with ref_ops.use_backend("plugin"):
+                got = blk(x)
+                tk = _timer(lambda: blk(x), iters)
+            want = blk(x)
+        esize = torch.finfo(dtype).bits // 8
+        nbytes = (3 * c + 2 * e) * h * w * esize
+        err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+        report(_row("convnext_blk", 0, dtype, tk, tr, nbytes, peak, {"map": [h, w, c], "max_rel_vs_torch": err}))
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PLUGINS = "plugins"
 # One folder per op (plugins/<op>/): cpu.cpp (schema + CPU kernel) always; cuda.cpp (torch
 # binding) and kernel.cu in a CUDA build. plugins/common/torch_module.cpp is the module plugins._C.
-OPS = ("topr_route", "deform_read", "event_splat")
+OPS = ("topr_route", "deform_read", "event_splat", "convnext_block")
 DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
 
 _CXX_FLAGS = ["-O2", "-ffp-contract=off"]

@@ -1,7 +1,8 @@
 """Loads the compiled EventSPD kernels and returns ``torch.ops.eventspd_plugins``.
 
 ``ops()`` gives the op namespace with the same signatures as ``torch.ops.eventspd`` (the
-reference ops of model_def/ops.py): ``topr_route``, ``deform_read``, ``event_splat``.
+reference ops of model_def/ops.py): ``topr_route``, ``deform_read``, ``event_splat``; and ``convnext_block``, one F^3
+ConvNeXt-V2 block fused into two passes (its reference is the PyTorch block, model_def/layers.py).
 Importing this module raises ImportError, with the reason, when the extension is not built.
 """
 from __future__ import annotations
@@ -27,6 +28,14 @@ def ops():
     return getattr(torch.ops, NAMESPACE)
 
 
+def convnext_block_supports(channels: int, hidden: int, kernel: int) -> bool:
+    """True when the fused ConvNeXt-V2 block kernels take a block of this shape (their limits,
+    from plugins/convnext_block/arith.h: registers per lane, the taps in shared memory)."""
+    return (1 <= channels <= _C.convnext_max_channels and 1 <= hidden <= _C.convnext_max_hidden
+            and kernel % 2 == 1 and kernel <= _C.convnext_max_kernel
+            and kernel * kernel * channels <= _C.convnext_max_taps)
+
+
 def has_cuda_kernels() -> bool:
     """True when the extension was built with its CUDA kernels."""
     return WITH_CUDA
@@ -50,6 +59,10 @@ def _register_fakes() -> None:
     def _(events, table, width, height, resolutions, time_scale):
         dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
         return table.new_empty((1, 2 * (len(resolutions) // 3), height, width), dtype=dtype)
+
+    @torch.library.register_fake(f"{NAMESPACE}::convnext_block")
+    def _(x, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, beta, w2, b2, eps):
+        return torch.empty_like(x, memory_format=torch.channels_last)
 
 
 _register_fakes()

@@ -11,9 +11,11 @@ model's order, and checked against the model's own output).
 
 Backends
   ``torch``          the model with the reference ops (``model_def.ops`` backend "reference")
-  ``torch-plugins``  the model with the compiled kernels (``ops.use_backend("plugin")``);
-                     skipped when ``plugins.torch_ext`` does not import (or, on CUDA, was built
-                     without CUDA kernels)
+  ``torch-plugins``  the model with the compiled kernels (``ops.use_backend("plugin")``; on
+                     CUDA every ConvNeXt-V2 block, F^3's, L1's and L2's, runs as the fused
+                     ``convnext_block`` op, in the dense baseline's F^3 too); skipped when
+                     ``plugins.torch_ext`` does not import (or, on CUDA, was built without
+                     CUDA kernels)
   ``onnxrt``         ONNX Runtime on the exported graphs (``--onnx-dir`` or a fresh export to a
                      temporary folder); CPU provider, or the CUDA provider on ``--device cuda``
                      (skipped when onnxruntime has none); fp32 only

@@ -385,3 +385,135 @@ def test_model_with_plugin_ops_equals_reference_ops(device, tol, strict_fp32):
             got = model(events, queries)
     for a, b in zip(got, want):
         assert rel_err(a, b) <= tol
+
+
+# ---- convnext_block (one fused ConvNeXt-V2 block of F^3) ----------------------------------
+# Its reference is the PyTorch block (model_def/layers.py), run in fp64 on the same (rounded)
+# input and weights. Issue 15's bounds: fp32 1e-5, fp16 1e-2 relative (fp16 stores the hidden
+# map in fp16 between the two passes; the arithmetic is fp32).
+BLOCK_TOL = {F64: 1e-12, F32: 1e-5, F16: 1e-2}
+
+
+def random_block(C, k, expansion, seed):
+    from model_def.layers import ConvNeXtV2Block
+
+    torch.manual_seed(seed)
+    block = ConvNeXtV2Block(C, k, expansion).double().eval()
+    g = gen(seed)
+    with torch.no_grad():
+        for prm in block.parameters():  # GRN's zero init would make it the identity: randomise all
+            prm.copy_(torch.randn(prm.shape, generator=g, dtype=F64) * 0.2)
+        block.norm.weight.add_(1.0)
+    return block
+
+
+def block_args(block):
+    return (block.dwconv.weight, block.dwconv.bias, block.norm.weight, block.norm.bias, block.pwconv1.weight,
+            block.pwconv1.bias, block.grn.gamma, block.grn.beta, block.pwconv2.weight, block.pwconv2.bias)
+
+
+def block_err(device, block, x, dtype, args=None):
+    """max |fused - PyTorch block| / max |PyTorch block| for x in `dtype` on `device`."""
+    xd = x.to(dtype)
+    want = block(xd.double())  # the reference sees the input the kernel sees
+    weights = on(device, *(args if args is not None else block_args(block)))
+    (xdev,) = on(device, xd)
+    got = P.convnext_block(xdev, *weights, block.norm.eps)
+    assert got.dtype == dtype and got.shape == want.shape and got.device.type == device.type
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    return ((got.cpu().double() - want).abs().max() / want.abs().max()).item()
+
+
+@pytest.mark.parametrize("device,dtype", device_dtypes(), indirect=["device"])
+@pytest.mark.parametrize("B,C,H,W,k,expansion", [
+    (1, 64, 45, 80, 7, 2),   # F^3's block (f3_dim 64, k 7, bottleneck 2) on a small map
+    (1, 64, 12, 20, 7, 4),   # L1's block (dims[0] 64, k 7, expansion 4: C * E = 16384, W1/W2 still in shared)
+    (1, 128, 6, 10, 13, 4),  # L2's block (dims[1] 128, k 13, expansion 4: W1/W2 read from global memory)
+    (2, 32, 9, 13, 5, 2),    # two batch items: GRN's statistics per item
+    (1, 5, 3, 4, 7, 3),      # odd channels, a map smaller than the kernel
+    (1, 40, 1, 1, 11, 2),    # one pixel
+])
+def test_convnext_block_matches_pytorch_block(device, dtype, B, C, H, W, k, expansion):
+    block = random_block(C, k, expansion, seed=21)
+    x = torch.randn(B, C, H, W, generator=gen(22), dtype=F64)
+    with torch.no_grad():
+        assert block_err(device, block, x, dtype) <= BLOCK_TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+def test_convnext_block_check_rejects_a_wrong_op(device):
+    """Mutations the comparison must reject: GRN's gamma and beta swapped, and the input read in
+    NCHW order as if it were NHWC (a layout bug)."""
+    block = random_block(32, 7, 2, seed=23)
+    x = torch.randn(1, 32, 9, 13, generator=gen(24), dtype=F64)
+    with torch.no_grad():
+        args = list(block_args(block))
+        assert block_err(device, block, x, F32, args) <= BLOCK_TOL[F32]
+        args[6], args[7] = args[7], args[6]
+        assert block_err(device, block, x, F32, args) > 100 * BLOCK_TOL[F32]
+        scrambled = x.reshape(-1).reshape(1, 9, 13, 32).permute(0, 3, 1, 2)
+        (xs,) = on(device, scrambled.float())
+        got = P.convnext_block(xs, *on(device, *block_args(block)), block.norm.eps).cpu().double()
+        want = block(x)
+        assert ((got - want).abs().max() / want.abs().max()).item() > 100 * BLOCK_TOL[F32]
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+def test_convnext_block_errors(device):
+    block = random_block(32, 7, 2, seed=25)
+    x, *args = on(device, torch.randn(1, 32, 5, 6), *[a.float() for a in block_args(block)])
+    with pytest.raises(ValueError, match=r"w2 must be \[32, 64\]"):
+        P.convnext_block(x, *args[:8], args[8][:, :-1], args[9], 1e-6)
+    with pytest.raises(ValueError, match="dw_weight must be"):
+        P.convnext_block(x, args[0][..., :6, :6], *args[1:], 1e-6)
+    with pytest.raises(ValueError, match="gamma must hold 64"):
+        P.convnext_block(x, *args[:6], args[6][..., :-1], *args[7:], 1e-6)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        P.convnext_block(x, *args, 0.0)
+    with pytest.raises(ValueError, match="k \\* k \\* C = 13 \\* 13 \\* 256 exceeds"):
+        wide = torch.zeros(1, 256, 2, 2, device=device)
+        P.convnext_block(wide, torch.zeros(256, 1, 13, 13, device=device), *[torch.zeros(n, device=device) for n in (256,) * 3],
+                         torch.zeros(128, 256, device=device), *[torch.zeros(n, device=device) for n in (128,) * 3],
+                         torch.zeros(256, 128, device=device), torch.zeros(256, device=device), 1e-6)
+
+
+@pytest.fixture
+def fused_blocks_here(monkeypatch, device):
+    """Let the plugin backend fuse the model's ConvNeXt-V2 blocks on this device (model_def.ops
+    keeps the CPU on PyTorch's faster path) and count the fused calls."""
+    calls = []
+    real = ref_ops.convnext_block
+    monkeypatch.setattr(ref_ops, "FUSED_BLOCK_DEVICES", (device.type,))
+    monkeypatch.setattr(ref_ops, "convnext_block", lambda *a: calls.append(a[0].shape) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+def test_fused_blocks_in_the_model(device, fused_blocks_here, strict_fp32):
+    from model_def import EventSPD
+    from model_def.config import CONFIGS
+
+    cfg = CONFIGS["tiny"]
+    model = EventSPD(cfg, seed=0).eval().to(device)
+    g = gen(26)
+    with torch.no_grad():  # GRN's zero init would hide a wrong GRN: give the blocks non-zero ones
+        for name, prm in model.named_parameters():
+            if ".grn." in name:
+                prm.copy_(torch.randn(prm.shape, generator=g).to(device) * 0.3)
+    events, queries = on(device, random_events(3000, cfg.width, cfg.height, seed=27).float(),
+                         torch.rand(1, 5, 2, generator=gen(28)) * torch.tensor([cfg.width - 1.0, cfg.height - 1.0]))
+    with torch.no_grad():
+        want = model(events, queries)
+        assert fused_blocks_here == []  # the reference backend never fuses
+        with ref_ops.use_backend("plugin"):
+            got = model(events, queries)
+    n_f3 = sum(cfg.f3_depths)
+    n_conv = sum(cfg.depths[:2])  # L1 and L2 are ConvNeXt-V2 stages too
+    assert len(fused_blocks_here) == n_f3 + n_conv, fused_blocks_here
+    for a, b in zip(got, want):
+        assert rel_err(a, b) <= (1e-5 if device.type == "cpu" else 1e-4)
+    # with autograd on, the blocks stay PyTorch's (the fused op has no backward)
+    fused_blocks_here.clear()
+    with ref_ops.use_backend("plugin"):
+        model(events, queries)
+    assert fused_blocks_here == []

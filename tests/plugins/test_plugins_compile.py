@@ -2,6 +2,7 @@
 
 * every plugins/<op>/kernel.cu compiles with nvcc for sm_90 and sm_80 (skipped, with the reason,
   when nvcc is absent; a compile error fails);
+* every plugins/<op>/cuda.cpp (the PyTorch CUDA front end) syntax-checks against torch's headers;
 * the TensorRT plugin sources (plugins/<op>/plugin.cpp, plugins/common/plugin_base.cpp and
   registration.cpp) compile (syntax check) against TensorRT's public headers when
   $TENSORRT_INCLUDE points at a TensorRT include/ directory (e.g. the include/ of
@@ -18,6 +19,7 @@ import pytest
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 CU_FILES = sorted(PLUGINS.glob("*/kernel.cu"))
+TORCH_CUDA_SOURCES = sorted(PLUGINS.glob("*/cuda.cpp"))
 TRT_SOURCES = sorted(PLUGINS.glob("*/plugin.cpp")) + [PLUGINS / "common" / "plugin_base.cpp",
                                                       PLUGINS / "common" / "registration.cpp"]
 ARCHS = ("sm_90", "sm_80")
@@ -38,7 +40,8 @@ def _source_id(p: Path) -> str:
 
 
 def test_kernel_sources_exist():
-    assert {p.parent.name for p in CU_FILES} >= {"topr_route", "deform_read", "event_splat"}
+    assert {p.parent.name for p in CU_FILES} >= {"topr_route", "deform_read", "event_splat", "convnext_block"}
+    assert {p.parent.name for p in TORCH_CUDA_SOURCES} == {p.parent.name for p in CU_FILES}
     assert all(p.is_file() for p in TRT_SOURCES)
 
 
@@ -70,6 +73,36 @@ def test_tensorrt_sources_compile(src: Path, tensorrt_include):
            "-isystem", include, "-isystem", str(cuda_inc), "-I", str(PLUGINS), str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.parametrize("src", TORCH_CUDA_SOURCES, ids=_source_id)
+def test_torch_cuda_front_ends_compile(src: Path, tmp_path: Path):
+    """Each op's CUDA front end (<op>/cuda.cpp, built only into a CUDA extension) syntax-checks
+    against the installed torch's headers and CUDA's, as setup.py would compile it. A CPU wheel of
+    torch ships c10/cuda but not the CMake-generated c10/cuda/impl/cuda_cmake_macros.h, so an
+    empty one stands in for it."""
+    import sysconfig
+
+    import torch
+    from helpers import skip_or_fail
+
+    nvcc = _nvcc()
+    cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
+    if not (cuda_inc / "cuda_runtime_api.h").is_file():
+        skip_or_fail("CUDA headers (cuda_runtime_api.h) not found")
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        skip_or_fail("no C++ compiler")
+    torch_inc = Path(torch.__file__).parent / "include"
+    shim = tmp_path / "shim"
+    (shim / "c10" / "cuda" / "impl").mkdir(parents=True)
+    (shim / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    cmd = [cxx, "-std=c++20", "-fsyntax-only", "-Wall", "-Werror", "-Wno-deprecated-declarations",
+           "-Wno-unused-parameter", "-DEVENTSPD_WITH_CUDA=1", "-I", str(PLUGINS), "-isystem", str(shim),
+           "-isystem", str(torch_inc), "-isystem", str(torch_inc / "torch" / "csrc" / "api" / "include"),
+           "-isystem", str(cuda_inc), "-isystem", sysconfig.get_paths()["include"], str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr[-4000:]}"
 
 
 def test_trt_build_reports_missing_tensorrt(tmp_path: Path):

@@ -1,0 +1,438 @@
+// Fused ConvNeXt-V2 block (convnext_block/arith.h) on NHWC fp32/fp16 maps, in two kernels:
+//
+// pass 1: one warp per pixel (grid-stride over the pixels of one batch item, blockIdx.y): the
+//   k x k depthwise taps (lanes over channels, so each tap is one coalesced row read), the
+//   LayerNorm (warp reductions), W1 (transposed: lanes over outputs, no bank conflicts; in
+//   shared memory when C * E <= kBlockSharedWeights, else through the read-only cache), GELU; writes h [E] in the data type and adds h^2 into per-lane sums, which the
+//   block adds into sumsq[b, :] once (shared, then global atomics).
+// pass 2: one warp per pixel: GRN's factors nx from sumsq (each block recomputes the E values and
+//   their mean), g = gamma * h * nx + beta + h, then W2 (transposed, shared) + b2 + the residual.
+// All arithmetic in fp32; data rounds once on store.
+//
+// fp16 data with C and E multiples of 16 takes the tensor-core kernels instead (when W1/W2 and
+// the tiles fit shared memory: F^3's and L1's blocks): each warp owns a tile of 16 pixels; the
+// taps and LayerNorm fill a 16 x C fp16 tile, W1 (fp16, shared) multiplies it with WMMA
+// 16x16x16 fp16 -> fp32, each 16 x 16 result goes through GELU and into h and the sums; pass 2
+// builds the 16 x E fp16 tile of g and multiplies it with W2 the same way. The GEMM inputs are
+// rounded to fp16 (yn and g), as autocast's fp16 GEMMs round them; accumulation is fp32.
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <algorithm>
+
+#include "convnext_block/arith.h"
+#include "convnext_block/launch.h"
+
+namespace eventspd {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 8;  // warps (pixels in flight) per block
+constexpr int kMaxHiddenPerLane = kBlockMaxHidden / 32;
+
+__device__ __forceinline__ float load(const float* p) { return __ldg(p); }
+__device__ __forceinline__ float load(const __half* p) { return __half2float(__ldg(p)); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+
+// v rounded to T, back in fp32: fp16 data rounds the GEMM inputs as the tensor-core path does
+template <class T>
+__device__ __forceinline__ float round_as(float v) { return v; }
+template <>
+__device__ __forceinline__ float round_as<__half>(float v) { return __half2float(__float2half_rn(v)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+struct Shape {
+    int32_t H, W, C, E, k;
+    float eps;
+};
+
+template <class T, bool kSharedW>
+__global__ void __launch_bounds__(kWarps * 32) block_pass1(const T* __restrict__ x, Shape s, const float* __restrict__ dw,
+                                                           const float* __restrict__ dw_bias, const float* __restrict__ ln_w,
+                                                           const float* __restrict__ ln_b, const float* __restrict__ w1t,
+                                                           const float* __restrict__ b1, T* __restrict__ hidden,
+                                                           float* __restrict__ sumsq) {
+    extern __shared__ float smem[];
+    const int C = s.C, E = s.E, kk = s.k * s.k, pad = s.k / 2;
+    float* s_w1t = smem;                             // [C, E] (kSharedW)
+    float* s_dw = s_w1t + (kSharedW ? C * E : 0);   // [k*k, C]
+    float* s_sq = s_dw + kk * C;                     // [E]
+    float* s_y = s_sq + E;                           // [kWarps, C]
+    if (kSharedW)
+        for (int i = threadIdx.x; i < C * E; i += blockDim.x) s_w1t[i] = w1t[i];
+    const float* W1 = kSharedW ? s_w1t : w1t;
+    for (int i = threadIdx.x; i < kk * C; i += blockDim.x) s_dw[i] = dw[i];
+    for (int i = threadIdx.x; i < E; i += blockDim.x) s_sq[i] = 0.f;
+    __syncthreads();
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int b = blockIdx.y;
+    const int64_t hw = static_cast<int64_t>(s.H) * s.W;
+    const T* xb = x + b * hw * C;
+    float* y = s_y + warp * C;
+    float sq[kMaxHiddenPerLane];
+#pragma unroll
+    for (int j = 0; j < kMaxHiddenPerLane; ++j) sq[j] = 0.f;
+
+    for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + warp; p < hw; p += static_cast<int64_t>(gridDim.x) * kWarps) {
+        const int py = static_cast<int>(p / s.W), px = static_cast<int>(p % s.W);
+        float part = 0.f;
+        for (int c = lane; c < C; c += 32) {
+            float acc = dw_bias[c];
+            for (int i = 0; i < s.k; ++i) {
+                const int yy = py + i - pad;
+                if (yy < 0 || yy >= s.H) continue;
+                for (int j = 0; j < s.k; ++j) {
+                    const int xx = px + j - pad;
+                    if (xx < 0 || xx >= s.W) continue;
+                    acc += s_dw[(i * s.k + j) * C + c] * load(xb + (static_cast<int64_t>(yy) * s.W + xx) * C + c);
+                }
+            }
+            y[c] = acc;
+            part += acc;
+        }
+        const float mean = warp_sum(part) / C;
+        float dev = 0.f;
+        for (int c = lane; c < C; c += 32) dev += (y[c] - mean) * (y[c] - mean);
+        const float rstd = rsqrtf(warp_sum(dev) / C + s.eps);
+        for (int c = lane; c < C; c += 32) y[c] = round_as<T>((y[c] - mean) * rstd * ln_w[c] + ln_b[c]);
+        __syncwarp();
+        T* hp = hidden + (b * hw + p) * E;
+        // j runs to a compile-time bound so sq[] stays in registers (static indices)
+#pragma unroll
+        for (int j = 0; j < kMaxHiddenPerLane; ++j) {
+            const int e = lane + 32 * j;
+            if (e >= E) break;
+            float acc = b1[e];
+            for (int c = 0; c < C; ++c) acc += W1[c * E + e] * y[c];
+            const float v = gelu_erf(acc);
+            sq[j] += v * v;
+            store(hp + e, v);
+        }
+        __syncwarp();  // y is rewritten by this warp's next pixel
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxHiddenPerLane; ++j)
+        if (lane + 32 * j < E) atomicAdd(s_sq + lane + 32 * j, sq[j]);
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) atomicAdd(sumsq + b * E + e, s_sq[e]);
+}
+
+template <class T, bool kSharedW>
+__global__ void __launch_bounds__(kWarps * 32) block_pass2(const T* __restrict__ x, Shape s, const T* __restrict__ hidden,
+                                                           const float* __restrict__ sumsq, const float* __restrict__ gamma,
+                                                           const float* __restrict__ beta, const float* __restrict__ w2t,
+                                                           const float* __restrict__ b2, T* __restrict__ out) {
+    extern __shared__ float smem[];
+    const int C = s.C, E = s.E;
+    float* s_w2t = smem;                            // [E, C] (kSharedW)
+    float* s_nx = s_w2t + (kSharedW ? E * C : 0);  // [E]
+    float* s_g = s_nx + E;                          // [kWarps, E]
+    __shared__ float s_mean;
+    const int b = blockIdx.y;
+    const int64_t hw = static_cast<int64_t>(s.H) * s.W;
+    if (kSharedW)
+        for (int i = threadIdx.x; i < E * C; i += blockDim.x) s_w2t[i] = w2t[i];
+    const float* W2 = kSharedW ? s_w2t : w2t;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = sqrtf(sumsq[b * E + e] / static_cast<float>(hw));
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float part = 0.f;
+        for (int e = threadIdx.x; e < E; e += 32) part += s_nx[e];
+        part = warp_sum(part);
+        if (threadIdx.x == 0) s_mean = part / E + static_cast<float>(kGrnEps);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = s_nx[e] / s_mean;
+    __syncthreads();
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float* g = s_g + warp * E;
+    for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + warp; p < hw; p += static_cast<int64_t>(gridDim.x) * kWarps) {
+        const int64_t pix = b * hw + p;
+        const T* hp = hidden + pix * E;
+        for (int e = lane; e < E; e += 32) {
+            const float h = load(hp + e);
+            g[e] = round_as<T>(gamma[e] * (h * s_nx[e]) + beta[e] + h);
+        }
+        __syncwarp();
+        for (int c = lane; c < C; c += 32) {
+            float acc = b2[c];
+            for (int e = 0; e < E; ++e) acc += W2[e * C + c] * g[e];
+            store(out + pix * C + c, load(x + pix * C + c) + acc);
+        }
+        __syncwarp();
+    }
+}
+
+// ---- tensor-core kernels (fp16 data) --------------------------------------------------------
+namespace wmma = nvcuda::wmma;
+constexpr int kTile = 16;  // pixels per warp tile = the WMMA M, N and K
+constexpr int kTcWarps = 4;
+constexpr size_t kTcSharedMax = 160 * 1024;  // under sm_80's 163 KB per block
+
+struct TcLayout1 {  // byte offsets in pass 1's dynamic shared memory (each a multiple of 32)
+    size_t w1, dw, sq, a, acc, total;
+    __host__ __device__ explicit TcLayout1(const Shape& s)
+        : w1(0), dw(w1 + sizeof(__half) * s.C * s.E), sq(dw + sizeof(float) * s.k * s.k * s.C),
+          a(sq + sizeof(float) * s.E), acc(a + sizeof(__half) * kTcWarps * kTile * s.C),
+          total(acc + sizeof(float) * kTcWarps * kTile * kTile) {}
+};
+struct TcLayout2 {
+    size_t w2, nx, g, acc, total;
+    __host__ __device__ explicit TcLayout2(const Shape& s)
+        : w2(0), nx(w2 + sizeof(__half) * s.E * s.C), g(nx + sizeof(float) * s.E),
+          acc(g + sizeof(__half) * kTcWarps * kTile * s.E), total(acc + sizeof(float) * kTcWarps * kTile * kTile) {}
+};
+
+__global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __restrict__ x, Shape s,
+                                                                const float* __restrict__ dw,
+                                                                const float* __restrict__ dw_bias,
+                                                                const float* __restrict__ ln_w,
+                                                                const float* __restrict__ ln_b,
+                                                                const __half* __restrict__ w1t,
+                                                                const float* __restrict__ b1, __half* __restrict__ hidden,
+                                                                float* __restrict__ sumsq) {
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    const TcLayout1 L(s);
+    const int C = s.C, E = s.E, kk = s.k * s.k, pad = s.k / 2;
+    __half* s_w1 = reinterpret_cast<__half*>(tc_smem + L.w1);  // [C, E] row-major
+    float* s_dw = reinterpret_cast<float*>(tc_smem + L.dw);     // [k*k, C]
+    float* s_sq = reinterpret_cast<float*>(tc_smem + L.sq);     // [E]
+    for (int i = threadIdx.x; i < C * E; i += blockDim.x) s_w1[i] = w1t[i];
+    for (int i = threadIdx.x; i < kk * C; i += blockDim.x) s_dw[i] = dw[i];
+    for (int i = threadIdx.x; i < E; i += blockDim.x) s_sq[i] = 0.f;
+    __syncthreads();
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __half* a = reinterpret_cast<__half*>(tc_smem + L.a) + warp * kTile * C;      // [16, C]
+    float* acc_tile = reinterpret_cast<float*>(tc_smem + L.acc) + warp * kTile * kTile;  // [16, 16]
+    const int b = blockIdx.y;
+    const int64_t hw = static_cast<int64_t>(s.H) * s.W, tiles = (hw + kTile - 1) / kTile;
+    const __half* xb = x + b * hw * C;
+    const int col = lane & 15, row0 = (lane >> 4) * 8;  // each lane's 8 rows of one column
+
+    for (int64_t t = static_cast<int64_t>(blockIdx.x) * kTcWarps + warp; t < tiles;
+         t += static_cast<int64_t>(gridDim.x) * kTcWarps) {
+        const int64_t p0 = t * kTile;
+        for (int r = 0; r < kTile; ++r) {  // the taps and LayerNorm of the tile's 16 pixels
+            __half* ar = a + r * C;
+            const int64_t p = p0 + r;
+            if (p >= hw) {  // warp-uniform: a zero row past the map's end
+                for (int c = lane; c < C; c += 32) ar[c] = __float2half_rn(0.f);
+                continue;
+            }
+            const int py = static_cast<int>(p / s.W), px = static_cast<int>(p % s.W);
+            float part = 0.f, y[kBlockMaxChannels / 32];
+#pragma unroll
+            for (int j = 0; j < kBlockMaxChannels / 32; ++j) {
+                const int c = lane + 32 * j;
+                if (c >= C) break;
+                float v = dw_bias[c];
+                for (int i = 0; i < s.k; ++i) {
+                    const int yy = py + i - pad;
+                    if (yy < 0 || yy >= s.H) continue;
+                    for (int jj = 0; jj < s.k; ++jj) {
+                        const int xx = px + jj - pad;
+                        if (xx < 0 || xx >= s.W) continue;
+                        v += s_dw[(i * s.k + jj) * C + c] * load(xb + (static_cast<int64_t>(yy) * s.W + xx) * C + c);
+                    }
+                }
+                y[j] = v;
+                part += v;
+            }
+            const float mean = warp_sum(part) / C;
+            float dev = 0.f;
+#pragma unroll
+            for (int j = 0; j < kBlockMaxChannels / 32; ++j)
+                if (lane + 32 * j < C) dev += (y[j] - mean) * (y[j] - mean);
+            const float rstd = rsqrtf(warp_sum(dev) / C + s.eps);
+#pragma unroll
+            for (int j = 0; j < kBlockMaxChannels / 32; ++j) {
+                const int c = lane + 32 * j;
+                if (c < C) ar[c] = __float2half_rn((y[j] - mean) * rstd * ln_w[c] + ln_b[c]);
+            }
+        }
+        __syncwarp();
+        for (int nt = 0; nt < E / kTile; ++nt) {
+            wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+            wmma::fill_fragment(acc, 0.f);
+            for (int kt = 0; kt < C / kTile; ++kt) {
+                wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __half, wmma::row_major> fa;
+                wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __half, wmma::row_major> fb;
+                wmma::load_matrix_sync(fa, a + kt * kTile, C);
+                wmma::load_matrix_sync(fb, s_w1 + kt * kTile * E + nt * kTile, E);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(acc_tile, acc, kTile, wmma::mem_row_major);
+            __syncwarp();
+            const int e = nt * kTile + col;
+            float part = 0.f;
+            for (int r = row0; r < row0 + 8; ++r) {
+                const int64_t p = p0 + r;
+                if (p >= hw) break;
+                const float v = gelu_erf(acc_tile[r * kTile + col] + b1[e]);
+                part += v * v;
+                hidden[(b * hw + p) * E + e] = __float2half_rn(v);
+            }
+            atomicAdd(s_sq + e, part);
+            __syncwarp();  // acc_tile is rewritten by the next column block
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) atomicAdd(sumsq + b * E + e, s_sq[e]);
+}
+
+__global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __restrict__ x, Shape s,
+                                                                const __half* __restrict__ hidden,
+                                                                const float* __restrict__ sumsq,
+                                                                const float* __restrict__ gamma,
+                                                                const float* __restrict__ beta,
+                                                                const __half* __restrict__ w2t,
+                                                                const float* __restrict__ b2, __half* __restrict__ out) {
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    const TcLayout2 L(s);
+    const int C = s.C, E = s.E;
+    __half* s_w2 = reinterpret_cast<__half*>(tc_smem + L.w2);  // [E, C] row-major
+    float* s_nx = reinterpret_cast<float*>(tc_smem + L.nx);     // [E]
+    __shared__ float s_mean;
+    const int b = blockIdx.y;
+    const int64_t hw = static_cast<int64_t>(s.H) * s.W, tiles = (hw + kTile - 1) / kTile;
+    for (int i = threadIdx.x; i < E * C; i += blockDim.x) s_w2[i] = w2t[i];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = sqrtf(sumsq[b * E + e] / static_cast<float>(hw));
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float part = 0.f;
+        for (int e = threadIdx.x; e < E; e += 32) part += s_nx[e];
+        part = warp_sum(part);
+        if (threadIdx.x == 0) s_mean = part / E + static_cast<float>(kGrnEps);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = s_nx[e] / s_mean;
+    __syncthreads();
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __half* g = reinterpret_cast<__half*>(tc_smem + L.g) + warp * kTile * E;            // [16, E]
+    float* acc_tile = reinterpret_cast<float*>(tc_smem + L.acc) + warp * kTile * kTile;  // [16, 16]
+    const int col = lane & 15, row0 = (lane >> 4) * 8;
+    for (int64_t t = static_cast<int64_t>(blockIdx.x) * kTcWarps + warp; t < tiles;
+         t += static_cast<int64_t>(gridDim.x) * kTcWarps) {
+        const int64_t p0 = t * kTile;
+        for (int r = 0; r < kTile; ++r) {
+            const int64_t p = p0 + r;
+            for (int e = lane; e < E; e += 32) {
+                float v = 0.f;  // a zero row past the map's end
+                if (p < hw) {
+                    const float h = load(hidden + (b * hw + p) * E + e);
+                    v = gamma[e] * (h * s_nx[e]) + beta[e] + h;
+                }
+                g[r * E + e] = __float2half_rn(v);
+            }
+        }
+        __syncwarp();
+        for (int nt = 0; nt < C / kTile; ++nt) {
+            wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+            wmma::fill_fragment(acc, 0.f);
+            for (int kt = 0; kt < E / kTile; ++kt) {
+                wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __half, wmma::row_major> fa;
+                wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __half, wmma::row_major> fb;
+                wmma::load_matrix_sync(fa, g + kt * kTile, E);
+                wmma::load_matrix_sync(fb, s_w2 + kt * kTile * C + nt * kTile, C);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(acc_tile, acc, kTile, wmma::mem_row_major);
+            __syncwarp();
+            const int c = nt * kTile + col;
+            for (int r = row0; r < row0 + 8; ++r) {
+                const int64_t p = p0 + r;
+                if (p >= hw) break;
+                const int64_t i = (b * hw + p) * C + c;
+                out[i] = __float2half_rn(load(x + i) + (acc_tile[r * kTile + col] + b2[c]));
+            }
+            __syncwarp();
+        }
+        __syncwarp();  // g is rewritten by the next tile
+    }
+}
+
+bool tc_fits(const ConvNeXtBlockArgs& a) {
+    const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
+    return a.type == DType::kFloat16 && a.w1t_half != nullptr && a.w2t_half != nullptr && s.C % kTile == 0 &&
+           s.E % kTile == 0 && TcLayout1(s).total <= kTcSharedMax && TcLayout2(s).total <= kTcSharedMax;
+}
+
+cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
+    const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
+    const int64_t hw = static_cast<int64_t>(a.height) * a.width;
+    const size_t smem1 = TcLayout1(s).total, smem2 = TcLayout2(s).total;
+    cudaError_t err = cudaFuncSetAttribute(block_pass1_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
+    if (err != cudaSuccess) return err;
+    err = cudaFuncSetAttribute(block_pass2_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem2));
+    if (err != cudaSuccess) return err;
+    err = cudaMemsetAsync(a.sumsq, 0, sizeof(float) * a.batch * s.E, stream);
+    if (err != cudaSuccess || hw == 0 || a.batch == 0) return err;
+    const int64_t tiles = (hw + kTile - 1) / kTile;
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((tiles + kTcWarps - 1) / kTcWarps, 1024)), a.batch);
+    const __half* x = static_cast<const __half*>(a.x);
+    __half* hidden = static_cast<__half*>(a.hidden);
+    block_pass1_tc<<<grid, kTcWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias,
+                                                           static_cast<const __half*>(a.w1t_half), a.b1, hidden, a.sumsq);
+    block_pass2_tc<<<grid, kTcWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta,
+                                                           static_cast<const __half*>(a.w2t_half), a.b2,
+                                                           static_cast<__half*>(a.out));
+    return cudaGetLastError();
+}
+
+// ---- launchers -------------------------------------------------------------------------------
+template <class T, bool kSharedW>
+cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
+    const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
+    const int64_t hw = static_cast<int64_t>(a.height) * a.width;
+    const size_t weights = kSharedW ? static_cast<size_t>(s.C) * s.E : 0;
+    const size_t smem1 = sizeof(float) * (weights + s.k * s.k * s.C + s.E + kWarps * s.C);
+    const size_t smem2 = sizeof(float) * (weights + s.E + kWarps * s.E);
+    cudaError_t err = cudaFuncSetAttribute(block_pass1<T, kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem1));
+    if (err != cudaSuccess) return err;
+    err = cudaFuncSetAttribute(block_pass2<T, kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem2));
+    if (err != cudaSuccess) return err;
+    err = cudaMemsetAsync(a.sumsq, 0, sizeof(float) * a.batch * s.E, stream);
+    if (err != cudaSuccess || hw == 0 || a.batch == 0) return err;
+    // Enough blocks to fill the GPU; each loads the weights into shared memory once.
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((hw + kWarps - 1) / kWarps, 1024)), a.batch);
+    const T* x = static_cast<const T*>(a.x);
+    T* hidden = static_cast<T*>(a.hidden);
+    block_pass1<T, kSharedW><<<grid, kWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias, a.w1t,
+                                                                   a.b1, hidden, a.sumsq);
+    block_pass2<T, kSharedW><<<grid, kWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta, a.w2t, a.b2,
+                                                                   static_cast<T*>(a.out));
+    return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
+    return a.channels * a.hidden_channels <= kBlockSharedWeights ? launch<T, true>(a, stream) : launch<T, false>(a, stream);
+}
+
+}  // namespace
+
+cudaError_t convnext_block(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
+    if (a.batch < 0 || a.height < 0 || a.width < 0 || a.channels < 1 || a.channels > kBlockMaxChannels ||
+        a.hidden_channels < 1 || a.hidden_channels > kBlockMaxHidden || a.kernel < 1 || a.kernel % 2 == 0 ||
+        a.kernel > kBlockMaxKernel || a.kernel * a.kernel * a.channels > kBlockMaxTaps || a.batch > 65535)
+        return cudaErrorInvalidValue;
+    if (tc_fits(a)) return launch_tc(a, stream);
+    return a.type == DType::kFloat16 ? launch<__half>(a, stream) : launch<float>(a, stream);
+}
+
+bool convnext_block_uses_tensor_cores(const ConvNeXtBlockArgs& a) { return tc_fits(a); }
+
+}  // namespace cuda
+}  // namespace eventspd
