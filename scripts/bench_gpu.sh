@@ -12,7 +12,7 @@
 # graphs), each against the dense baseline at the same level. Environment overrides:
 #   PRECISIONS="fp16 fp32"   BACKENDS=torch,torch-plugins,... (for every precision; default:
 #   all five in fp16, all but torch-plugins-compiled in fp32)   KERNELS=1 (0: skip the kernel
-#   benchmark)
+#   benchmark)   PROFILE=1 (0: skip the per-stage kernel profiles of scripts/profile_stages.py)
 #
 # Budget: under 5 minutes (the extension build is most of it). torch is NOT installed or
 # upgraded: the Makefile/pyproject pin torch==2.13.0, a CPU build, which would replace the
@@ -102,6 +102,19 @@ for prec in $PRECISIONS; do
         FAILED+=("bench $prec")
     fi
 done
+
+if [ "${PROFILE:-1}" = 1 ]; then
+    # Where the time goes, per stage and kernel (issue 15: stem..L2, the decoder's launches),
+    # with the reference ops and with the plugin ops (fused ConvNeXt-V2 blocks), fp16, K=256.
+    for ops in reference plugin; do
+        step "scripts/profile_stages.py --ops $ops (fp16, hd, K=256)"
+        if ! "$PY" scripts/profile_stages.py --config hd --device cuda --precision fp16 --ops "$ops" --k 256 \
+                --out "$OUT" 2> "$OUT/profile-$ops-fp16.log" >/dev/null; then
+            tail -n 20 "$OUT/profile-$ops-fp16.log"
+            FAILED+=("profile $ops")
+        fi
+    done
+fi
 
 step "done; files in $OUT:"
 ls -l "$OUT"

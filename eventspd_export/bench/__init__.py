@@ -104,5 +104,6 @@ Backend entry: ``status`` ("ok", "skipped", "failed") and ``reason`` (null when 
 
 Modules: ``options.py`` (options, names, limits), ``timing.py`` (clock, statistics, fit,
 memory), ``backends.py`` (what each backend runs), ``dense.py`` (the dense baseline),
-``runner.py`` (``run_bench``), ``report.py`` (JSON, table, plot).
+``runner.py`` (``run_bench``), ``report.py`` (JSON, table, plot), ``profile.py`` (the per-stage
+kernel profile of ``scripts/profile_stages.py``).
 """
