@@ -409,10 +409,19 @@ def event_splat(events: torch.Tensor, table: torch.Tensor, width: int, height: i
 FUSED_BLOCK_DEVICES: tuple[str, ...] = ("cuda",)
 
 
+def _fused_block_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the fused block's data runs in: autocast's where it is on, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def fused_block_applies(x: torch.Tensor, channels: int, hidden: int, kernel: int) -> bool:
     if _backend != "plugin" or _exporting() or torch.is_grad_enabled():
         return False
     if x.device.type not in FUSED_BLOCK_DEVICES:
+        return False
+    if _fused_block_dtype(x) not in (torch.float32, torch.float16):  # bf16: PyTorch's block
         return False
     import plugins.torch_ext as ext
 
@@ -423,8 +432,7 @@ def convnext_block(x, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, bet
                    eps: float) -> torch.Tensor:
     """One fused ConvNeXt-V2 block; under autocast its data runs in the autocast dtype (as the
     block's convolutions and GEMMs would), the arithmetic in fp32."""
-    if torch.is_autocast_enabled(x.device.type):
-        x = x.to(torch.get_autocast_dtype(x.device.type))
+    x = x.to(_fused_block_dtype(x))
     return _plugin_ops().convnext_block(x, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, beta,
                                         w2, b2, float(eps))
 

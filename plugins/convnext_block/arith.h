@@ -24,7 +24,9 @@ namespace eventspd {
 constexpr int32_t kBlockMaxChannels = 256;   // C
 constexpr int32_t kBlockMaxHidden = 512;     // E = expansion * C (E / 32 sums per lane)
 constexpr int32_t kBlockMaxKernel = 13;      // k (odd)
-constexpr int32_t kBlockMaxTaps = 24576;     // k * k * C: the depthwise taps in shared memory (96 KB)
+constexpr int32_t kBlockMaxTaps = 22528;     // k * k * C: the depthwise taps in shared memory (88 KB):
+                                             // with the largest E and C, the kernels that read W1/W2
+                                             // from global memory still fit every sm_80+ device (99 KB)
 constexpr int32_t kBlockSharedWeights = 16384;  // C * E up to which W1 / W2 are staged in shared
                                                 // memory too (64 KB); larger ones are read through
                                                 // the read-only cache (L2's 128 x 512)

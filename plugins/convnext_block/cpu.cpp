@@ -22,13 +22,18 @@ struct BlockWeights {
 };
 
 // The weights in the kernels' layouts: dw [k*k, C] tap-major, W1 and W2 transposed.
-BlockWeights block_weights(const BlockShape& s, at::ScalarType ct, const at::Tensor& dw_weight, const at::Tensor& dw_bias,
-                           const at::Tensor& ln_weight, const at::Tensor& ln_bias, const at::Tensor& w1,
-                           const at::Tensor& b1, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& w2,
-                           const at::Tensor& b2) {
+// fp16 data (half_gemm): W1 and W2 round to fp16, as on the GPU and under autocast.
+BlockWeights block_weights(const BlockShape& s, at::ScalarType ct, bool half_gemm, const at::Tensor& dw_weight,
+                           const at::Tensor& dw_bias, const at::Tensor& ln_weight, const at::Tensor& ln_bias,
+                           const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& gamma, const at::Tensor& beta,
+                           const at::Tensor& w2, const at::Tensor& b2) {
     auto flat = [ct](const at::Tensor& t) { return t.to(ct).reshape({-1}).contiguous(); };
+    auto gemm = [ct, half_gemm](const at::Tensor& w) {
+        const auto t = w.to(ct).t().contiguous();
+        return half_gemm ? t.to(at::kHalf).to(ct) : t;
+    };
     return {dw_weight.to(ct).reshape({s.C, s.k * s.k}).t().contiguous(), flat(dw_bias), flat(ln_weight), flat(ln_bias),
-            w1.to(ct).t().contiguous(), flat(b1), flat(gamma), flat(beta), w2.to(ct).t().contiguous(), flat(b2)};
+            gemm(w1), flat(b1), flat(gamma), flat(beta), gemm(w2), flat(b2)};
 }
 
 // v rounded to the storage type T and held in the compute type A (a no-op unless T is fp16).
@@ -134,7 +139,8 @@ at::Tensor convnext_block_cpu(const at::Tensor& x, const at::Tensor& dw_weight, 
     TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kDouble,
                       "convnext_block: x must be float32, float16 or float64, got ", dtype);
     const auto ct = dtype == at::kDouble ? at::kDouble : at::kFloat;
-    const auto wt = block_weights(s, ct, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, beta, w2, b2);
+    const auto wt = block_weights(s, ct, dtype == at::kHalf, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, beta,
+                                  w2, b2);
     const auto xh = x.permute({0, 2, 3, 1}).contiguous();  // NHWC (no copy for a channels-last x)
     auto out = at::empty_like(xh);
     if (dtype == at::kDouble) {

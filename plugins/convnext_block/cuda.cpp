@@ -25,8 +25,15 @@ at::Tensor convnext_block_cuda(const at::Tensor& x, const at::Tensor& dw_weight,
     const c10::cuda::CUDAGuard guard(x.device());
     auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).reshape({-1}).contiguous(); };
     const auto dw = dw_weight.to(at::kFloat).reshape({s.C, s.k * s.k}).t().contiguous();
-    const auto w1t = w1.to(at::kFloat).t().contiguous();
-    const auto w2t = w2.to(at::kFloat).t().contiguous();
+    // fp16 data: the GEMM weights round to fp16 on every path (the tensor-core kernels read them
+    // in fp16; the scalar ones get the same rounded values in fp32), as autocast rounds them.
+    const bool half = x.scalar_type() == at::kHalf;
+    auto gemm_weight = [half](const at::Tensor& w) {
+        const auto t = w.to(at::kFloat).t().contiguous();
+        return half ? t.to(at::kHalf).to(at::kFloat) : t;
+    };
+    const auto w1t = gemm_weight(w1);
+    const auto w2t = gemm_weight(w2);
     const auto dwb = f32(dw_bias), lnw = f32(ln_weight), lnb = f32(ln_bias), bb1 = f32(b1), gm = f32(gamma),
                bt = f32(beta), bb2 = f32(b2);
     const auto xh = x.permute({0, 2, 3, 1}).contiguous();  // NHWC (no copy for a channels-last x)
@@ -57,7 +64,7 @@ at::Tensor convnext_block_cuda(const at::Tensor& x, const at::Tensor& dw_weight,
     a.hidden = hidden.data_ptr();
     a.sumsq = sumsq.data_ptr<float>();
     at::Tensor w1t_half, w2t_half;  // the tensor-core path's fp16 weights (fp16 data only)
-    if (xh.scalar_type() == at::kHalf) {
+    if (half) {
         w1t_half = w1t.to(at::kHalf);
         w2t_half = w2t.to(at::kHalf);
         a.w1t_half = w1t_half.data_ptr();

@@ -3,8 +3,9 @@
 // pass 1: one warp per pixel (grid-stride over the pixels of one batch item, blockIdx.y): the
 //   k x k depthwise taps (lanes over channels, so each tap is one coalesced row read), the
 //   LayerNorm (warp reductions), W1 (transposed: lanes over outputs, no bank conflicts; in
-//   shared memory when C * E <= kBlockSharedWeights, else through the read-only cache), GELU; writes h [E] in the data type and adds h^2 into per-lane sums, which the
-//   block adds into sumsq[b, :] once (shared, then global atomics).
+//   shared memory when C * E <= kBlockSharedWeights and it fits the device, else through the
+//   read-only cache), GELU; writes h [E] in the data type and adds h^2 into per-lane sums,
+//   which the block adds into sumsq[b, :] once (shared, then global atomics).
 // pass 2: one warp per pixel: GRN's factors nx from sumsq (each block recomputes the E values and
 //   their mean), g = gamma * h * nx + beta + h, then W2 (transposed, shared) + b2 + the residual.
 // All arithmetic in fp32; data rounds once on store.
@@ -175,7 +176,6 @@ __global__ void __launch_bounds__(kWarps * 32) block_pass2(const T* __restrict__
 namespace wmma = nvcuda::wmma;
 constexpr int kTile = 16;  // pixels per warp tile = the WMMA M, N and K
 constexpr int kTcWarps = 4;
-constexpr size_t kTcSharedMax = 160 * 1024;  // under sm_80's 163 KB per block
 
 struct TcLayout1 {  // byte offsets in pass 1's dynamic shared memory (each a multiple of 32)
     size_t w1, dw, sq, a, acc, total;
@@ -361,10 +361,29 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __
     }
 }
 
+// Dynamic shared memory one block may opt into on the current device, less the kernels' static
+// shared memory (pass 2's s_mean) and a margin: 227 KB on sm_90, 163 KB on sm_80, 99 KB on
+// sm_86/89. Every kernel choice below is checked against it.
+size_t shared_limit() {
+    int device = 0, optin = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+        return 48 * 1024;  // the limit every device has without opting in
+    return static_cast<size_t>(optin) - 256;
+}
+
+size_t scalar_smem1(const Shape& s, bool shared_w) {
+    return sizeof(float) * ((shared_w ? static_cast<size_t>(s.C) * s.E : 0) + s.k * s.k * s.C + s.E + kWarps * s.C);
+}
+size_t scalar_smem2(const Shape& s, bool shared_w) {
+    return sizeof(float) * ((shared_w ? static_cast<size_t>(s.E) * s.C : 0) + s.E + kWarps * s.E);
+}
+
 bool tc_fits(const ConvNeXtBlockArgs& a) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
+    const size_t limit = shared_limit();
     return a.type == DType::kFloat16 && a.w1t_half != nullptr && a.w2t_half != nullptr && s.C % kTile == 0 &&
-           s.E % kTile == 0 && TcLayout1(s).total <= kTcSharedMax && TcLayout2(s).total <= kTcSharedMax;
+           s.E % kTile == 0 && TcLayout1(s).total <= limit && TcLayout2(s).total <= limit;
 }
 
 cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
@@ -375,14 +394,17 @@ cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     err = cudaFuncSetAttribute(block_pass2_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem2));
     if (err != cudaSuccess) return err;
+    if (hw == 0 || a.batch == 0) return cudaSuccess;  // nothing to write (and sumsq may be null)
     err = cudaMemsetAsync(a.sumsq, 0, sizeof(float) * a.batch * s.E, stream);
-    if (err != cudaSuccess || hw == 0 || a.batch == 0) return err;
+    if (err != cudaSuccess) return err;
     const int64_t tiles = (hw + kTile - 1) / kTile;
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>((tiles + kTcWarps - 1) / kTcWarps, 1024)), a.batch);
     const __half* x = static_cast<const __half*>(a.x);
     __half* hidden = static_cast<__half*>(a.hidden);
     block_pass1_tc<<<grid, kTcWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias,
                                                            static_cast<const __half*>(a.w1t_half), a.b1, hidden, a.sumsq);
+    err = cudaGetLastError();  // pass 2 must not run on an unwritten hidden map
+    if (err != cudaSuccess) return err;
     block_pass2_tc<<<grid, kTcWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta,
                                                            static_cast<const __half*>(a.w2t_half), a.b2,
                                                            static_cast<__half*>(a.out));
@@ -394,23 +416,25 @@ template <class T, bool kSharedW>
 cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
     const int64_t hw = static_cast<int64_t>(a.height) * a.width;
-    const size_t weights = kSharedW ? static_cast<size_t>(s.C) * s.E : 0;
-    const size_t smem1 = sizeof(float) * (weights + s.k * s.k * s.C + s.E + kWarps * s.C);
-    const size_t smem2 = sizeof(float) * (weights + s.E + kWarps * s.E);
+    const size_t smem1 = scalar_smem1(s, kSharedW), smem2 = scalar_smem2(s, kSharedW);
+    if (smem1 > shared_limit() || smem2 > shared_limit()) return cudaErrorInvalidValue;  // see kBlockMaxTaps
     cudaError_t err = cudaFuncSetAttribute(block_pass1<T, kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem1));
     if (err != cudaSuccess) return err;
     err = cudaFuncSetAttribute(block_pass2<T, kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(smem2));
     if (err != cudaSuccess) return err;
+    if (hw == 0 || a.batch == 0) return cudaSuccess;  // nothing to write (and sumsq may be null)
     err = cudaMemsetAsync(a.sumsq, 0, sizeof(float) * a.batch * s.E, stream);
-    if (err != cudaSuccess || hw == 0 || a.batch == 0) return err;
+    if (err != cudaSuccess) return err;
     // Enough blocks to fill the GPU; each loads the weights into shared memory once.
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>((hw + kWarps - 1) / kWarps, 1024)), a.batch);
     const T* x = static_cast<const T*>(a.x);
     T* hidden = static_cast<T*>(a.hidden);
     block_pass1<T, kSharedW><<<grid, kWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias, a.w1t,
                                                                    a.b1, hidden, a.sumsq);
+    err = cudaGetLastError();  // pass 2 must not run on an unwritten hidden map
+    if (err != cudaSuccess) return err;
     block_pass2<T, kSharedW><<<grid, kWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta, a.w2t, a.b2,
                                                                    static_cast<T*>(a.out));
     return cudaGetLastError();
@@ -418,7 +442,10 @@ cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
 
 template <class T>
 cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
-    return a.channels * a.hidden_channels <= kBlockSharedWeights ? launch<T, true>(a, stream) : launch<T, false>(a, stream);
+    const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
+    const bool shared_w = s.C * s.E <= kBlockSharedWeights && scalar_smem1(s, true) <= shared_limit() &&
+                          scalar_smem2(s, true) <= shared_limit();
+    return shared_w ? launch<T, true>(a, stream) : launch<T, false>(a, stream);
 }
 
 }  // namespace

@@ -517,3 +517,21 @@ def test_fused_blocks_in_the_model(device, fused_blocks_here, strict_fp32):
     with ref_ops.use_backend("plugin"):
         model(events, queries)
     assert fused_blocks_here == []
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+def test_fused_block_follows_autocast_and_leaves_bf16_to_pytorch(device, fused_blocks_here):
+    block = random_block(32, 7, 2, seed=29).float().to(device)
+    x = torch.randn(1, 32, 6, 9, generator=gen(30)).to(device)
+    with torch.no_grad():
+        want = block(x)  # reference backend: PyTorch's block
+        with ref_ops.use_backend("plugin"):
+            got32 = block(x)
+            assert len(fused_blocks_here) == 1 and rel_err(got32, want) <= BLOCK_TOL[F32]
+            with torch.autocast(device.type, dtype=torch.float16):
+                got = block(x)  # the fused op runs on the autocast dtype, as the block's GEMMs would
+            assert got.dtype == F16 and len(fused_blocks_here) == 2
+            assert ((got.float() - want).abs().max() / want.abs().max()).item() <= BLOCK_TOL[F16]
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                block(x)
+            assert len(fused_blocks_here) == 2  # the kernels take fp32/fp16 only: bf16 stays on PyTorch's block
