@@ -403,9 +403,9 @@ def event_splat(events: torch.Tensor, table: torch.Tensor, width: int, height: i
 # reference is the PyTorch block itself (layers.ConvNeXtV2Block), so there is no reference op
 # and nothing changes in the exported graphs. Inference only (no autograd formula), shapes the
 # kernels take, and devices in FUSED_BLOCK_DEVICES: on the CPU its scalar loops are ~4x slower
-# than PyTorch's oneDNN convolutions and GEMMs (one HD F^3 block, 640 x 360 x 64: 4.8 s vs 1.2 s
-# on this project's 2-core machine), so the CPU kernel serves as the tested reference of the GPU
-# arithmetic and runs only where a test asks for it.
+# than PyTorch's oneDNN convolutions and GEMMs (one HD F^3 block, 640 x 360 x 64, on this
+# project's 2-core machine: `python scripts/bench_convnext_cpu.py`), so the CPU kernel serves as
+# the tested reference of the GPU arithmetic and runs only where a test asks for it.
 FUSED_BLOCK_DEVICES: tuple[str, ...] = ("cuda",)
 
 

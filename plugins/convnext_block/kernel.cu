@@ -10,9 +10,10 @@
 //   their mean), g = gamma * h * nx + beta + h, then W2 (transposed, shared) + b2 + the residual.
 // All arithmetic in fp32; data rounds once on store.
 //
-// fp16 data with C and E multiples of 16 takes the tensor-core kernels instead (when W1/W2 and
-// the tiles fit shared memory: F^3's and L1's blocks): each warp owns a tile of 16 pixels; the
-// taps and LayerNorm fill a 16 x C fp16 tile, W1 (fp16, shared) multiplies it with WMMA
+// fp16 data with C and E multiples of 16 takes the tensor-core kernels instead (W1/W2 in shared
+// memory where they fit with the tiles: F^3's and L1's blocks; else read from global memory:
+// L2's on sm_80/sm_90): each warp owns a tile of 16 pixels; the
+// taps and LayerNorm fill a 16 x C fp16 tile, W1 (fp16) multiplies it with WMMA
 // 16x16x16 fp16 -> fp32, each 16 x 16 result goes through GELU and into h and the sums; pass 2
 // builds the 16 x E fp16 tile of g and multiplies it with W2 the same way. The GEMM inputs are
 // rounded to fp16 (yn and g), as autocast's fp16 GEMMs round them; accumulation is fp32.
@@ -177,20 +178,23 @@ namespace wmma = nvcuda::wmma;
 constexpr int kTile = 16;  // pixels per warp tile = the WMMA M, N and K
 constexpr int kTcWarps = 4;
 
-struct TcLayout1 {  // byte offsets in pass 1's dynamic shared memory (each a multiple of 32)
+// Byte offsets in the dynamic shared memory of the tensor-core passes (each a multiple of 32, as
+// WMMA needs); W1 / W2 take no room when they are read from global memory (shared_w false).
+struct TcLayout1 {
     size_t w1, dw, sq, a, acc, total;
-    __host__ __device__ explicit TcLayout1(const Shape& s)
-        : w1(0), dw(w1 + sizeof(__half) * s.C * s.E), sq(dw + sizeof(float) * s.k * s.k * s.C),
+    __host__ __device__ TcLayout1(const Shape& s, bool shared_w)
+        : w1(0), dw(w1 + (shared_w ? sizeof(__half) * s.C * s.E : 0)), sq(dw + sizeof(float) * s.k * s.k * s.C),
           a(sq + sizeof(float) * s.E), acc(a + sizeof(__half) * kTcWarps * kTile * s.C),
           total(acc + sizeof(float) * kTcWarps * kTile * kTile) {}
 };
 struct TcLayout2 {
     size_t w2, nx, g, acc, total;
-    __host__ __device__ explicit TcLayout2(const Shape& s)
-        : w2(0), nx(w2 + sizeof(__half) * s.E * s.C), g(nx + sizeof(float) * s.E),
+    __host__ __device__ TcLayout2(const Shape& s, bool shared_w)
+        : w2(0), nx(w2 + (shared_w ? sizeof(__half) * s.E * s.C : 0)), g(nx + sizeof(float) * s.E),
           acc(g + sizeof(__half) * kTcWarps * kTile * s.E), total(acc + sizeof(float) * kTcWarps * kTile * kTile) {}
 };
 
+template <bool kSharedW>
 __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __restrict__ x, Shape s,
                                                                 const float* __restrict__ dw,
                                                                 const float* __restrict__ dw_bias,
@@ -200,12 +204,14 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __
                                                                 const float* __restrict__ b1, __half* __restrict__ hidden,
                                                                 float* __restrict__ sumsq) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    const TcLayout1 L(s);
+    const TcLayout1 L(s, kSharedW);
     const int C = s.C, E = s.E, kk = s.k * s.k, pad = s.k / 2;
-    __half* s_w1 = reinterpret_cast<__half*>(tc_smem + L.w1);  // [C, E] row-major
+    __half* s_w1 = reinterpret_cast<__half*>(tc_smem + L.w1);  // [C, E] row-major (kSharedW)
     float* s_dw = reinterpret_cast<float*>(tc_smem + L.dw);     // [k*k, C]
     float* s_sq = reinterpret_cast<float*>(tc_smem + L.sq);     // [E]
-    for (int i = threadIdx.x; i < C * E; i += blockDim.x) s_w1[i] = w1t[i];
+    if (kSharedW)
+        for (int i = threadIdx.x; i < C * E; i += blockDim.x) s_w1[i] = w1t[i];
+    const __half* W1 = kSharedW ? s_w1 : w1t;  // WMMA loads from shared or global memory alike
     for (int i = threadIdx.x; i < kk * C; i += blockDim.x) s_dw[i] = dw[i];
     for (int i = threadIdx.x; i < E; i += blockDim.x) s_sq[i] = 0.f;
     __syncthreads();
@@ -267,7 +273,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __
                 wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __half, wmma::row_major> fa;
                 wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __half, wmma::row_major> fb;
                 wmma::load_matrix_sync(fa, a + kt * kTile, C);
-                wmma::load_matrix_sync(fb, s_w1 + kt * kTile * E + nt * kTile, E);
+                wmma::load_matrix_sync(fb, W1 + kt * kTile * E + nt * kTile, E);
                 wmma::mma_sync(acc, fa, fb, acc);
             }
             wmma::store_matrix_sync(acc_tile, acc, kTile, wmma::mem_row_major);
@@ -289,6 +295,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __
     for (int e = threadIdx.x; e < E; e += blockDim.x) atomicAdd(sumsq + b * E + e, s_sq[e]);
 }
 
+template <bool kSharedW>
 __global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __restrict__ x, Shape s,
                                                                 const __half* __restrict__ hidden,
                                                                 const float* __restrict__ sumsq,
@@ -297,14 +304,16 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __
                                                                 const __half* __restrict__ w2t,
                                                                 const float* __restrict__ b2, __half* __restrict__ out) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    const TcLayout2 L(s);
+    const TcLayout2 L(s, kSharedW);
     const int C = s.C, E = s.E;
-    __half* s_w2 = reinterpret_cast<__half*>(tc_smem + L.w2);  // [E, C] row-major
+    __half* s_w2 = reinterpret_cast<__half*>(tc_smem + L.w2);  // [E, C] row-major (kSharedW)
     float* s_nx = reinterpret_cast<float*>(tc_smem + L.nx);     // [E]
     __shared__ float s_mean;
     const int b = blockIdx.y;
     const int64_t hw = static_cast<int64_t>(s.H) * s.W, tiles = (hw + kTile - 1) / kTile;
-    for (int i = threadIdx.x; i < E * C; i += blockDim.x) s_w2[i] = w2t[i];
+    if (kSharedW)
+        for (int i = threadIdx.x; i < E * C; i += blockDim.x) s_w2[i] = w2t[i];
+    const __half* W2 = kSharedW ? s_w2 : w2t;
     for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = sqrtf(sumsq[b * E + e] / static_cast<float>(hw));
     __syncthreads();
     if (threadIdx.x < 32) {
@@ -343,7 +352,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __
                 wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __half, wmma::row_major> fa;
                 wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __half, wmma::row_major> fb;
                 wmma::load_matrix_sync(fa, g + kt * kTile, E);
-                wmma::load_matrix_sync(fb, s_w2 + kt * kTile * C + nt * kTile, C);
+                wmma::load_matrix_sync(fb, W2 + kt * kTile * C + nt * kTile, C);
                 wmma::mma_sync(acc, fa, fb, acc);
             }
             wmma::store_matrix_sync(acc_tile, acc, kTile, wmma::mem_row_major);
@@ -379,20 +388,30 @@ size_t scalar_smem2(const Shape& s, bool shared_w) {
     return sizeof(float) * ((shared_w ? static_cast<size_t>(s.E) * s.C : 0) + s.E + kWarps * s.E);
 }
 
-bool tc_fits(const ConvNeXtBlockArgs& a) {
+// Which tensor-core kernels a call takes: 2 = W1/W2 in shared memory, 1 = W1/W2 read from global
+// memory (L2's 128 x 512 on sm_80/sm_90), 0 = none (fp32 data, C or E not multiples of 16, no
+// fp16 weights given, or the tiles do not fit the device).
+int tc_variant(const ConvNeXtBlockArgs& a) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
+    if (a.type != DType::kFloat16 || a.w1t_half == nullptr || a.w2t_half == nullptr || s.C % kTile != 0 ||
+        s.E % kTile != 0)
+        return 0;
     const size_t limit = shared_limit();
-    return a.type == DType::kFloat16 && a.w1t_half != nullptr && a.w2t_half != nullptr && s.C % kTile == 0 &&
-           s.E % kTile == 0 && TcLayout1(s).total <= limit && TcLayout2(s).total <= limit;
+    if (TcLayout1(s, true).total <= limit && TcLayout2(s, true).total <= limit) return 2;
+    if (TcLayout1(s, false).total <= limit && TcLayout2(s, false).total <= limit) return 1;
+    return 0;
 }
 
+template <bool kSharedW>
 cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
     const int64_t hw = static_cast<int64_t>(a.height) * a.width;
-    const size_t smem1 = TcLayout1(s).total, smem2 = TcLayout2(s).total;
-    cudaError_t err = cudaFuncSetAttribute(block_pass1_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
+    const size_t smem1 = TcLayout1(s, kSharedW).total, smem2 = TcLayout2(s, kSharedW).total;
+    cudaError_t err = cudaFuncSetAttribute(block_pass1_tc<kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem1));
     if (err != cudaSuccess) return err;
-    err = cudaFuncSetAttribute(block_pass2_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem2));
+    err = cudaFuncSetAttribute(block_pass2_tc<kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem2));
     if (err != cudaSuccess) return err;
     if (hw == 0 || a.batch == 0) return cudaSuccess;  // nothing to write (and sumsq may be null)
     err = cudaMemsetAsync(a.sumsq, 0, sizeof(float) * a.batch * s.E, stream);
@@ -401,13 +420,14 @@ cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>((tiles + kTcWarps - 1) / kTcWarps, 1024)), a.batch);
     const __half* x = static_cast<const __half*>(a.x);
     __half* hidden = static_cast<__half*>(a.hidden);
-    block_pass1_tc<<<grid, kTcWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias,
-                                                           static_cast<const __half*>(a.w1t_half), a.b1, hidden, a.sumsq);
+    block_pass1_tc<kSharedW><<<grid, kTcWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias,
+                                                                     static_cast<const __half*>(a.w1t_half), a.b1,
+                                                                     hidden, a.sumsq);
     err = cudaGetLastError();  // pass 2 must not run on an unwritten hidden map
     if (err != cudaSuccess) return err;
-    block_pass2_tc<<<grid, kTcWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta,
-                                                           static_cast<const __half*>(a.w2t_half), a.b2,
-                                                           static_cast<__half*>(a.out));
+    block_pass2_tc<kSharedW><<<grid, kTcWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta,
+                                                                     static_cast<const __half*>(a.w2t_half), a.b2,
+                                                                     static_cast<__half*>(a.out));
     return cudaGetLastError();
 }
 
@@ -455,11 +475,15 @@ cudaError_t convnext_block(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
         a.hidden_channels < 1 || a.hidden_channels > kBlockMaxHidden || a.kernel < 1 || a.kernel % 2 == 0 ||
         a.kernel > kBlockMaxKernel || a.kernel * a.kernel * a.channels > kBlockMaxTaps || a.batch > 65535)
         return cudaErrorInvalidValue;
-    if (tc_fits(a)) return launch_tc(a, stream);
+    switch (tc_variant(a)) {
+        case 2: return launch_tc<true>(a, stream);
+        case 1: return launch_tc<false>(a, stream);
+        default: break;
+    }
     return a.type == DType::kFloat16 ? launch<__half>(a, stream) : launch<float>(a, stream);
 }
 
-bool convnext_block_uses_tensor_cores(const ConvNeXtBlockArgs& a) { return tc_fits(a); }
+bool convnext_block_uses_tensor_cores(const ConvNeXtBlockArgs& a) { return tc_variant(a) != 0; }
 
 }  // namespace cuda
 }  // namespace eventspd
