@@ -396,6 +396,8 @@ int tc_variant(const ConvNeXtBlockArgs& a) {
     if (a.type != DType::kFloat16 || a.w1t_half == nullptr || a.w2t_half == nullptr || s.C % kTile != 0 ||
         s.E % kTile != 0)
         return 0;
+    // WMMA reads W1/W2 in 32-byte pieces (straight from them when they stay in global memory)
+    if (reinterpret_cast<uintptr_t>(a.w1t_half) % 32 != 0 || reinterpret_cast<uintptr_t>(a.w2t_half) % 32 != 0) return 0;
     const size_t limit = shared_limit();
     if (TcLayout1(s, true).total <= limit && TcLayout2(s, true).total <= limit) return 2;
     if (TcLayout1(s, false).total <= limit && TcLayout2(s, false).total <= limit) return 1;

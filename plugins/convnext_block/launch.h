@@ -23,7 +23,8 @@ struct ConvNeXtBlockArgs {
     void* hidden;
     float* sumsq;
     // fp16 data only, optional: W1 [C, E] and W2 [E, C] transposed as above, in fp16, for the
-    // tensor-core path (taken when both are given and C, E are multiples of 16 that fit it).
+    // tensor-core path (taken when both are given, 32-byte aligned, and C, E are multiples of 16
+    // whose tiles fit the device's shared memory).
     const void* w1t_half = nullptr;
     const void* w2t_half = nullptr;
 };
