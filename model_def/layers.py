@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import fused_block
 
 
 class LayerNorm2d(nn.Module):
@@ -58,9 +58,9 @@ class ConvNeXtV2Block(nn.Module):
         self.pwconv2 = nn.Linear(expansion * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ops.fused_block_applies(x, self.pwconv1.in_features, self.pwconv1.out_features,
+        if fused_block.applies(x, self.pwconv1.in_features, self.pwconv1.out_features,
                                    self.dwconv.kernel_size[0]):
-            return ops.convnext_block(x, self.dwconv.weight, self.dwconv.bias, self.norm.weight,
+            return fused_block.convnext_block(x, self.dwconv.weight, self.dwconv.bias, self.norm.weight,
                                       self.norm.bias, self.pwconv1.weight, self.pwconv1.bias,
                                       self.grn.gamma, self.grn.beta, self.pwconv2.weight,
                                       self.pwconv2.bias, self.norm.eps)

@@ -348,7 +348,7 @@ def set_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown op backend {name!r}; choose one of {BACKENDS}")
     if name == "plugin":
-        _plugin_ops()  # fail now, with the reason, rather than inside a forward pass
+        plugin_ops()  # fail now, with the reason, rather than inside a forward pass
     _backend = name
 
 
@@ -362,7 +362,7 @@ def use_backend(name: str):
         set_backend(previous)
 
 
-def _plugin_ops():
+def plugin_ops():
     try:
         import plugins.torch_ext as ext  # built by the package install (plugins issue)
     except ImportError as exc:
@@ -374,7 +374,7 @@ def _plugin_ops():
 
 
 def _ops():
-    return torch.ops.eventspd if _backend == "reference" else _plugin_ops()
+    return torch.ops.eventspd if _backend == "reference" else plugin_ops()
 
 
 def topr_route(attn: torch.Tensor, top_r: int, grid_w: int, grid_h: int,
@@ -396,45 +396,6 @@ def event_splat(events: torch.Tensor, table: torch.Tensor, width: int, height: i
     if _exporting():
         return _SplatExport.apply(events, table, width, height, resolutions, float(time_scale))
     return _ops().event_splat(events, table, width, height, resolutions, float(time_scale))
-
-
-# The fused ConvNeXt-V2 block (plugins/convnext_block): in the "plugin" backend a block runs as
-# one op of two passes instead of dwconv, LayerNorm, two GEMMs, GELU and GRN's reductions. Its
-# reference is the PyTorch block itself (layers.ConvNeXtV2Block), so there is no reference op
-# and nothing changes in the exported graphs. Inference only (no autograd formula), shapes the
-# kernels take, and devices in FUSED_BLOCK_DEVICES: on the CPU its scalar loops are ~4x slower
-# than PyTorch's oneDNN convolutions and GEMMs (one HD F^3 block, 640 x 360 x 64, on this
-# project's 2-core machine: `python scripts/bench_convnext_cpu.py`), so the CPU kernel serves as
-# the tested reference of the GPU arithmetic and runs only where a test asks for it.
-FUSED_BLOCK_DEVICES: tuple[str, ...] = ("cuda",)
-
-
-def _fused_block_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the fused block's data runs in: autocast's where it is on, else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
-def fused_block_applies(x: torch.Tensor, channels: int, hidden: int, kernel: int) -> bool:
-    if _backend != "plugin" or _exporting() or torch.is_grad_enabled():
-        return False
-    if x.device.type not in FUSED_BLOCK_DEVICES:
-        return False
-    if _fused_block_dtype(x) not in (torch.float32, torch.float16):  # bf16: PyTorch's block
-        return False
-    import plugins.torch_ext as ext
-
-    return ext.convnext_block_supports(channels, hidden, kernel)
-
-
-def convnext_block(x, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, beta, w2, b2,
-                   eps: float) -> torch.Tensor:
-    """One fused ConvNeXt-V2 block; under autocast its data runs in the autocast dtype (as the
-    block's convolutions and GEMMs would), the arithmetic in fp32."""
-    x = x.to(_fused_block_dtype(x))
-    return _plugin_ops().convnext_block(x, dw_weight, dw_bias, ln_weight, ln_bias, w1, b1, gamma, beta,
-                                        w2, b2, float(eps))
 
 
 # ------------------------------------------------------------------------------------------

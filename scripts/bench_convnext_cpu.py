@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CPU timing of one F^3 ConvNeXt-V2 block at the F^3 map size: the fused CPU kernel
 (torch.ops.eventspd_plugins.convnext_block) against the PyTorch block. It is the figure behind
-model_def.ops.FUSED_BLOCK_DEVICES leaving the CPU on PyTorch's path. Prints; asserts nothing.
+model_def.fused_block.FUSED_BLOCK_DEVICES leaving the CPU on PyTorch's path. Prints; asserts nothing.
 
     python scripts/bench_convnext_cpu.py --config hd --repeat 3
 """

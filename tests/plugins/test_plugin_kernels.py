@@ -20,6 +20,7 @@ import math
 import pytest
 import torch
 
+from model_def import fused_block
 from model_def import ops as ref_ops
 
 try:
@@ -479,12 +480,12 @@ def test_convnext_block_errors(device):
 
 @pytest.fixture
 def fused_blocks_here(monkeypatch, device):
-    """Let the plugin backend fuse the model's ConvNeXt-V2 blocks on this device (model_def.ops
-    keeps the CPU on PyTorch's faster path) and count the fused calls."""
+    """Let the plugin backend fuse the model's ConvNeXt-V2 blocks on this device
+    (model_def.fused_block keeps the CPU on PyTorch's faster path) and count the fused calls."""
     calls = []
-    real = ref_ops.convnext_block
-    monkeypatch.setattr(ref_ops, "FUSED_BLOCK_DEVICES", (device.type,))
-    monkeypatch.setattr(ref_ops, "convnext_block", lambda *a: calls.append(a[0].shape) or real(*a))
+    real = fused_block.convnext_block
+    monkeypatch.setattr(fused_block, "FUSED_BLOCK_DEVICES", (device.type,))
+    monkeypatch.setattr(fused_block, "convnext_block", lambda *a: calls.append(a[0].shape) or real(*a))
     return calls
 
 
