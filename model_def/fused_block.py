@@ -5,7 +5,7 @@ runs as one op of two passes instead of dwconv, LayerNorm, two GEMMs, GELU and G
 Its reference is the PyTorch block itself, so there is no reference op and nothing changes in
 the exported graphs. Used only for inference (the op has no autograd formula), for shapes the
 kernels take, in fp32/fp16, and on devices in FUSED_BLOCK_DEVICES: on the CPU its plain loops
-are ~4x slower than PyTorch's oneDNN convolutions and GEMMs (one HD F^3 block, 640 x 360 x 64,
+are ~3.5x slower than PyTorch's oneDNN convolutions and GEMMs (one HD F^3 block, 640 x 360 x 64,
 on this project's 2-core machine: `python scripts/bench_convnext_cpu.py`), so the CPU kernel
 serves as the tested reference of the GPU arithmetic and runs only where a test asks for it.
 """
