@@ -54,6 +54,63 @@ struct Shape {
     float eps;
 };
 
+// One pixel's k x k depthwise taps and LayerNorm, lanes over channels (each tap is one coalesced
+// row read of the NHWC map xb), shared by the scalar and the tensor-core pass 1: writes the
+// normalised value, rounded to T (the GEMM's input), to dst[c]. The whole warp calls it.
+template <class T, class D>
+__device__ __forceinline__ void taps_layernorm(const T* __restrict__ xb, const Shape& s, const float* s_dw,
+                                               const float* __restrict__ dw_bias, const float* __restrict__ ln_w,
+                                               const float* __restrict__ ln_b, int py, int px, int lane, D* dst) {
+    constexpr int kPerLane = kBlockMaxChannels / 32;
+    const int C = s.C, pad = s.k / 2;
+    float part = 0.f, y[kPerLane];  // static indices: y stays in registers
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+        const int c = lane + 32 * j;
+        if (c >= C) break;
+        float v = dw_bias[c];
+        for (int i = 0; i < s.k; ++i) {
+            const int yy = py + i - pad;
+            if (yy < 0 || yy >= s.H) continue;
+            for (int jj = 0; jj < s.k; ++jj) {
+                const int xx = px + jj - pad;
+                if (xx < 0 || xx >= s.W) continue;
+                v += s_dw[(i * s.k + jj) * C + c] * load(xb + (static_cast<int64_t>(yy) * s.W + xx) * C + c);
+            }
+        }
+        y[j] = v;
+        part += v;
+    }
+    const float mean = warp_sum(part) / C;
+    float dev = 0.f;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j)
+        if (lane + 32 * j < C) dev += (y[j] - mean) * (y[j] - mean);
+    const float rstd = rsqrtf(warp_sum(dev) / C + s.eps);
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+        const int c = lane + 32 * j;
+        if (c < C) store(dst + c, round_as<T>((y[j] - mean) * rstd * ln_w[c] + ln_b[c]));
+    }
+}
+
+// GRN's factors of batch item blockIdx.y into s_nx[E]: nx = gx / (mean_e gx + 1e-6), gx =
+// sqrt(sumsq / HW). Block-wide: every thread calls it; s_nx is complete when it returns.
+__device__ __forceinline__ void grn_factors_block(const float* __restrict__ sumsq_b, int E, int64_t hw, float* s_nx) {
+    __shared__ float s_mean;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = sqrtf(sumsq_b[e] / static_cast<float>(hw));
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float part = 0.f;
+        for (int e = threadIdx.x; e < E; e += 32) part += s_nx[e];
+        part = warp_sum(part);
+        if (threadIdx.x == 0) s_mean = part / E + static_cast<float>(kGrnEps);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = s_nx[e] / s_mean;
+    __syncthreads();
+}
+
 template <class T, bool kSharedW>
 __global__ void __launch_bounds__(kWarps * 32) block_pass1(const T* __restrict__ x, Shape s, const float* __restrict__ dw,
                                                            const float* __restrict__ dw_bias, const float* __restrict__ ln_w,
@@ -61,7 +118,7 @@ __global__ void __launch_bounds__(kWarps * 32) block_pass1(const T* __restrict__
                                                            const float* __restrict__ b1, T* __restrict__ hidden,
                                                            float* __restrict__ sumsq) {
     extern __shared__ float smem[];
-    const int C = s.C, E = s.E, kk = s.k * s.k, pad = s.k / 2;
+    const int C = s.C, E = s.E, kk = s.k * s.k;
     float* s_w1t = smem;                             // [C, E] (kSharedW)
     float* s_dw = s_w1t + (kSharedW ? C * E : 0);   // [k*k, C]
     float* s_sq = s_dw + kk * C;                     // [E]
@@ -83,27 +140,7 @@ __global__ void __launch_bounds__(kWarps * 32) block_pass1(const T* __restrict__
     for (int j = 0; j < kMaxHiddenPerLane; ++j) sq[j] = 0.f;
 
     for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + warp; p < hw; p += static_cast<int64_t>(gridDim.x) * kWarps) {
-        const int py = static_cast<int>(p / s.W), px = static_cast<int>(p % s.W);
-        float part = 0.f;
-        for (int c = lane; c < C; c += 32) {
-            float acc = dw_bias[c];
-            for (int i = 0; i < s.k; ++i) {
-                const int yy = py + i - pad;
-                if (yy < 0 || yy >= s.H) continue;
-                for (int j = 0; j < s.k; ++j) {
-                    const int xx = px + j - pad;
-                    if (xx < 0 || xx >= s.W) continue;
-                    acc += s_dw[(i * s.k + j) * C + c] * load(xb + (static_cast<int64_t>(yy) * s.W + xx) * C + c);
-                }
-            }
-            y[c] = acc;
-            part += acc;
-        }
-        const float mean = warp_sum(part) / C;
-        float dev = 0.f;
-        for (int c = lane; c < C; c += 32) dev += (y[c] - mean) * (y[c] - mean);
-        const float rstd = rsqrtf(warp_sum(dev) / C + s.eps);
-        for (int c = lane; c < C; c += 32) y[c] = round_as<T>((y[c] - mean) * rstd * ln_w[c] + ln_b[c]);
+        taps_layernorm<T>(xb, s, s_dw, dw_bias, ln_w, ln_b, static_cast<int>(p / s.W), static_cast<int>(p % s.W), lane, y);
         __syncwarp();
         T* hp = hidden + (b * hw + p) * E;
         // j runs to a compile-time bound so sq[] stays in registers (static indices)
@@ -136,23 +173,12 @@ __global__ void __launch_bounds__(kWarps * 32) block_pass2(const T* __restrict__
     float* s_w2t = smem;                            // [E, C] (kSharedW)
     float* s_nx = s_w2t + (kSharedW ? E * C : 0);  // [E]
     float* s_g = s_nx + E;                          // [kWarps, E]
-    __shared__ float s_mean;
     const int b = blockIdx.y;
     const int64_t hw = static_cast<int64_t>(s.H) * s.W;
     if (kSharedW)
         for (int i = threadIdx.x; i < E * C; i += blockDim.x) s_w2t[i] = w2t[i];
     const float* W2 = kSharedW ? s_w2t : w2t;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = sqrtf(sumsq[b * E + e] / static_cast<float>(hw));
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float part = 0.f;
-        for (int e = threadIdx.x; e < E; e += 32) part += s_nx[e];
-        part = warp_sum(part);
-        if (threadIdx.x == 0) s_mean = part / E + static_cast<float>(kGrnEps);
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = s_nx[e] / s_mean;
-    __syncthreads();
+    grn_factors_block(sumsq + b * E, E, hw, s_nx);  // (its first barrier also publishes s_w2t)
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float* g = s_g + warp * E;
@@ -205,7 +231,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __
                                                                 float* __restrict__ sumsq) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     const TcLayout1 L(s, kSharedW);
-    const int C = s.C, E = s.E, kk = s.k * s.k, pad = s.k / 2;
+    const int C = s.C, E = s.E, kk = s.k * s.k;
     __half* s_w1 = reinterpret_cast<__half*>(tc_smem + L.w1);  // [C, E] row-major (kSharedW)
     float* s_dw = reinterpret_cast<float*>(tc_smem + L.dw);     // [k*k, C]
     float* s_sq = reinterpret_cast<float*>(tc_smem + L.sq);     // [E]
@@ -234,36 +260,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __
                 for (int c = lane; c < C; c += 32) ar[c] = __float2half_rn(0.f);
                 continue;
             }
-            const int py = static_cast<int>(p / s.W), px = static_cast<int>(p % s.W);
-            float part = 0.f, y[kBlockMaxChannels / 32];
-#pragma unroll
-            for (int j = 0; j < kBlockMaxChannels / 32; ++j) {
-                const int c = lane + 32 * j;
-                if (c >= C) break;
-                float v = dw_bias[c];
-                for (int i = 0; i < s.k; ++i) {
-                    const int yy = py + i - pad;
-                    if (yy < 0 || yy >= s.H) continue;
-                    for (int jj = 0; jj < s.k; ++jj) {
-                        const int xx = px + jj - pad;
-                        if (xx < 0 || xx >= s.W) continue;
-                        v += s_dw[(i * s.k + jj) * C + c] * load(xb + (static_cast<int64_t>(yy) * s.W + xx) * C + c);
-                    }
-                }
-                y[j] = v;
-                part += v;
-            }
-            const float mean = warp_sum(part) / C;
-            float dev = 0.f;
-#pragma unroll
-            for (int j = 0; j < kBlockMaxChannels / 32; ++j)
-                if (lane + 32 * j < C) dev += (y[j] - mean) * (y[j] - mean);
-            const float rstd = rsqrtf(warp_sum(dev) / C + s.eps);
-#pragma unroll
-            for (int j = 0; j < kBlockMaxChannels / 32; ++j) {
-                const int c = lane + 32 * j;
-                if (c < C) ar[c] = __float2half_rn((y[j] - mean) * rstd * ln_w[c] + ln_b[c]);
-            }
+            taps_layernorm<__half>(xb, s, s_dw, dw_bias, ln_w, ln_b, static_cast<int>(p / s.W), static_cast<int>(p % s.W),
+                                   lane, ar);
         }
         __syncwarp();
         for (int nt = 0; nt < E / kTile; ++nt) {
@@ -308,23 +306,12 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __
     const int C = s.C, E = s.E;
     __half* s_w2 = reinterpret_cast<__half*>(tc_smem + L.w2);  // [E, C] row-major (kSharedW)
     float* s_nx = reinterpret_cast<float*>(tc_smem + L.nx);     // [E]
-    __shared__ float s_mean;
     const int b = blockIdx.y;
     const int64_t hw = static_cast<int64_t>(s.H) * s.W, tiles = (hw + kTile - 1) / kTile;
     if (kSharedW)
         for (int i = threadIdx.x; i < E * C; i += blockDim.x) s_w2[i] = w2t[i];
     const __half* W2 = kSharedW ? s_w2 : w2t;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = sqrtf(sumsq[b * E + e] / static_cast<float>(hw));
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float part = 0.f;
-        for (int e = threadIdx.x; e < E; e += 32) part += s_nx[e];
-        part = warp_sum(part);
-        if (threadIdx.x == 0) s_mean = part / E + static_cast<float>(kGrnEps);
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) s_nx[e] = s_nx[e] / s_mean;
-    __syncthreads();
+    grn_factors_block(sumsq + b * E, E, hw, s_nx);  // (its first barrier also publishes s_w2)
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     __half* g = reinterpret_cast<__half*>(tc_smem + L.g) + warp * kTile * E;            // [16, E]
