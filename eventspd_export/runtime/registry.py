@@ -144,20 +144,16 @@ def _tensorrt_version() -> str | None:
     return f"tensorrt {tensorrt.__version__}"
 
 
-def _plugins(device_type: str) -> str | None:
-    return availability.torch_plugins(device_type)
-
-
 # ---- the table ------------------------------------------------------------------------------
 register(Backend("torch", "the PyTorch model with the reference ops (model_def.ops)",
                  _torch_device, _torch_version))
 register(Backend("torch-plugins", "the PyTorch model with the compiled kernels of plugins/",
-                 _first(_torch_device, _plugins), _plugins_version))
+                 _first(_torch_device, availability.torch_plugins), _plugins_version))
 register(Backend("torch-cudagraph", "torch, each phase replayed from a CUDA graph",
                  _cuda_graphs, _torch_version))
 register(Backend("torch-plugins-cudagraph", "torch-plugins, each phase replayed from a CUDA graph",
-                 _first(_cuda_graphs, _plugins), _plugins_version))
+                 _first(_cuda_graphs, availability.torch_plugins), _plugins_version))
 register(Backend("torch-plugins-compiled", "torch-plugins-cudagraph with torch.compile'd phases",
-                 _first(_cuda_graphs, _plugins, _inductor), _torch_version))
+                 _first(_cuda_graphs, availability.torch_plugins, _inductor), _torch_version))
 register(Backend("onnxrt", "ONNX Runtime on the exported graphs (fp32)", _onnxruntime, _onnxruntime_version))
 register(Backend("trt", "TensorRT engines of the exported graphs", _tensorrt, _tensorrt_version))

@@ -35,6 +35,20 @@ def _cuda_include(nvcc: str) -> Path:
     return Path(nvcc).resolve().parent.parent / "include"
 
 
+def _host_compiler_and_cuda_include() -> tuple[str, Path]:
+    """The C++ compiler and CUDA's include/ for the host-side syntax checks (skip_or_fail without)."""
+    from helpers import skip_or_fail
+
+    nvcc = _nvcc()
+    cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
+    if not (cuda_inc / "cuda_runtime_api.h").is_file():
+        skip_or_fail("CUDA headers (cuda_runtime_api.h) not found")
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        skip_or_fail("no C++ compiler")
+    return cxx, cuda_inc
+
+
 def _source_id(p: Path) -> str:
     return p.relative_to(PLUGINS).as_posix()
 
@@ -60,15 +74,7 @@ def test_nvcc_compiles(cu: Path, arch: str, tmp_path: Path):
 @pytest.mark.parametrize("src", TRT_SOURCES, ids=_source_id)
 def test_tensorrt_sources_compile(src: Path, tensorrt_include):
     include = str(tensorrt_include)
-    nvcc = _nvcc()
-    cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
-    from helpers import skip_or_fail
-
-    if not (cuda_inc / "cuda_runtime_api.h").is_file():
-        skip_or_fail("CUDA headers (cuda_runtime_api.h) not found")
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        skip_or_fail("no C++ compiler")
+    cxx, cuda_inc = _host_compiler_and_cuda_include()
     cmd = [cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-Wno-deprecated-declarations",
            "-isystem", include, "-isystem", str(cuda_inc), "-I", str(PLUGINS), str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -85,15 +91,8 @@ def test_torch_cuda_front_ends_compile(tmp_path: Path):
     import sysconfig
 
     import torch
-    from helpers import skip_or_fail
 
-    nvcc = _nvcc()
-    cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
-    if not (cuda_inc / "cuda_runtime_api.h").is_file():
-        skip_or_fail("CUDA headers (cuda_runtime_api.h) not found")
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        skip_or_fail("no C++ compiler")
+    cxx, cuda_inc = _host_compiler_and_cuda_include()
     torch_inc = Path(torch.__file__).parent / "include"
     shim = tmp_path / "shim"
     (shim / "c10" / "cuda" / "impl").mkdir(parents=True)
