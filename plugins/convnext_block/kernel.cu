@@ -220,6 +220,21 @@ struct TcLayout2 {
           acc(g + sizeof(__half) * kTcWarps * kTile * s.E), total(acc + sizeof(float) * kTcWarps * kTile * kTile) {}
 };
 
+// acc_tile[16, 16] = A[16, K] x B[K, 16 columns from nt * 16] on the tensor cores (fp16 in, fp32
+// accumulate); A row-major with ld K (shared memory), B row-major [K, N] with ld N (shared or global).
+__device__ __forceinline__ void tile_gemm(const __half* a, const __half* b, int K, int N, int nt, float* acc_tile) {
+    wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+    wmma::fill_fragment(acc, 0.f);
+    for (int kt = 0; kt < K / kTile; ++kt) {
+        wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __half, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __half, wmma::row_major> fb;
+        wmma::load_matrix_sync(fa, a + kt * kTile, K);
+        wmma::load_matrix_sync(fb, b + kt * kTile * N + nt * kTile, N);
+        wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(acc_tile, acc, kTile, wmma::mem_row_major);
+}
+
 template <bool kSharedW>
 __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __restrict__ x, Shape s,
                                                                 const float* __restrict__ dw,
@@ -265,16 +280,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __
         }
         __syncwarp();
         for (int nt = 0; nt < E / kTile; ++nt) {
-            wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
-            wmma::fill_fragment(acc, 0.f);
-            for (int kt = 0; kt < C / kTile; ++kt) {
-                wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __half, wmma::row_major> fa;
-                wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __half, wmma::row_major> fb;
-                wmma::load_matrix_sync(fa, a + kt * kTile, C);
-                wmma::load_matrix_sync(fb, W1 + kt * kTile * E + nt * kTile, E);
-                wmma::mma_sync(acc, fa, fb, acc);
-            }
-            wmma::store_matrix_sync(acc_tile, acc, kTile, wmma::mem_row_major);
+            tile_gemm(a, W1, C, E, nt, acc_tile);
             __syncwarp();
             const int e = nt * kTile + col;
             float part = 0.f;
@@ -333,16 +339,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __
         }
         __syncwarp();
         for (int nt = 0; nt < C / kTile; ++nt) {
-            wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
-            wmma::fill_fragment(acc, 0.f);
-            for (int kt = 0; kt < E / kTile; ++kt) {
-                wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __half, wmma::row_major> fa;
-                wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __half, wmma::row_major> fb;
-                wmma::load_matrix_sync(fa, g + kt * kTile, E);
-                wmma::load_matrix_sync(fb, W2 + kt * kTile * C + nt * kTile, C);
-                wmma::mma_sync(acc, fa, fb, acc);
-            }
-            wmma::store_matrix_sync(acc_tile, acc, kTile, wmma::mem_row_major);
+            tile_gemm(g, W2, E, C, nt, acc_tile);
             __syncwarp();
             const int c = nt * kTile + col;
             for (int r = row0; r < row0 + 8; ++r) {
