@@ -7,7 +7,10 @@ in fp16 or fp32 and inserts Casts where the two meet (one Cast per tensor and ta
 Kept in fp32 (``KEEP_FP32_OPS`` and the coordinate rule below):
 * LayerNormalization (statistics over 64-384 channels), Softmax, Softplus and everything after
   a Softplus (A4's calibration scalars, eq. 26's inverse depth and depth: the graph outputs);
-* the plugin nodes (their kernels take fp32 coordinates; their function bodies are fp32);
+* the plugin nodes (their kernels take fp32 coordinates; their function bodies are fp32), except
+  the data of ``HALF_DATA_PLUGINS``: a fused ConvNeXt-V2 block (``onnx --fused-blocks``) takes
+  and gives its map in fp16 like the convolutions around it, its ten weights stay fp32 (the
+  plugin reads them in fp32 and rounds W1/W2 to fp16 itself);
 * GridSample and the *coordinate path*: every node with an input derived from ``queries``,
   ``events`` or the routing anchors, until a sampling op or a Fourier Sin/Cos turns the
   coordinates into features, and the element-wise chain that forms each Fourier angle. In
@@ -41,6 +44,9 @@ COORDINATE_INPUTS = frozenset({"queries", "events"})
 ANGLE_CHAIN_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Unsqueeze", "Concat", "Reshape", "Expand",
                              "Slice", "Gather", "Transpose", "Flatten", "Squeeze", "Identity"})
 ROUTING_PLUGIN = "EventSPDTopRRoute"
+# plugin op_type -> how many of its leading inputs (and all of its outputs) are data that runs in
+# fp16; its other inputs stay fp32
+HALF_DATA_PLUGINS = {"EventSPDConvNeXtBlock": 1}
 FLOAT = TensorProto.FLOAT
 HALF = TensorProto.FLOAT16
 
@@ -67,7 +73,8 @@ def _fp32_nodes(model: onnx.ModelProto, floats: set[str]) -> set[int]:
     for i, node in enumerate(model.graph.node):  # graph nodes are topologically sorted
         custom = node.domain not in ("", "ai.onnx")
         touches = any(x in tainted for x in node.input if x in floats or x in COORDINATE_INPUTS)
-        if custom or node.op_type in KEEP_FP32_OPS or (touches and node.op_type != "Constant"):
+        if ((custom and node.op_type not in HALF_DATA_PLUGINS) or node.op_type in KEEP_FP32_OPS
+                or (touches and node.op_type != "Constant")):
             keep.add(i)
         if node.op_type in TAINT_SOURCE_OPS or (custom and node.op_type == ROUTING_PLUGIN):
             tainted.update(node.output)
@@ -103,22 +110,35 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes = list(graph.node)
     half_node = [i not in keep for i in range(len(nodes))]
 
+    def input_half(i: int, j: int) -> bool:
+        """Whether input j of node i is read in fp16."""
+        data_inputs = HALF_DATA_PLUGINS.get(nodes[i].op_type, len(nodes[i].input))
+        return half_node[i] and j < data_inputs
+
+    consumers: dict[str, list[tuple[int, int]]] = defaultdict(list)  # tensor -> (node, input slot)
+    for i, node in enumerate(nodes):
+        for j, x in enumerate(node.input):
+            if x:
+                consumers[x].append((i, j))
+    # An Identity (torch's exporter shares equal weights through Identity nodes) runs in the
+    # precision its readers want, so a weight read in fp32 (LayerNorm's, a fused block's) does not
+    # pass through fp16 on the way. Last to first: a chain of Identities resolves in one sweep.
+    for i in reversed(range(len(nodes))):
+        users = consumers.get(nodes[i].output[0], []) if nodes[i].op_type == "Identity" else []
+        if users:
+            half_node[i] = all(input_half(u, j) for u, j in users)
+
     # which precision each float tensor is produced in
     produced_half: dict[str, bool] = {}
     for name in (i.name for i in graph.input):
         produced_half[name] = False
-    consumers: dict[str, list[int]] = defaultdict(list)
-    for i, node in enumerate(nodes):
-        for x in node.input:
-            if x:
-                consumers[x].append(i)
 
     # initializers: fp16 when every consumer runs in fp16; else fp32 (+ Cast for fp16 users)
     for init in graph.initializer:
         if init.data_type != FLOAT:
             continue
         users = consumers.get(init.name, [])
-        if users and all(half_node[u] for u in users):
+        if users and all(input_half(u, j) for u, j in users):
             arr = numpy_helper.to_array(init).astype(np.float16)
             init.CopyFrom(numpy_helper.from_array(arr, init.name))
             produced_half[init.name] = True
@@ -128,7 +148,7 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     for i, node in enumerate(nodes):
         if node.op_type == "Constant" and node.output[0] in floats:
             users = consumers.get(node.output[0], [])
-            to_half = bool(users) and all(half_node[u] for u in users)
+            to_half = bool(users) and all(input_half(u, j) for u, j in users)
             if to_half:
                 for a in node.attribute:
                     if a.name == "value":
@@ -162,8 +182,8 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     for i, node in enumerate(nodes):
         if node.op_type != "Constant":
             for j, x in enumerate(node.input):
-                if x in floats and x in produced_half and produced_half[x] != half_node[i]:
-                    node.input[j] = cast_of(x, half_node[i])
+                if x in floats and x in produced_half and produced_half[x] != input_half(i, j):
+                    node.input[j] = cast_of(x, input_half(i, j))
         new_nodes.append(node)
 
     # graph outputs stay float32

@@ -57,13 +57,21 @@ class ConvNeXtV2Block(nn.Module):
         self.grn = GRN(expansion * dim)
         self.pwconv2 = nn.Linear(expansion * dim, dim)
 
+    def weights(self) -> tuple[torch.Tensor, ...]:
+        """The ten weights in the fused op's (and TensorRT plugin's) input order."""
+        return (self.dwconv.weight, self.dwconv.bias, self.norm.weight, self.norm.bias, self.pwconv1.weight,
+                self.pwconv1.bias, self.grn.gamma, self.grn.beta, self.pwconv2.weight, self.pwconv2.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_block.exports_as_plugin():
+            return fused_block.export_node(self, x)
         if fused_block.applies(x, self.pwconv1.in_features, self.pwconv1.out_features,
-                                   self.dwconv.kernel_size[0]):
-            return fused_block.convnext_block(x, self.dwconv.weight, self.dwconv.bias, self.norm.weight,
-                                      self.norm.bias, self.pwconv1.weight, self.pwconv1.bias,
-                                      self.grn.gamma, self.grn.beta, self.pwconv2.weight,
-                                      self.pwconv2.bias, self.norm.eps)
+                               self.dwconv.kernel_size[0]):
+            return fused_block.convnext_block(x, *self.weights(), self.norm.eps)
+        return self.standard_forward(x)
+
+    def standard_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block in PyTorch's ops: the reference of the fused op and of its plugin."""
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.pwconv2(self.grn(F.gelu(self.pwconv1(self.norm(y)))))
         return x + y.permute(0, 3, 1, 2)

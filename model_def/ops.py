@@ -88,6 +88,8 @@ PLUGIN_SPECS: dict[str, PluginSpec] = {
                               ("strides",)),
     "event_splat": PluginSpec("event_splat", "EventSPDEventSplat", "1",
                               ("width", "height", "resolutions", "time_scale")),
+    # written only by `onnx --fused-blocks`; its reference is layers.ConvNeXtV2Block (fused_block.py)
+    "convnext_block": PluginSpec("convnext_block", "EventSPDConvNeXtBlock", "1", ("channels", "eps")),
 }
 
 
@@ -409,7 +411,7 @@ def event_splat(events: torch.Tensor, table: torch.Tensor, width: int, height: i
 # (eventspd_export/export/onnx_functions.py), so ONNX Runtime runs the file as it is.
 
 
-def _node_attrs(op: str, **fields) -> dict:
+def node_attrs(op: str, **fields) -> dict:
     spec = PLUGIN_SPECS[op]
     attrs = {"plugin_version_s": spec.plugin_version, "plugin_namespace_s": PLUGIN_NAMESPACE}
     for name in spec.fields:
@@ -420,7 +422,7 @@ def _node_attrs(op: str, **fields) -> dict:
 
 
 @contextlib.contextmanager
-def _untraced():
+def untraced():
     """Run the reference inside an export Function without recording its ops: the exporter
     replaces the call by the custom node, and the recorded body (in-place index_add_ and
     integer arithmetic) trips the TorchScript exporter's peephole pass."""
@@ -442,14 +444,14 @@ def _sizes(t) -> list:
 class _TopRExport(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attn, top_r, grid_w, grid_h, stride):
-        with _untraced():
+        with untraced():
             return topr_route_reference(attn, top_r, grid_w, grid_h, stride)
 
     @staticmethod
     def symbolic(g, attn, top_r, grid_w, grid_h, stride):
         spec = PLUGIN_SPECS["topr_route"]
         idx, anchors = g.op(f"{PLUGIN_DOMAIN}::{spec.plugin_name}", attn, outputs=2,
-                            **_node_attrs("topr_route", top_r=top_r, grid_w=grid_w,
+                            **node_attrs("topr_route", top_r=top_r, grid_w=grid_w,
                                           grid_h=grid_h, stride=stride))
         sizes = _sizes(attn)
         if sizes is not None:
@@ -461,14 +463,14 @@ class _TopRExport(torch.autograd.Function):
 class _DeformExport(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v2, v3, v4, anchors, offsets, logits, strides):
-        with _untraced():
+        with untraced():
             return deform_read_reference(v2, v3, v4, anchors, offsets, logits, strides)
 
     @staticmethod
     def symbolic(g, v2, v3, v4, anchors, offsets, logits, strides):
         spec = PLUGIN_SPECS["deform_read"]
         out = g.op(f"{PLUGIN_DOMAIN}::{spec.plugin_name}", v2, v3, v4, anchors, offsets, logits,
-                   **_node_attrs("deform_read", strides=list(strides)))
+                   **node_attrs("deform_read", strides=list(strides)))
         vs, os_ = _sizes(v2), _sizes(offsets)
         if vs is not None and os_ is not None:
             out.setType(v2.type().with_sizes(os_[:3] + [vs[1]]))
@@ -478,14 +480,14 @@ class _DeformExport(torch.autograd.Function):
 class _SplatExport(torch.autograd.Function):
     @staticmethod
     def forward(ctx, events, table, width, height, resolutions, time_scale):
-        with _untraced():
+        with untraced():
             return event_splat_reference(events, table, width, height, resolutions, time_scale)
 
     @staticmethod
     def symbolic(g, events, table, width, height, resolutions, time_scale):
         spec = PLUGIN_SPECS["event_splat"]
         out = g.op(f"{PLUGIN_DOMAIN}::{spec.plugin_name}", events, table,
-                   **_node_attrs("event_splat", width=width, height=height,
+                   **node_attrs("event_splat", width=width, height=height,
                                  resolutions=list(resolutions), time_scale=float(time_scale)))
         out.setType(table.type().with_dtype(torch.float32).with_sizes(
             [1, 2 * (len(resolutions) // 3), height, width]))

@@ -54,23 +54,28 @@ def inspect(model_args, as_json, num_events, num_queries):
               help="Largest event count per window (recorded in the manifest).")
 @click.option("--no-plugins", is_flag=True,
               help="Inline the plugin ops' function bodies: standard ONNX ops only.")
+@click.option("--fused-blocks", is_flag=True,
+              help="Write each ConvNeXt-V2 block (F^3, L1, L2) as one EventSPDConvNeXtBlock plugin node "
+                   "(fused CUDA kernels in TensorRT; its function body keeps ONNX Runtime running the file). "
+                   "Off by default: not yet measured against TensorRT's own fusion of the blocks.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run ONNX Runtime on 3 chained synthetic windows and compare with PyTorch.")
 @user_errors
-def onnx_cmd(model_args, out_dir, opset, k_max, events_max, no_plugins, verify):
+def onnx_cmd(model_args, out_dir, opset, k_max, events_max, no_plugins, fused_blocks, verify):
     """Export precompute.onnx and decoder.onnx (dynamic K) + eventspd.manifest.json."""
     from pathlib import Path
 
     from eventspd_export.export.onnx_export import ExportOptions, export_onnx
 
     options = ExportOptions(Path(out_dir), opset=opset, k_max=k_max, events_max=events_max,
-                            plugins=not no_plugins)
+                            plugins=not no_plugins, fused_blocks=fused_blocks)
     options.validate()  # reject bad options before the (slow) model build
     model, load = model_args.build(announce=click.echo)
     manifest = export_onnx(model, options, load)
     for name, g in manifest["graphs"].items():
         click.echo(f"{name}: {Path(out_dir) / g['file']} ({g['bytes'] / 1e6:.1f} MB, opset {g['opset']}, "
-                   f"{'plugin nodes + functions' if g['plugins'] else 'standard ops only'})")
+                   f"{'plugin nodes + functions' if g['plugins'] else 'standard ops only'}"
+                   f"{', fused ConvNeXt-V2 blocks' if g['fused_blocks'] else ''})")
     click.echo(f"export took {manifest['export_seconds']:.1f} s")
     if verify:
         from eventspd_export.check.ort_check import format_report, verify as run_verify

@@ -24,10 +24,11 @@ import onnx.inliner
 import torch
 from torch import nn
 
-from model_def import EventSPD, contract, ops
+from model_def import EventSPD, contract, fused_block, ops
 from model_def.contract import EVENTS_LIMIT, K_LIMIT
 from model_def.atomic import atomic_write_bytes, folder_lock
 from model_def.checkpoint import LoadReport
+from model_def.layers import ConvNeXtV2Block
 
 from eventspd_export import __version__
 from eventspd_export.artifacts import MANIFEST_FILE, onnx_file  # noqa: F401 (re-exported: the export's file names)
@@ -54,8 +55,15 @@ class ExportOptions:
     k_max: int = 4096
     events_max: int = 2_000_000
     plugins: bool = True
+    # each ConvNeXt-V2 block as one EventSPDConvNeXtBlock plugin node (F^3's, L1's, L2's): opt-in
+    # until a GPU measurement shows TensorRT runs the plugin faster than its own fusion of the
+    # block's standard ops
+    fused_blocks: bool = False
 
     def validate(self) -> None:
+        if self.fused_blocks and not self.plugins:
+            raise UserError("--fused-blocks writes the blocks as plugin nodes and --no-plugins asks for standard "
+                            "ops only: use one of them")
         if self.opset not in OPSETS:
             raise UserError(f"--opset {self.opset} is not supported; choose one of "
                              f"{', '.join(map(str, OPSETS))} (opset 20 renamed GridSample's modes)")
@@ -220,8 +228,9 @@ def _spec_json(specs) -> list[dict]:
     return [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in specs]
 
 
-def plugin_ops_used(model: EventSPD) -> list[dict]:
-    """The plugin ops each graph carries, with versions and field values (for the manifest)."""
+def plugin_ops_used(model: EventSPD, fused_blocks: bool = False) -> list[dict]:
+    """The plugin ops each graph carries, with versions and field values (for the manifest); the
+    fused blocks' entry also gives their node count and each node's channels."""
     cfg = model.cfg
     h4, w4 = cfg.level_hw(4)
     fields = {
@@ -232,10 +241,17 @@ def plugin_ops_used(model: EventSPD) -> list[dict]:
         "deform_read": {"strides": list(cfg.strides[1:])},
     }
     graph_of = {"event_splat": "precompute", "topr_route": "decoder", "deform_read": "decoder"}
+    extra = {op: {} for op in graph_of}
+    if fused_blocks:
+        blocks = [m for m in model.modules() if isinstance(m, ConvNeXtV2Block)]
+        graph_of["convnext_block"] = "precompute"
+        fields["convnext_block"] = {"eps": sorted({float(b.norm.eps) for b in blocks}),
+                                    "channels": [int(b.dwconv.in_channels) for b in blocks]}
+        extra["convnext_block"] = {"nodes": len(blocks)}
     return [{"op": op, "plugin_name": ops.PLUGIN_SPECS[op].plugin_name,
              "plugin_version": ops.PLUGIN_SPECS[op].plugin_version,
              "plugin_namespace": ops.PLUGIN_NAMESPACE, "domain": ops.PLUGIN_DOMAIN,
-             "graph": graph_of[op], "fields": fields[op]} for op in ops.PLUGIN_SPECS]
+             "graph": graph_of[op], "fields": fields[op], **extra[op]} for op in ops.PLUGIN_SPECS if op in graph_of]
 
 
 def export_onnx(model: EventSPD, options: ExportOptions, load: LoadReport | None = None) -> dict:
@@ -258,7 +274,7 @@ def _export_into(out: Path, model: EventSPD, options: ExportOptions, load: LoadR
     events = synthetic_window(cfg, 1000, seed=0)
     hidden = model.initial_state()
     t0 = time.perf_counter()
-    with torch.no_grad(), ops.use_backend("reference"):
+    with torch.no_grad(), ops.use_backend("reference"), fused_block.exported_as_plugin(options.fused_blocks):
         pre = model.precompute(events, hidden)
         shared = tuple(pre[n] for n in contract.SHARED_NAMES)
         queries = random_queries(cfg, 3, seed=0)
@@ -294,13 +310,14 @@ def _export_into(out: Path, model: EventSPD, options: ExportOptions, load: LoadR
                 "opset": options.opset,
                 "ir_version": IR_VERSION,
                 "plugins": options.plugins,
+                "fused_blocks": options.fused_blocks and name == "precompute",
                 "inputs": _spec_json(io_specs[name][0]),
                 "outputs": _spec_json(io_specs[name][1]),
             } for name in files
         },
         "dynamic_axes": {contract.NUM_EVENTS: {"min": 0, "max": options.events_max},
                          contract.NUM_QUERIES: {"min": 0, "max": options.k_max}},
-        "plugin_ops": plugin_ops_used(model) if options.plugins else [],
+        "plugin_ops": plugin_ops_used(model, options.fused_blocks) if options.plugins else [],
         "versions": {"eventspd_export": __version__, "torch": torch.__version__,
                      "onnx": onnx.__version__},
     }

@@ -1,4 +1,4 @@
-"""Model-local ONNX functions: the three plugin ops written with standard ONNX ops.
+"""Model-local ONNX functions: the plugin ops written with standard ONNX ops.
 
 Each exported plugin node (domain ``eventspd``, op_type = TensorRT plugin name) gets a
 FunctionProto of the same domain and name, so ONNX Runtime (which inlines local functions when
@@ -192,7 +192,48 @@ def event_splat_function(cfg: ModelConfig, opset: int) -> onnx.FunctionProto:
     return _function(spec.plugin_name, ["events", "table"], ["grid"], b, spec.fields, opset)
 
 
+def _reduce_mean(b: _Body, x: str, axes: list[int], opset: int) -> str:
+    """ReduceMean keeping the axes: ``axes`` is an attribute up to opset 17, an input from 18."""
+    if opset < 18:
+        return b.op("ReduceMean", x, axes=axes, keepdims=1)
+    return b.op("ReduceMean", x, b.i(axes), keepdims=1)
+
+
+def _attribute_ref(b: _Body, name: str, field: str, kind: int) -> None:
+    """Sets attribute ``name`` of the body's last node to the calling node's attribute ``field``."""
+    b.nodes[-1].attribute.append(onnx.AttributeProto(name=name, ref_attr_name=field, type=kind))
+
+
+def convnext_block_function(cfg: ModelConfig, opset: int) -> onnx.FunctionProto:
+    """layers.ConvNeXtV2Block in standard ops, for any C, E, k (from the weights' shapes; the
+    depthwise group count and LayerNorm's eps come from the node's ``channels`` and ``eps``).
+    Computed in fp32 whatever the type of x (an fp16 graph keeps the weights fp32, see
+    calibration/fp16.py), the result cast back to x's type."""
+    spec = ops.PLUGIN_SPECS["convnext_block"]
+    b = _Body("block")
+    x = b.op("Cast", "x", to=TensorProto.FLOAT)
+    y = b.op("Conv", x, "dw_weight", "dw_bias", auto_pad="SAME_UPPER")  # odd k, stride 1: k // 2 each side
+    _attribute_ref(b, "group", "channels", onnx.AttributeProto.INT)
+    y = b.op("Transpose", y, perm=[0, 2, 3, 1])  # [B, H, W, C]
+    y = b.op("LayerNormalization", y, "ln_weight", "ln_bias", axis=-1)
+    _attribute_ref(b, "epsilon", "eps", onnx.AttributeProto.FLOAT)
+    h = b.op("Add", b.op("MatMul", y, b.op("Transpose", "w1", perm=[1, 0])), "b1")
+    # GELU (erf form, as torch's F.gelu exports it)
+    h = b.op("Mul", b.op("Mul", h, b.op("Add", b.op("Erf", b.op("Div", h, b.f(float(np.sqrt(2.0))))), b.f(1.0))),
+             b.f(0.5))
+    # GRN with the RMS statistic of layers.GRN
+    gx = b.op("Sqrt", _reduce_mean(b, b.op("Mul", h, h), [1, 2], opset))
+    nx = b.op("Div", gx, b.op("Add", _reduce_mean(b, gx, [-1], opset), b.f(1e-6)))
+    g = b.op("Add", b.op("Add", b.op("Mul", "gamma", b.op("Mul", h, nx)), "beta"), h)
+    o = b.op("Add", b.op("MatMul", g, b.op("Transpose", "w2", perm=[1, 0])), "b2")
+    o = b.op("Add", x, b.op("Transpose", o, perm=[0, 3, 1, 2]))
+    b.op("CastLike", o, "x", name="out")
+    return _function(spec.plugin_name, ["x", "dw_weight", "dw_bias", "ln_weight", "ln_bias", "w1", "b1", "gamma",
+                                        "beta", "w2", "b2"], ["out"], b, spec.fields, opset)
+
+
 FUNCTION_BUILDERS = {
+    ops.PLUGIN_SPECS["convnext_block"].plugin_name: convnext_block_function,
     ops.PLUGIN_SPECS["topr_route"].plugin_name: topr_route_function,
     ops.PLUGIN_SPECS["deform_read"].plugin_name: deform_read_function,
     ops.PLUGIN_SPECS["event_splat"].plugin_name: event_splat_function,

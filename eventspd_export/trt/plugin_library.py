@@ -22,6 +22,10 @@ PLUGIN_NODES = {  # the custom nodes each graph carries (ONNX op_type == TensorR
     "precompute": (ops.PLUGIN_SPECS["event_splat"].plugin_name,),
     "decoder": (ops.PLUGIN_SPECS["topr_route"].plugin_name, ops.PLUGIN_SPECS["deform_read"].plugin_name),
 }
+OPTIONAL_PLUGIN_NODES = {  # custom nodes a graph may carry as well: `onnx --fused-blocks`, one per block
+    "precompute": (ops.PLUGIN_SPECS["convnext_block"].plugin_name,),
+    "decoder": (),
+}
 
 
 def resolve_plugin_library(path: str | os.PathLike | None, *folders: Path | None) -> Path:
@@ -135,16 +139,24 @@ def verify_plugin_layers(graph: str, layers: list[tuple[str, str | None]], onnx_
 
     A layer matches a node when its plugin name is the node's op_type, or (bindings that do not
     expose the name) when its layer name is the node's name — the parser names a node's layer
-    after the node. Returns the plugin names found; raises ``EngineBuildError`` otherwise."""
+    after the node. Each graph carries each of PLUGIN_NODES once, and may carry
+    OPTIONAL_PLUGIN_NODES any number of times. Returns the distinct plugin names found (sorted);
+    raises ``EngineBuildError`` otherwise."""
     expected = list(PLUGIN_NODES[graph])
-    found = []
+    optional = set(OPTIONAL_PLUGIN_NODES[graph])
+    required_nodes = sorted(t for t in onnx_nodes.values() if t not in optional)
+    found, missed = [], []
     for node_name, op_type in onnx_nodes.items():
         hit = [lyr for lyr in layers if lyr[1] == op_type
                or (lyr[1] is None and (lyr[0] == node_name or lyr[0].startswith(node_name + "_")
                                        or lyr[0].startswith(node_name + " ")))]
-        if hit:
-            found.append(op_type)
-    if sorted(found) != sorted(expected) or sorted(onnx_nodes.values()) != sorted(expected):
+        (found if hit else missed).append(op_type)
+    if missed and set(missed) <= optional:
+        raise EngineBuildError(
+            f"{graph}: {len(missed)} of the {len(onnx_nodes) - len(required_nodes)} "
+            f"{'/'.join(sorted(optional))} node(s) did not become plugin layers (the parser inlined their "
+            "function instead); rebuild the plugin library from this checkout, which has that plugin")
+    if sorted(t for t in found if t not in optional) != sorted(expected) or required_nodes != sorted(expected):
         absent = sorted(set(expected) - set(found))
         raise EngineBuildError(
             f"{graph}: the custom node(s) {', '.join(absent) or expected} did not become plugin layers "
@@ -152,7 +164,7 @@ def verify_plugin_layers(graph: str, layers: list[tuple[str, str | None]], onnx_
             "model-local function instead. Likely causes: TensorRT <= 10.6 (prefers the function; "
             "use 10.7+), the plugin library was not loaded before parsing, or it was built for "
             "another TensorRT version")
-    return found
+    return sorted(set(found))
 
 
 def onnx_plugin_nodes(path: Path) -> dict[str, str]:

@@ -2,10 +2,12 @@
 // `trtexec --staticPlugins` / `polygraphy --plugins`, which only dlopen the library) and the
 // plugin-library entry points (getCreators / setLoggerFinder, for
 // IPluginRegistry::loadLibrary and `trtexec --dynamicPlugins`).
+#include "convnext_block/plugin.h"
 #include "deform_read/plugin.h"
 #include "event_splat/plugin.h"
 #include "topr_route/plugin.h"
 
+using eventspd::trt::ConvNeXtBlockCreator;
 using eventspd::trt::DeformReadCreator;
 using eventspd::trt::EventSplatCreator;
 using eventspd::trt::ToprRouteCreator;
@@ -13,13 +15,15 @@ using eventspd::trt::ToprRouteCreator;
 REGISTER_TENSORRT_PLUGIN(ToprRouteCreator);
 REGISTER_TENSORRT_PLUGIN(DeformReadCreator);
 REGISTER_TENSORRT_PLUGIN(EventSplatCreator);
+REGISTER_TENSORRT_PLUGIN(ConvNeXtBlockCreator);
 
 extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
     static ToprRouteCreator sTopr;
     static DeformReadCreator sDeform;
     static EventSplatCreator sSplat;
-    static nvinfer1::IPluginCreatorInterface* const kCreators[] = {&sTopr, &sDeform, &sSplat};
-    nbCreators = 3;
+    static ConvNeXtBlockCreator sBlock;
+    static nvinfer1::IPluginCreatorInterface* const kCreators[] = {&sTopr, &sDeform, &sSplat, &sBlock};
+    nbCreators = 4;
     return kCreators;
 }
 

@@ -471,5 +471,109 @@ cudaError_t convnext_block(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
 
 bool convnext_block_uses_tensor_cores(const ConvNeXtBlockArgs& a) { return tc_variant(a) != 0; }
 
+// ---- weights in PyTorch's layouts (the TensorRT plugin) -----------------------------------------
+namespace {
+
+// dw [k*k, C] <- dw_weight [C, k*k]; w1t [C, E] <- w1 [E, C]; w2t [E, C] <- w2 [C, E]. fp16 data
+// (w1h, w2h non-null): W1/W2 round to fp16, and w1t/w2t hold the rounded values, as cuda.cpp.
+__global__ void rearrange_weights(int32_t C, int32_t E, int32_t taps, const float* __restrict__ dw_weight,
+                                  const float* __restrict__ w1, const float* __restrict__ w2, float* __restrict__ dw,
+                                  float* __restrict__ w1t, float* __restrict__ w2t, __half* __restrict__ w1h,
+                                  __half* __restrict__ w2h) {
+    const int32_t n = max(taps * C, C * E);
+    for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        if (i < taps * C) dw[i] = dw_weight[(i % C) * taps + i / C];
+        if (i < C * E) {
+            float v1 = w1[(i % E) * C + i / E];  // w1t[c, e] = w1[e, c], i = c * E + e
+            float v2 = w2[(i % C) * E + i / C];  // w2t[e, c] = w2[c, e], i = e * C + c
+            if (w1h != nullptr) {
+                const __half h1 = __float2half_rn(v1), h2 = __float2half_rn(v2);
+                w1h[i] = h1;
+                w2h[i] = h2;
+                v1 = __half2float(h1);
+                v2 = __half2float(h2);
+            }
+            w1t[i] = v1;
+            w2t[i] = v2;
+        }
+    }
+}
+
+size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The workspace's pieces, in order: h, sumsq, dw, w1t, w2t, w1t_half, w2t_half (fp16 data only).
+struct WorkspaceLayout {
+    size_t hidden, sumsq, dw, w1t, w2t, half, total;
+    WorkspaceLayout(DType type, int64_t B, int64_t H, int64_t W, int64_t C, int64_t E, int64_t k)
+        : hidden(aligned(static_cast<size_t>(B * H * W * E) * dtype_size(type))),
+          sumsq(aligned(sizeof(float) * static_cast<size_t>(B * E))),
+          dw(aligned(sizeof(float) * static_cast<size_t>(k * k * C))),
+          w1t(aligned(sizeof(float) * static_cast<size_t>(C * E))),
+          w2t(w1t),
+          half(type == DType::kFloat16 ? aligned(sizeof(__half) * static_cast<size_t>(C * E)) : 0),
+          total(hidden + sumsq + dw + w1t + w2t + 2 * half) {}
+};
+
+}  // namespace
+
+size_t convnext_block_workspace_size(DType type, int64_t batch, int64_t height, int64_t width, int64_t channels,
+                                     int64_t hidden_channels, int64_t kernel) {
+    return WorkspaceLayout(type, batch, height, width, channels, hidden_channels, kernel).total;
+}
+
+cudaError_t convnext_block_from_torch_layout(const ConvNeXtBlockTorchArgs& t, void* workspace, cudaStream_t stream) {
+    ConvNeXtBlockArgs a{};
+    a.x = t.x;
+    a.out = t.out;
+    a.type = t.type;
+    a.batch = t.batch;
+    a.height = t.height;
+    a.width = t.width;
+    a.channels = t.channels;
+    a.hidden_channels = t.hidden_channels;
+    a.kernel = t.kernel;
+    a.eps = t.eps;
+    if (a.channels < 1 || a.channels > kBlockMaxChannels || a.hidden_channels < 1 ||
+        a.hidden_channels > kBlockMaxHidden || a.kernel < 1 || a.kernel > kBlockMaxKernel || workspace == nullptr)
+        return cudaErrorInvalidValue;
+    const WorkspaceLayout w(t.type, t.batch, t.height, t.width, t.channels, t.hidden_channels, t.kernel);
+    char* p = static_cast<char*>(workspace);
+    a.hidden = p;
+    p += w.hidden;
+    a.sumsq = reinterpret_cast<float*>(p);
+    p += w.sumsq;
+    float* dw = reinterpret_cast<float*>(p);
+    p += w.dw;
+    float* w1t = reinterpret_cast<float*>(p);
+    p += w.w1t;
+    float* w2t = reinterpret_cast<float*>(p);
+    p += w.w2t;
+    __half* w1h = nullptr;
+    __half* w2h = nullptr;
+    if (t.type == DType::kFloat16) {
+        w1h = reinterpret_cast<__half*>(p);
+        w2h = reinterpret_cast<__half*>(p + w.half);
+    }
+    const int32_t taps = t.kernel * t.kernel;
+    const int32_t n = std::max(taps * t.channels, t.channels * t.hidden_channels);
+    rearrange_weights<<<(n + 255) / 256, 256, 0, stream>>>(t.channels, t.hidden_channels, taps, t.dw_weight, t.w1,
+                                                          t.w2, dw, w1t, w2t, w1h, w2h);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    a.dw = dw;
+    a.dw_bias = t.dw_bias;
+    a.ln_weight = t.ln_weight;
+    a.ln_bias = t.ln_bias;
+    a.w1t = w1t;
+    a.b1 = t.b1;
+    a.gamma = t.gamma;
+    a.beta = t.beta;
+    a.w2t = w2t;
+    a.b2 = t.b2;
+    a.w1t_half = w1h;
+    a.w2t_half = w2h;
+    return convnext_block(a, stream);
+}
+
 }  // namespace cuda
 }  // namespace eventspd

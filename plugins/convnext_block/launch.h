@@ -31,5 +31,23 @@ struct ConvNeXtBlockArgs {
 cudaError_t convnext_block(const ConvNeXtBlockArgs& a, cudaStream_t stream);
 bool convnext_block_uses_tensor_cores(const ConvNeXtBlockArgs& a);
 
+// The block with its weights in PyTorch's layouts, as the TensorRT plugin receives them (all fp32
+// and contiguous): dw_weight [C, 1, k, k], w1 [E, C], w2 [C, E], the vectors as above.
+// convnext_block_from_torch_layout rearranges the weights into `workspace` with one small kernel
+// (the transposes cuda.cpp does with torch; fp16 data: W1 and W2 also in fp16, rounded the same
+// way), carves h and sumsq out of it, and runs convnext_block. The workspace holds
+// convnext_block_workspace_size bytes (256-byte aligned pieces).
+struct ConvNeXtBlockTorchArgs {
+    const void* x;
+    void* out;
+    DType type;
+    int32_t batch, height, width, channels, hidden_channels, kernel;
+    float eps;
+    const float *dw_weight, *dw_bias, *ln_weight, *ln_bias, *w1, *b1, *gamma, *beta, *w2, *b2;
+};
+size_t convnext_block_workspace_size(DType type, int64_t batch, int64_t height, int64_t width, int64_t channels,
+                                     int64_t hidden_channels, int64_t kernel);
+cudaError_t convnext_block_from_torch_layout(const ConvNeXtBlockTorchArgs& a, void* workspace, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace eventspd
