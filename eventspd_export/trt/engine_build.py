@@ -22,7 +22,7 @@ the engine guard -- is in ``trt_flavour``):
 * **Plugins.** ``libeventspd_plugins.so`` is loaded with ``ctypes.CDLL`` (its
   ``REGISTER_TENSORRT_PLUGIN`` static registration; the same mechanism as ``polygraphy
   --plugins``, so a later Polygraphy run in this process does not register the creators twice),
-  the three creators are looked up in ``registry.all_creators`` (see ``load_plugins``), and the
+  the four creators are looked up in ``registry.all_creators`` (see ``load_plugins``), and the
   parser gets
   ``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` where it exists (the nodes also carry
   ``plugin_namespace``, which makes 10.15+/11.x parsers prefer the plugin). After parsing, every

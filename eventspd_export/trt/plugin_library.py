@@ -5,6 +5,7 @@ parsed network really uses the EventSPD plugin layers the ONNX graph's custom no
 from __future__ import annotations
 
 import ctypes
+from collections import Counter
 import logging
 import os
 from pathlib import Path
@@ -51,8 +52,8 @@ _LOADED_PLUGINS: dict[str, ctypes.CDLL] = {}
 
 
 def load_plugins(runtime: Runtime, path: Path) -> None:
-    """dlopen the plugin library once per process and check that the registry now has the three
-    EventSPD creators.
+    """dlopen the plugin library once per process and check that the registry now has the four
+    EventSPD creators (one per ``PLUGIN_SPECS`` entry).
 
     Registration: the library registers its creators statically when it is loaded
     (``REGISTER_TENSORRT_PLUGIN``); the Python tools use only that (``ctypes.CDLL``, the mechanism
@@ -146,10 +147,14 @@ def verify_plugin_layers(graph: str, layers: list[tuple[str, str | None]], onnx_
     optional = set(OPTIONAL_PLUGIN_NODES[graph])
     required_nodes = sorted(t for t in onnx_nodes.values() if t not in optional)
     found, missed = [], []
+    by_plugin = Counter(name for _layer, name in layers if name is not None)  # each layer matches one node
     for node_name, op_type in onnx_nodes.items():
-        hit = [lyr for lyr in layers if lyr[1] == op_type
-               or (lyr[1] is None and (lyr[0] == node_name or lyr[0].startswith(node_name + "_")
-                                       or lyr[0].startswith(node_name + " ")))]
+        if by_plugin[op_type] > 0:
+            by_plugin[op_type] -= 1
+            hit = True
+        else:
+            hit = any(name is None and (layer == node_name or layer.startswith(node_name + "_")
+                                        or layer.startswith(node_name + " ")) for layer, name in layers)
         (found if hit else missed).append(op_type)
     if missed and set(missed) <= optional:
         raise EngineBuildError(

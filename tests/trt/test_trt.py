@@ -307,6 +307,20 @@ def test_verify_plugin_layers():
     with pytest.raises(EngineBuildError, match="EventSPDDeformRead"):
         verify_plugin_layers("decoder", by_name[:1], nodes)
 
+    # --fused-blocks precompute: the splat once, any number of block nodes, each its own layer
+    block, splat = "EventSPDConvNeXtBlock", "EventSPDEventSplat"
+    pre_nodes = {"/f3/EventSPDEventSplat": splat, **{f"/f3/stage1.{i}/{block}": block for i in range(3)}}
+    layers = [(n, t) for n, t in pre_nodes.items()]
+    assert verify_plugin_layers("precompute", layers, pre_nodes) == [block, splat]
+    assert verify_plugin_layers("precompute", layers[:1], {"/f3/EventSPDEventSplat": splat}) == [splat]
+    # one block inlined: two layers cannot stand for three nodes
+    with pytest.raises(EngineBuildError, match=f"1 of the 3 {block} node"):
+        verify_plugin_layers("precompute", layers[:3], pre_nodes)
+    with pytest.raises(EngineBuildError, match=splat):
+        verify_plugin_layers("precompute", layers[1:], pre_nodes)
+    with pytest.raises(EngineBuildError):  # the block is not a decoder plugin
+        verify_plugin_layers("decoder", [*by_name, ("/x", block)], {**nodes, "/x": block})
+
 
 # ---- the build flow against a stand-in tensorrt module --------------------------------------------
 
@@ -674,7 +688,7 @@ def test_load_plugins_checks_the_registry(tmp_path):
     src = tmp_path / "standin.cpp"
     src.write_text("extern \"C\" int standin() { return 1; }\n")
     subprocess.run([cxx, "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
-    registered = {"EventSPDTopRRoute", "EventSPDEventSplat"}
+    registered = {"EventSPDTopRRoute", "EventSPDEventSplat", "EventSPDConvNeXtBlock"}
     # bindings without all_creators: get_creator
     fake = SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
         get_creator=lambda name, version, ns: object() if name in registered and ns == "eventspd" else None))
@@ -682,10 +696,10 @@ def test_load_plugins_checks_the_registry(tmp_path):
     with pytest.raises(plugin_library.PluginLibraryError, match="registry has no creator for EventSPDDeformRead"):
         plugin_library.load_plugins(runtime, lib)
     registered.add("EventSPDDeformRead")
-    plugin_library.load_plugins(runtime, lib)  # all three: fine
+    plugin_library.load_plugins(runtime, lib)  # all four: fine
     # all_creators (what TensorRT-RTX needs: get_creator misses static registrations there)
     listed = [SimpleNamespace(name=n, plugin_version="1", plugin_namespace="eventspd")
-              for n in ("EventSPDTopRRoute", "EventSPDEventSplat")]
+              for n in ("EventSPDTopRRoute", "EventSPDEventSplat", "EventSPDConvNeXtBlock")]
     rtx = Runtime(FLAVOURS["tensorrt-rtx"], SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
         all_creators=listed, get_creator=lambda *a: None)), "1.7.1.116")
     with pytest.raises(plugin_library.PluginLibraryError, match="no creator for EventSPDDeformRead.*--runtime tensorrt-rtx"):

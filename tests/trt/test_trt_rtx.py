@@ -29,7 +29,7 @@ from eventspd_export.export.onnx_export import MANIFEST_FILE, ExportOptions, exp
 from eventspd_export.cli.trt_commands import check, trt
 from eventspd_export.trt.engine_build import PLUGIN_LIBRARY
 from helpers import one_error_line
-from model_def import EventSPD, get_config
+from model_def import EventSPD, get_config, ops
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -338,7 +338,7 @@ def test_parser_library_link_is_created_or_refused_in_one_sentence(tmp_path, mon
 
 def test_dlopen_registers_each_creator_once_and_load_library_a_second_time(rtx_runtime, rtx_plugin_library):
     """Why the tools use one registration each (README, Plugin registration): measured in a fresh
-    process, dlopen registers the three creators once; loadLibrary on top registers them again."""
+    process, dlopen registers the four creators once; loadLibrary on top registers them again."""
     script = f"""
 import ctypes, tensorrt_rtx as trt
 reg = trt.get_plugin_registry()
@@ -352,7 +352,8 @@ print(once, count(), ours)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     once, twice, found_by_get_creator = proc.stdout.split()
-    assert (once, twice) == ("3", "6")
+    n = len(ops.PLUGIN_SPECS)
+    assert (once, twice) == (str(n), str(2 * n)) and n == 4
     assert found_by_get_creator == "False"  # get_creator misses static registrations: all_creators it is
 
 
