@@ -109,29 +109,37 @@ std::string fillShape(Dims const* dims, int32_t channels, cuda::ConvNeXtBlockTor
     if (a.batch < 0 || a.batch > 65535) return "batch must be 0..65535";
     return "";
 }
+
+// fillShape from the build-time maxima (configurePlugin, getWorkspaceSize) or the run's dimensions.
+std::string shapeOf(DynamicPluginTensorDesc const* in, int32_t channels, cuda::ConvNeXtBlockTorchArgs& a) {
+    Dims dims[ConvNeXtBlockPlugin::kInputs];
+    for (int i = 0; i < ConvNeXtBlockPlugin::kInputs; ++i) dims[i] = in[i].max;
+    return fillShape(dims, channels, a);
+}
+std::string shapeOf(PluginTensorDesc const* in, int32_t channels, cuda::ConvNeXtBlockTorchArgs& a) {
+    Dims dims[ConvNeXtBlockPlugin::kInputs];
+    for (int i = 0; i < ConvNeXtBlockPlugin::kInputs; ++i) dims[i] = in[i].dims;
+    return fillShape(dims, channels, a);
+}
+
+// True when fillShape found nothing wrong; else reports it in one line of TensorRT's log.
+bool fits(std::string const& problem) {
+    if (problem.empty()) return true;
+    log(ILogger::Severity::kERROR, std::string(ConvNeXtBlockPlugin::kName) + ": " + problem);
+    return false;
+}
 }  // namespace
 
 int32_t ConvNeXtBlockPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                              DynamicPluginTensorDesc const*, int32_t) noexcept {
-    if (nbInputs != kInputs) return -1;
-    Dims dims[kInputs];
-    for (int i = 0; i < kInputs; ++i) dims[i] = in[i].max;
     cuda::ConvNeXtBlockTorchArgs a{};
-    std::string const problem = fillShape(dims, mChannels, a);
-    if (!problem.empty()) {
-        log(ILogger::Severity::kERROR, std::string(kName) + ": " + problem);
-        return -1;
-    }
-    return 0;
+    return nbInputs == kInputs && fits(shapeOf(in, mChannels, a)) ? 0 : -1;
 }
 
 size_t ConvNeXtBlockPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
                                              DynamicPluginTensorDesc const*, int32_t) const noexcept {
-    if (nbInputs != kInputs) return 0;
-    Dims dims[kInputs];
-    for (int i = 0; i < kInputs; ++i) dims[i] = inputs[i].max;
     cuda::ConvNeXtBlockTorchArgs a{};
-    if (!fillShape(dims, mChannels, a).empty()) return 0;
+    if (nbInputs != kInputs || !shapeOf(inputs, mChannels, a).empty()) return 0;
     return cuda::convnext_block_workspace_size(
         inputs[0].desc.type == DataType::kHALF ? cuda::DType::kFloat16 : cuda::DType::kFloat32, a.batch, a.height,
         a.width, a.channels, a.hidden_channels, a.kernel);
@@ -140,14 +148,8 @@ size_t ConvNeXtBlockPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inpu
 int32_t ConvNeXtBlockPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
                                      void const* const* inputs, void* const* outputs, void* workspace,
                                      cudaStream_t stream) noexcept {
-    Dims dims[kInputs];
-    for (int i = 0; i < kInputs; ++i) dims[i] = inputDesc[i].dims;
     cuda::ConvNeXtBlockTorchArgs a{};
-    std::string const problem = fillShape(dims, mChannels, a);
-    if (!problem.empty()) {
-        log(ILogger::Severity::kERROR, std::string(kName) + ": " + problem);
-        return -1;
-    }
+    if (!fits(shapeOf(inputDesc, mChannels, a))) return -1;
     a.type = inputDesc[0].type == DataType::kHALF ? cuda::DType::kFloat16 : cuda::DType::kFloat32;
     a.eps = mEps;
     a.x = inputs[0];
