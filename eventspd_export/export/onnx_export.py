@@ -268,8 +268,25 @@ def export_onnx(model: EventSPD, options: ExportOptions, load: LoadReport | None
         return _export_into(out, model, options, load)
 
 
+def check_fused_blocks(model: EventSPD) -> None:
+    """Refuses (UserError) ``--fused-blocks`` for a model with a block the plugin's kernels cannot
+    run, before anything is written: the TensorRT build would only refuse it later."""
+    import plugins.torch_ext as ext
+
+    for name, block in model.named_modules():
+        if isinstance(block, ConvNeXtV2Block):
+            C, E, k = block.pwconv1.in_features, block.pwconv1.out_features, block.dwconv.kernel_size[0]
+            if not ext.convnext_block_supports(C, E, k):
+                raise UserError(
+                    f"--fused-blocks: block {name} (C {C}, E {E}, k {k}) exceeds what the EventSPDConvNeXtBlock "
+                    "kernels take (C <= 256, E <= 512, odd k <= 13, k*k*C <= 22528; plugins/convnext_block/arith.h); "
+                    "export without --fused-blocks")
+
+
 def _export_into(out: Path, model: EventSPD, options: ExportOptions, load: LoadReport | None) -> dict:
     cfg = model.cfg
+    if options.fused_blocks:
+        check_fused_blocks(model)
     model = model.eval()
     events = synthetic_window(cfg, 1000, seed=0)
     hidden = model.initial_state()

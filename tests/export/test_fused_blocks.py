@@ -8,6 +8,7 @@ fp16, its weights fp32), the refusal of --no-plugins with it, the manifest. The 
 that replaces the node is built into engines in tests/trt/test_trt_rtx.py."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -223,3 +224,12 @@ def test_default_export_bytes_do_not_depend_on_the_fused_export(tmp_path):
     export_onnx(model, ExportOptions(c))
     digest = lambda d: hashlib.sha256((d / "precompute.onnx").read_bytes()).hexdigest()  # noqa: E731
     assert digest(a) == digest(c) != digest(b)
+
+
+def test_a_block_the_kernels_cannot_run_is_refused_before_anything_is_written(tmp_path):
+    """A configuration whose L2 block is wider than the kernels take (E = 4 * 192 = 768 > 512)."""
+    cfg = get_config("tiny")
+    wide = EventSPD(dataclasses.replace(cfg, dims=(cfg.dims[0], 192, *cfg.dims[2:])), seed=0).eval()
+    with pytest.raises(onnx_export.UserError, match=r"--fused-blocks: block .* \(C 192, E 768, k 13\) exceeds"):
+        export_onnx(wide, ExportOptions(tmp_path / "o", fused_blocks=True))
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
