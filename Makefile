@@ -25,4 +25,4 @@ TENSORRT_INCLUDE ?= $(wildcard $(abspath $(CURDIR)/../shared/third_party/tensorr
 export TENSORRT_INCLUDE
 
 test: install
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest --durations=30  # the slowest tests, for watching the suite time
