@@ -29,6 +29,27 @@ namespace eventspd {
 namespace cuda {
 namespace {
 
+// The kernels' arguments, filled by convnext_block_from_torch_layout (launch.h): x, out
+// [B, H, W, C] (NHWC, fp32 or fp16, same type); the weights fp32: dw [k*k, C] (tap-major,
+// transposed from torch's [C, 1, k, k]), dw_bias/ln_weight/ln_bias/b2 [C], w1t [C, E] (W1
+// transposed), b1/gamma/beta [E], w2t [E, C] (W2 transposed). Scratch: hidden [B, H, W, E] of the
+// data type, sumsq [B, E] fp32 (zeroed by the launcher).
+struct ConvNeXtBlockArgs {
+    const void* x;
+    void* out;
+    DType type;
+    int32_t batch, height, width, channels, hidden_channels, kernel;
+    float eps;
+    const float *dw, *dw_bias, *ln_weight, *ln_bias, *w1t, *b1, *gamma, *beta, *w2t, *b2;
+    void* hidden;
+    float* sumsq;
+    // fp16 data only, optional: W1 [C, E] and W2 [E, C] transposed as above, in fp16, for the
+    // tensor-core path (taken when both are given, 32-byte aligned, and C, E are multiples of 16
+    // whose tiles fit the device's shared memory).
+    const void* w1t_half = nullptr;
+    const void* w2t_half = nullptr;
+};
+
 constexpr int kWarps = 8;  // warps (pixels in flight) per block
 constexpr int kMaxHiddenPerLane = kBlockMaxHidden / 32;
 
@@ -454,8 +475,6 @@ cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     return shared_w ? launch<T, true>(a, stream) : launch<T, false>(a, stream);
 }
 
-}  // namespace
-
 cudaError_t convnext_block(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     if (a.batch < 0 || a.height < 0 || a.width < 0 || a.channels < 1 || a.channels > kBlockMaxChannels ||
         a.hidden_channels < 1 || a.hidden_channels > kBlockMaxHidden || a.kernel < 1 || a.kernel % 2 == 0 ||
@@ -469,10 +488,7 @@ cudaError_t convnext_block(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     return a.type == DType::kFloat16 ? launch<__half>(a, stream) : launch<float>(a, stream);
 }
 
-bool convnext_block_uses_tensor_cores(const ConvNeXtBlockArgs& a) { return tc_variant(a) != 0; }
-
-// ---- weights in PyTorch's layouts (the TensorRT plugin) -----------------------------------------
-namespace {
+// ---- weights in PyTorch's layouts (both front ends) ---------------------------------------------
 
 // dw [k*k, C] <- dw_weight [C, k*k]; w1t [C, E] <- w1 [E, C]; w2t [E, C] <- w2 [C, E]. fp16 data
 // (w1h, w2h non-null): W1/W2 round to fp16, and w1t/w2t hold the rounded values, as cuda.cpp.
