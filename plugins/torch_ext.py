@@ -36,6 +36,12 @@ def convnext_block_supports(channels: int, hidden: int, kernel: int) -> bool:
             and kernel * kernel * channels <= _C.convnext_max_taps)
 
 
+def convnext_block_limits() -> str:
+    """The limits convnext_block_supports checks, as one line for an error message."""
+    return (f"C <= {_C.convnext_max_channels}, E <= {_C.convnext_max_hidden}, odd k <= {_C.convnext_max_kernel}, "
+            f"k*k*C <= {_C.convnext_max_taps}")
+
+
 def has_cuda_kernels() -> bool:
     """True when the extension was built with its CUDA kernels."""
     return WITH_CUDA

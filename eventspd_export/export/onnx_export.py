@@ -279,7 +279,7 @@ def check_fused_blocks(model: EventSPD) -> None:
             if not ext.convnext_block_supports(C, E, k):
                 raise UserError(
                     f"--fused-blocks: block {name} (C {C}, E {E}, k {k}) exceeds what the EventSPDConvNeXtBlock "
-                    "kernels take (C <= 256, E <= 512, odd k <= 13, k*k*C <= 22528; plugins/convnext_block/arith.h); "
+                    f"kernels take ({ext.convnext_block_limits()}; plugins/convnext_block/arith.h); "
                     "export without --fused-blocks")
 
 

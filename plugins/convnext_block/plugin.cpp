@@ -95,7 +95,9 @@ std::string fillShape(Dims const* dims, int32_t channels, cuda::ConvNeXtBlockTor
     if (C > kBlockMaxChannels || E < 1 || E > kBlockMaxHidden || k % 2 == 0 || k > kBlockMaxKernel ||
         k * k * C > kBlockMaxTaps)
         return "C " + std::to_string(C) + ", E " + std::to_string(E) + ", k " + std::to_string(k) +
-               " exceed the kernels' limits (C <= 256, E <= 512, odd k <= 13, k*k*C <= 22528)";
+               " exceed the kernels' limits (C <= " + std::to_string(kBlockMaxChannels) + ", E <= " +
+               std::to_string(kBlockMaxHidden) + ", odd k <= " + std::to_string(kBlockMaxKernel) +
+               ", k*k*C <= " + std::to_string(kBlockMaxTaps) + ")";
     if (dw.d[0] != C || dw.d[1] != 1 || dw.d[2] != k || w1.d[1] != C || w2.d[0] != C || w2.d[1] != E)
         return "dw_weight, w1 or w2 do not match x's channels";
     int64_t const vector_sizes[] = {C, C, C, E, E, E, C};  // dw_bias, ln_weight, ln_bias, b1, gamma, beta, b2
