@@ -86,8 +86,13 @@ bool EventSplatPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTenso
     return d.type == DataType::kFLOAT;        // events (pixel coordinates need fp32), grid
 }
 
+size_t EventSplatPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*,
+                                          int32_t) const noexcept {
+    return cuda::event_splat_workspace_size(mNumLevels, mWidth, mHeight);  // the channels-last scratch grid
+}
+
 int32_t EventSplatPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
-                                  void* const* outputs, void*, cudaStream_t stream) noexcept {
+                                  void* const* outputs, void* workspace, cudaStream_t stream) noexcept {
     Dims const& e = inputDesc[0].dims;
     Dims const& t = inputDesc[1].dims;
     if (e.nbDims != 2 || e.d[1] != 4 || t.nbDims != 2 || t.d[0] != mTableRows || t.d[1] != 2) {
@@ -106,7 +111,7 @@ int32_t EventSplatPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
     a.height = mHeight;
     a.time_scale = mTimeScale;
     a.grid = static_cast<float*>(outputs[0]);
-    return launchStatus(cuda::event_splat(a, stream), "EventSPDEventSplat");
+    return launchStatus(cuda::event_splat(a, workspace, stream), "EventSPDEventSplat");
 }
 
 }  // namespace trt

@@ -334,6 +334,20 @@ def test_splat_million_events_on_few_pixels(device):
     assert (got != 0).any(dim=1).sum() == 6  # 3 x 2 pixels
 
 
+@pytest.mark.parametrize("levels", [1, 2, 3, 8])
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+def test_splat_level_counts(device, levels):
+    # The CUDA kernel adds two levels per float4 atomic when L is even and one level per float2
+    # when it is odd (kernel.cu), into a channels-last scratch grid it then transposes: both
+    # paths, the most levels allowed (kMaxF3Levels = 8), and a non-square sensor whose
+    # transposition mistakes would land on the wrong pixel or channel.
+    res = [RES_TINY[3 * (lvl % 4) + i] + lvl // 4 for lvl in range(levels) for i in range(3)]
+    width, height = 29, 17
+    events = random_events(4000, width, height, seed=20 + levels, margin=1.0).float()
+    got, _ = check_splat(device, events, table_for(res, F32, 21), width, height, res, 0.4167)
+    assert got.shape == (1, 2 * levels, height, width)
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_splat_errors(device):
     (table,) = on(device, table_for(RES_TINY, F32, 17))
