@@ -41,7 +41,20 @@ class Projections(nn.Module):
         self.value_l3 = nn.Conv2d(c3, d, 1)
         self.value_l4 = nn.Conv2d(c4, d, 1)
 
+    # Emit B4's value maps channels-last in memory (the GPU benchmark sets it): the CUDA
+    # deform_read reads channel-last maps in place instead of copying them on every decoder
+    # call, so the layout change is paid once per window. Like F3.channels_last a plain
+    # attribute: the numbers and the shapes stay the same (the export never sets it).
+    value_maps_channels_last = False
+
     def forward(self, l2: torch.Tensor, l3: torch.Tensor, g4: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self._project(l2, l3, g4)
+        if self.value_maps_channels_last:
+            for name in ("value_l2", "value_l3", "value_l4"):
+                out[name] = out[name].contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _project(self, l2: torch.Tensor, l3: torch.Tensor, g4: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = g4.flatten(2).transpose(1, 2)  # [B, T4, 384], row-major (y * W4 + x)
         return {
             "b3_key1": self.b3_k[0](tokens),

@@ -125,9 +125,10 @@ def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
     ops_backend = TORCH_BACKENDS[name]
     compiled = name in COMPILED_BACKENDS
     context = torch_context(ops_backend, opts.precision, device, graphs=True)
-    model = copy.deepcopy(model)  # its own copy: F^3 runs channels-last
+    model = copy.deepcopy(model)  # its own copy: F^3 runs channels-last, B4's value maps are emitted so
     model.f3.to(memory_format=torch.channels_last)
     model.f3.channels_last = True
+    model.a3.value_maps_channels_last = True
     cfg = model.cfg
     with context():
         hidden = model.precompute(events)["hidden_out"]
@@ -162,7 +163,7 @@ def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
 
     return Pipeline(
         runtime=f"PyTorch {torch.__version__}, ops backend {ops_backend!r}, "
-                + ("torch.compile'd phases, " if compiled else "") + "CUDA graphs, F^3 channels-last"
+                + ("torch.compile'd phases, " if compiled else "") + "CUDA graphs, F^3 and value maps channels-last"
                 + (", autocast fp16 (no cast cache)" if opts.precision == "fp16" else ""),
         precompute=pre_graph, decode=decode,
         queries=lambda k: random_queries(cfg, k, seed=k).to(device),

@@ -21,7 +21,13 @@ at::Tensor deform_read_cuda(const at::Tensor& v2, const at::Tensor& v3, const at
     for (const auto* t : {&v3, &v4, &anchors, &offsets, &logits}) check_device(*t, v2, "deform_read");
     TORCH_CHECK_VALUE(v2.size(0) <= 65535, "deform_read: batch must be <= 65535 on CUDA");
     const c10::cuda::CUDAGuard guard(v2.device());
-    const at::Tensor vals[3] = {v2.contiguous(), v3.contiguous(), v4.contiguous()};
+    // Maps already channels-last in memory are read in place (no per-call copy into the
+    // workspace); any other layout is made NCHW-contiguous and copied channel-last by the kernel.
+    const bool channels_last = v2.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                               v3.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                               v4.is_contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor vals[3] = {channels_last ? v2 : v2.contiguous(), channels_last ? v3 : v3.contiguous(),
+                                channels_last ? v4 : v4.contiguous()};
     const auto anc = anchors.to(at::kFloat).contiguous();
     // offsets and logits keep fp16 when both are fp16; anything else is read as fp32
     const auto ptype = offsets.scalar_type() == at::kHalf && logits.scalar_type() == at::kHalf ? at::kHalf : at::kFloat;
@@ -37,6 +43,7 @@ at::Tensor deform_read_cuda(const at::Tensor& v2, const at::Tensor& v3, const at
         args.stride[l] = static_cast<int32_t>(strides[l]);
     }
     args.value_type = dtype_of(v2);
+    args.values_channels_last = channels_last;
     args.anchors = anc.data_ptr<float>();
     args.offsets = off.data_ptr();
     args.logits = lg.data_ptr();

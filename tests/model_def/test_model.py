@@ -189,3 +189,24 @@ def test_one_hd_forward():
         assert tuple(pre[s.name].shape) == s.shape
     assert pre["b3_key1"].shape == (1, 880, 192)
     assert depth.shape == (1, 16) and torch.isfinite(depth).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", "plugin"])
+def test_channels_last_value_maps_change_memory_not_numbers(tiny_model, tiny_events, tiny_pre, tiny_queries,
+                                                           backend):
+    # The GPU benchmark emits B4's value maps channels-last (read in place by the CUDA
+    # deform_read); the maps' values and the decoder's depths must be exactly those of the default.
+    import copy
+
+    from model_def import ops
+
+    model = copy.deepcopy(tiny_model)
+    model.a3.value_maps_channels_last = True
+    with torch.inference_mode(), ops.use_backend(backend):
+        pre = model.precompute(tiny_events)
+        depth, _ = model.decode(pre, tiny_queries)
+        want, _ = tiny_model.decode(tiny_pre, tiny_queries)
+    for name in ("value_l2", "value_l3", "value_l4"):
+        assert pre[name].is_contiguous(memory_format=torch.channels_last) and not pre[name].is_contiguous(), name
+        assert torch.equal(pre[name], tiny_pre[name]), name
+    assert torch.equal(depth, want)

@@ -224,6 +224,21 @@ def test_deform_mixed_param_dtypes_and_views(device, params):
     check_deform(device, vals, anchors.to(wide), offsets.to(narrow).float(), logits.to(wide))
 
 
+@pytest.mark.parametrize("device,dtype", device_dtypes(cpu=(F32,)), indirect=["device"])
+@pytest.mark.parametrize("C,Hh,sizes", [(192, 6, SIZES_HD_LIKE), (30, 6, SIZES_ODD)])
+@pytest.mark.parametrize("layouts", ["all", "mixed"])
+def test_deform_channels_last_maps(device, dtype, C, Hh, sizes, layouts):
+    # All three maps channels_last: the CUDA op reads them in place (no workspace copy), on the
+    # vector path for C 192 / 6 heads and the one-channel path for Ch = 5. One map NCHW: the op
+    # falls back to copying all three. Either way the numbers are the reference's.
+    vals, anchors, offsets, logits = deform_inputs(1, C, Hh, 3, 8, 4, sizes, dtype, seed=22)
+    vals = [v.contiguous(memory_format=torch.channels_last) for v in vals]
+    if layouts == "mixed":
+        vals[1] = vals[1].contiguous()
+    assert vals[0].is_contiguous(memory_format=torch.channels_last) and not vals[0].is_contiguous()
+    check_deform(device, vals, anchors, offsets, logits)
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_deform_fp16_values_fp32_params(device):
     vals, anchors, offsets, logits = deform_inputs(2, 30, 6, 3, 4, 4, SIZES_ODD, F16, seed=6)
