@@ -7,7 +7,8 @@ the reference op (model_def.ops *_reference, on the same GPU), the speed-up, the
 bandwidth (bytes the op must move / kernel time) and the ratio to the bandwidth floor
 (those bytes at the measured device-to-device copy bandwidth). The deformable read reports
 two byte counts: "unique" (value maps, inputs and output once) and "gathered" (every bilinear
-corner read). The fused ConvNeXt-V2 block (convnext_block) is timed at the F^3 map size against
+corner read); `deform_read_channels_last` is the same read on channels-last maps (no per-call
+copy), as the graphed model benchmark feeds it. The fused ConvNeXt-V2 block (convnext_block) is timed at the F^3 map size against
 the PyTorch block. Writes everything as JSON to the given path.
 """
 from __future__ import annotations
@@ -77,7 +78,7 @@ def bench(config: str, ks: list[int], iters: int, n_events: int, log=print) -> d
 
     def report(row):
         rows.append(row)
-        log(f"{row['op']:<12} K={row['K']:<5} {row['dtype']:<8} kernel {row['kernel_ms']:8.4f} ms  "
+        log(f"{row['op']:<25} K={row['K']:<5} {row['dtype']:<8} kernel {row['kernel_ms']:8.4f} ms  "
             f"reference {row['reference_ms']:8.3f} ms  x{row['speedup']:7.1f}  "
             f"{row['effective_GBps']:7.0f} GB/s  {row['x_floor']:5.2f}x floor"
             + (f"  (gathered {row['gathered_GBps']:.0f} GB/s)" if "gathered_GBps" in row else ""))
@@ -103,6 +104,12 @@ def bench(config: str, ks: list[int], iters: int, n_events: int, log=print) -> d
                 + anchors.numel() * 4
             gathered = K * R * Hh * L * M * 4 * (C // Hh) * esize
             report(_row("deform_read", K, dtype, tk, tr, unique, peak,
+                        {"gathered_bytes": gathered, "gathered_GBps": gathered / (tk * 1e-3) / 1e9}))
+            # the same read on channels-last maps (read in place: no per-call copy into the
+            # workspace), as the graphed benchmark's precompute emits them
+            vals_cl = [v.contiguous(memory_format=torch.channels_last) for v in vals]
+            tk = _timer(lambda: P.deform_read(*vals_cl, anchors, offsets, logits, strides), iters)
+            report(_row("deform_read_channels_last", K, dtype, tk, tr, unique, peak,
                         {"gathered_bytes": gathered, "gathered_GBps": gathered / (tk * 1e-3) / 1e9}))
     # ---- event_splat: independent of K
     res = [r for t in cfg.f3_resolutions for r in t]
