@@ -136,9 +136,23 @@ class CrossAttentionLayer(nn.Module):
 
     def forward_per_query(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """h [B, K, d]; context [B, K, T, d] already normalised by the shared LN_kv."""
-        q = self._split(self.q(self.norm_q(h))).unsqueeze(-2)  # [B,K,H,1,dh]
-        k = self._split(self.k(context)).transpose(2, 3)  # [B,K,H,T,dh]
-        v = self._split(self.v(context)).transpose(2, 3)
+        # (in this order — q, k, v — so the exported graph's nodes keep their order)
+        q = self._query(h)
+        k = self._token_heads(self.k(context))
+        return self._attend(h, q, k, self._token_heads(self.v(context)))
+
+    def attend_per_query(self, h: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """forward_per_query from the projected context: key, value [B, K, T, d] (``W_K c``,
+        ``W_V c``; LocalDecoder.packed_kv computes every layer's in one GEMM)."""
+        return self._attend(h, self._query(h), self._token_heads(key), self._token_heads(value))
+
+    def _query(self, h: torch.Tensor) -> torch.Tensor:
+        return self._split(self.q(self.norm_q(h))).unsqueeze(-2)  # [B,K,H,1,dh]
+
+    def _token_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return self._split(x).transpose(2, 3)  # [B,K,T,d] -> [B,K,H,T,dh]
+
+    def _attend(self, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         attn = F.dropout(attention_weights(q, k), self.dropout, self.training)
         y = merge_last2(torch.matmul(attn, v).squeeze(-2), self.heads * self.head_dim)  # [B,K,d]
         return self._ffn(h + self.o(y))
@@ -167,9 +181,20 @@ class LocalDecoder(nn.Module):
         self.layers = nn.ModuleList([
             CrossAttentionLayer(cfg.d, cfg.heads, cfg.ffn, True, cfg.attn_dropout)
             for _ in range(layers)])
+        # For inference, every layer's K and V projections of the shared context can run as one
+        # GEMM (model_def.packed.pack_decoder_projections sets this and removes the layers' own
+        # k, v): the same dot products, 1 launch and 1 read of the context instead of 2 per layer.
+        # A registered empty slot: no parameters, no state-dict entries until packed.
+        self.packed_kv: nn.Module | None
+        self.register_module("packed_kv", None)
 
     def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         context = self.norm_kv(tokens)
+        if self.packed_kv is not None:
+            kv = self.packed_kv(context)  # (k_0, v_0, k_1, v_1, ...)
+            for i, layer in enumerate(self.layers):
+                h = layer.attend_per_query(h, kv[2 * i], kv[2 * i + 1])
+            return h
         for layer in self.layers:
             h = layer(h, context)
         return h
