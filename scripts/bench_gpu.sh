@@ -13,6 +13,8 @@
 #   PRECISIONS="fp16 fp32"   BACKENDS=torch,torch-plugins,... (for every precision; default:
 #   all five in fp16, all but torch-plugins-compiled in fp32)   KERNELS=1 (0: skip the kernel
 #   benchmark)   PROFILE=1 (0: skip the per-stage kernel profiles of scripts/profile_stages.py)
+#   PACKED_KV_AB=1 (0: skip the fp16 torch-plugins-cudagraph run with --packed-kv, the A/B of
+#   model_def.packed against the same backend in the main fp16 run)
 #
 # Budget: under 5 minutes (the extension build is most of it). torch is NOT installed or
 # upgraded: the Makefile/pyproject pin torch==2.13.0, a CPU build, which would replace the
@@ -102,6 +104,19 @@ for prec in $PRECISIONS; do
         FAILED+=("bench $prec")
     fi
 done
+
+if [ "${PACKED_KV_AB:-1}" = 1 ]; then
+    # A/B of model_def.packed (B2/B5's K/V projections as one GEMM each): the same graphed
+    # backend as in the fp16 run above, packed; no dense baseline (that run has it).
+    step "eventspd-export bench --packed-kv (torch-plugins-cudagraph, fp16)"
+    if ! "$PY" -m eventspd_export bench --config hd --device cuda --backends torch-plugins-cudagraph \
+            --k 1,64,256,1024,4096 --precision fp16 --no-dense --no-stages --packed-kv \
+            --json "$OUT/bench-hd-cuda-fp16-packed-kv.json" --plot "$OUT/bench-hd-cuda-fp16-packed-kv.png" \
+            2> "$OUT/bench-hd-cuda-fp16-packed-kv.log" | tee "$OUT/bench-hd-cuda-fp16-packed-kv.txt"; then
+        tail -n 20 "$OUT/bench-hd-cuda-fp16-packed-kv.log"
+        FAILED+=("bench packed-kv")
+    fi
+fi
 
 if [ "${PROFILE:-1}" = 1 ]; then
     # Where the time goes, per stage and kernel (issue 15: stem..L2, the decoder's launches),

@@ -126,9 +126,11 @@ def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
     ops_backend = TORCH_BACKENDS[name]
     compiled = name in COMPILED_BACKENDS
     context = torch_context(ops_backend, opts.precision, device, graphs=True)
-    # Its own copy: F^3 runs channels-last, B4's value maps are emitted so, and B2/B5 project
-    # their context with one packed K/V GEMM (model_def.packed; same mathematics, fewer launches).
-    model = pack_decoder_projections(copy.deepcopy(model))
+    # Its own copy: F^3 runs channels-last, B4's value maps are emitted so, and with --packed-kv
+    # B2/B5 project their context with one K/V GEMM each (model_def.packed: same mathematics).
+    model = copy.deepcopy(model)
+    if opts.packed_kv:
+        pack_decoder_projections(model)
     model.f3.to(memory_format=torch.channels_last)
     model.f3.channels_last = True
     model.a3.value_maps_channels_last = True
@@ -166,7 +168,8 @@ def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
 
     return Pipeline(
         runtime=f"PyTorch {torch.__version__}, ops backend {ops_backend!r}, "
-                + ("torch.compile'd phases, " if compiled else "") + "CUDA graphs, F^3 and value maps channels-last, packed K/V"
+                + ("torch.compile'd phases, " if compiled else "") + "CUDA graphs, F^3 and value maps channels-last"
+                + (", packed K/V" if opts.packed_kv else "")
                 + (", autocast fp16 (no cast cache)" if opts.precision == "fp16" else ""),
         precompute=pre_graph, decode=decode,
         queries=lambda k: random_queries(cfg, k, seed=k).to(device),

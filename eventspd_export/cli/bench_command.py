@@ -78,9 +78,12 @@ def _checkpoint_config(path: str) -> str:
               help="Per-stage breakdown of the torch backends.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch and ONNX Runtime [default: theirs].")
+@click.option("--packed-kv/--no-packed-kv", default=False, show_default=True,
+              help="CUDA-graph backends: B2/B5's K/V projections as one GEMM each (model_def.packed; "
+                   "fewer launches, same depths). An A/B switch: not yet measured on a GPU.")
 @user_errors
 def bench(config_name, checkpoint, device, backends, ks, precision, num_events, repeat, warmup, json_path,
-          plot_path, onnx_dir, dense, stages, threads):
+          plot_path, onnx_dir, dense, stages, threads, packed_kv):
     """Latency T(K) = T_pre + beta*K per backend against the dense baseline: a table, JSON and
     a PNG plot."""
     from eventspd_export.bench.options import BenchOptions
@@ -100,7 +103,8 @@ def bench(config_name, checkpoint, device, backends, ks, precision, num_events, 
     opts = BenchOptions(config=config_name, device=device, backends=backends, ks=ks,
                         precision=precision, events=num_events, repeat=repeat, warmup=warmup,
                         dense=dense, stages=stages, onnx_dir=Path(onnx_dir) if onnx_dir else None,
-                        threads=threads, checkpoint=Path(checkpoint) if checkpoint else None)
+                        threads=threads, checkpoint=Path(checkpoint) if checkpoint else None,
+                        packed_kv=packed_kv)
     for p in (json_path, plot_path):  # fail before minutes of timing, not after
         try:
             p.parent.mkdir(parents=True, exist_ok=True)

@@ -365,14 +365,15 @@ def test_cli_cuda_without_device():
 # ---- CUDA graphs (GPU only) ----------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
-def test_graphed_backends_replay_what_eager_computes():
+@pytest.mark.parametrize("packed_kv", [False, True])
+def test_graphed_backends_replay_what_eager_computes(packed_kv):
     # torch-plugins-compiled is left to scripts/bench_gpu.sh: compiling takes minutes.
     names = ("torch-cudagraph", "torch-plugins-cudagraph")
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # true fp32, so the check can be tight
     try:
         opts = BenchOptions(config="tiny", device="cuda", backends=names, ks=(1, 7), events=500,
-                            repeat=2, warmup=1, dense_input_hw=SMALL_DENSE)
+                            repeat=2, warmup=1, dense_input_hw=SMALL_DENSE, packed_kv=packed_kv)
         result = run_bench(opts, log=lambda msg: None)
     finally:
         torch.backends.cudnn.allow_tf32 = saved
@@ -383,6 +384,7 @@ def test_graphed_backends_replay_what_eager_computes():
             continue
         assert e["status"] == "ok", (name, e.get("reason"))
         assert e["stages"] is None and "replay whole phases" in e["stages_reason"]
+        assert ("packed K/V" in e["runtime"]) == packed_kv, e["runtime"]
         # channels-last F^3 and atomics in the splat round differently from eager, nothing more
         assert e["graph_check"]["precompute_max_rel"] <= 1e-3, e["graph_check"]
         assert e["graph_check"]["decoder_max_rel"] <= 1e-3, e["graph_check"]
