@@ -133,7 +133,8 @@ def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
         pack_decoder_projections(model)
     model.f3.to(memory_format=torch.channels_last)
     model.f3.channels_last = True
-    model.a3.value_maps_channels_last = True
+    # (only for the plugin ops: the reference deform_read would copy channel-last maps back)
+    model.a3.value_maps_channels_last = ops_backend == "plugin"
     cfg = model.cfg
     with context():
         hidden = model.precompute(events)["hidden_out"]
@@ -168,7 +169,8 @@ def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
 
     return Pipeline(
         runtime=f"PyTorch {torch.__version__}, ops backend {ops_backend!r}, "
-                + ("torch.compile'd phases, " if compiled else "") + "CUDA graphs, F^3 and value maps channels-last"
+                + ("torch.compile'd phases, " if compiled else "") + "CUDA graphs, F^3 channels-last"
+                + (", value maps channels-last" if ops_backend == "plugin" else "")
                 + (", packed K/V" if opts.packed_kv else "")
                 + (", autocast fp16 (no cast cache)" if opts.precision == "fp16" else ""),
         precompute=pre_graph, decode=decode,
