@@ -86,7 +86,7 @@ PLUGIN_SPECS: dict[str, PluginSpec] = {
                              ("top_r", "grid_w", "grid_h", "stride")),
     "deform_read": PluginSpec("deform_read", "EventSPDDeformRead", "1",
                               ("strides",)),
-    "event_splat": PluginSpec("event_splat", "EventSPDEventSplat", "1",
+    "event_splat": PluginSpec("event_splat", "EventSPDEventSplat", "2",
                               ("width", "height", "resolutions", "time_scale")),
     # written only by `onnx --fused-blocks`; its reference is layers.ConvNeXtV2Block (fused_block.py)
     "convnext_block": PluginSpec("convnext_block", "EventSPDConvNeXtBlock", "1", ("channels", "eps")),

@@ -27,7 +27,10 @@ Backends
                      graphed too (same optimisation level). Skipped on CPU. Their stage
                      breakdown is the eager backends' (a graph replays a whole phase). The
                      F^3 encoder runs channels-last there (cuDNN's NHWC depthwise kernels;
-                     same values)
+                     same values); with the plugin ops B4's value maps are emitted
+                     channels-last (read in place by the CUDA deform_read); ``--packed-kv``
+                     also packs B2/B5's K/V projections into one GEMM each
+                     (``model_def.packed``), an A/B switch, off by default
   ``torch-plugins-compiled``
                      ``torch-plugins-cudagraph`` with Phase A, Phase B (once per K) and the
                      dense baseline's stages compiled by ``torch.compile`` (inductor, default
@@ -60,7 +63,8 @@ strings. Top level:
                        load of the machine when the run started and ended, or null)}
   ``settings``         {device, precision, precision_mode, backends (as requested), ks, events,
                        repeat, warmup, timer, seed, dense_modes, stages, threads (torch's CPU
-                       threads; ONNX Runtime gets the same number when --threads is given)}
+                       threads; ONNX Runtime gets the same number when --threads is given),
+                       checkpoint, packed_kv}
   ``eventspd_params``  {total (backbone + A3/A4 + decoder, the seed's 11.1M), f3, decoder}
   ``dense``            entry name (the torch backend whose ops it ran with) -> {ops_backend,
                        cuda_graphs, compiled (true for the graphed/compiled backends'
@@ -94,7 +98,8 @@ Backend entry: ``status`` ("ok", "skipped", "failed") and ``reason`` (null when 
                        {precompute_max_abs_diff, decoder_max_abs_diff}} or null
   ``stages_reason``    why ``stages`` is null (null otherwise)
   ``graph_check``      graphed/compiled backends only: {precompute_max_rel, decoder_max_rel},
-                       the replayed outputs against the eager model's once, max |diff| / max
+                       the replayed outputs against the eager, unmodified model's once (not
+                       the channels-last/packed copy that is replayed), max |diff| / max
                        |eager| over all outputs and K (fp16, channels-last and compiled code
                        round differently; a broken capture shows as O(1))
   ``memory``           {host_peak_rss_mb, host_scope ("block" or "process"), device_peak_mb}:

@@ -144,8 +144,9 @@ def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
 
         pre_graph = StaticCall(torch.compile(phase_a, dynamic=False) if compiled else phase_a)
         pre_static = pre_graph()
-        eager = model.precompute(events, hidden)
-        # A graph that replays wrong kernels would still time well: check it against eager once.
+        # A graph that replays wrong kernels would still time well: check it once against the
+        # eager, unmodified model (not this copy, so a wrong packing or channels-last read shows).
+        eager = prep.model.precompute(events, hidden)
         check = {"precompute_max_rel": max(max_rel_diff(pre_static[n], eager[n]) for n in eager),
                  "decoder_max_rel": 0.0}
     decoders: dict[int, tuple[torch.Tensor, Any]] = {}
@@ -162,7 +163,7 @@ def graph_pipeline(name: str, prep: Prepared) -> Pipeline:
 
             decoders[k] = (q_static, StaticCall(torch.compile(phase_b, dynamic=False) if compiled else phase_b))
             check["decoder_max_rel"] = max(check["decoder_max_rel"], max_rel_diff(
-                decoders[k][1]()[0], model.decode(pre_static, q)[0]))
+                decoders[k][1]()[0], prep.model.decode(eager, q)[0]))
         q_static, call = decoders[k]
         q_static.copy_(q)
         return call()

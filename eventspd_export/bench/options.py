@@ -104,11 +104,14 @@ class BenchOptions:
             raise UserError(f"threads {self.threads}: need at least 1")
         if self.onnx_dir is not None:
             check_onnx_dir(Path(self.onnx_dir), self.config)
+        if self.packed_kv and not set(self.backends) & set(GRAPH_BACKENDS):
+            raise UserError(f"--packed-kv changes only the CUDA-graph backends ({', '.join(GRAPH_BACKENDS)}); "
+                            f"none of them is among {', '.join(self.backends)}")
         return BenchOptions(self.config, self.device, tuple(self.backends), ks, self.precision,
                             self.events, repeat, warmup, self.dense, tuple(self.dense_modes),
                             dict(self.dense_input_hw), self.stages,
                             Path(self.onnx_dir) if self.onnx_dir else None, self.seed, self.threads,
-                            Path(self.checkpoint) if self.checkpoint else None)
+                            Path(self.checkpoint) if self.checkpoint else None, self.packed_kv)
 
 
 class BackendSkipped(Exception):

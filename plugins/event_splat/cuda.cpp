@@ -33,10 +33,11 @@ at::Tensor event_splat_cuda(const at::Tensor& events, const at::Tensor& table, i
     args.height = static_cast<int32_t>(height);
     args.time_scale = static_cast<float>(time_scale);
     args.grid = grid.data_ptr<float>();
-    // The kernel's channels-last scratch grid, from PyTorch's caching allocator (256-byte aligned).
-    const auto workspace = at::empty(
-        {static_cast<int64_t>(cuda::event_splat_workspace_size(args.num_levels, args.width, args.height))},
-        events.options().dtype(at::kByte));
+    // The kernel's channels-last scratch grid, from PyTorch's caching allocator (256-byte aligned);
+    // none when there is nothing to add (the launcher then only zeroes the grid).
+    const int64_t ws_bytes = args.num_events > 0
+        ? static_cast<int64_t>(cuda::event_splat_workspace_size(args.num_levels, args.width, args.height)) : 0;
+    const auto workspace = at::empty({ws_bytes}, events.options().dtype(at::kByte));
     check_launch(cuda::event_splat(args, workspace.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                  "event_splat");
     return grid;

@@ -5,10 +5,10 @@
 // different cache lines (one per channel plane), so the splat costs 2L scattered scalar
 // atomics per event; that was 0.163 ms for 1M events at HD (results/h200-2026-11-26), above a
 // bare index_add_ of the same data. Accumulating into a [H, W, 2L] workspace puts a pixel's
-// channels side by side, so an event adds them with 2L/4 float4 (or L float2) vector atomics
-// on sm_90+ into one 32-byte sector; a transpose then writes the NCHW output (one extra read
-// and write of the grid, ~15 us of traffic at HD on an H200). Below sm_90 the same layout is
-// used with scalar atomics (still one sector per event). Any event count, including zero.
+// channels side by side (8L bytes: one 32-byte sector for the model's L = 4), so an event adds
+// them with L/2 float4 (even L) or L float2 (odd L) vector atomics on sm_90+; a transpose then
+// writes the NCHW output (one extra read and write of the grid, ~15 us of traffic at HD on an
+// H200). Below sm_90 the same layout is used with scalar atomics. Any event count, incl. zero.
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -93,14 +93,26 @@ __global__ void event_splat_nhwc_kernel(const float4* __restrict__ events, int64
     }
 }
 
-// [H*W, C] -> [C, H*W]: one thread per pixel reads its C contiguous floats and writes each to
-// its channel plane, so both the reads and (across the warp) the writes are coalesced.
+// [H*W, C] -> [C, H*W]: one thread per pixel reads its C contiguous floats (as float4 when C is
+// a multiple of 4: the model's 8) and writes each to its channel plane; across the warp the
+// writes are coalesced and the reads cover one contiguous span.
+template <bool VEC4>
 __global__ void nhwc_to_nchw_kernel(const float* __restrict__ nhwc, int64_t pixels, int32_t channels,
                                     float* __restrict__ nchw) {
     for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < pixels;
          p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         const float* src = nhwc + p * channels;
-        for (int32_t c = 0; c < channels; ++c) nchw[c * pixels + p] = src[c];
+        if (VEC4) {
+            for (int32_t c = 0; c < channels; c += 4) {
+                const float4 v = *reinterpret_cast<const float4*>(src + c);  // 16-byte aligned: C % 4 == 0
+                nchw[c * pixels + p] = v.x;
+                nchw[(c + 1) * pixels + p] = v.y;
+                nchw[(c + 2) * pixels + p] = v.z;
+                nchw[(c + 3) * pixels + p] = v.w;
+            }
+        } else {
+            for (int32_t c = 0; c < channels; ++c) nchw[c * pixels + p] = src[c];
+        }
     }
 }
 
@@ -153,7 +165,8 @@ cudaError_t event_splat(const EventSplatArgs& a, void* workspace, cudaStream_t s
     }
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    nhwc_to_nchw_kernel<<<blocks_for(pixels, threads), threads, 0, stream>>>(nhwc, pixels, channels, a.grid);
+    const auto transpose = channels % 4 == 0 ? nhwc_to_nchw_kernel<true> : nhwc_to_nchw_kernel<false>;
+    transpose<<<blocks_for(pixels, threads), threads, 0, stream>>>(nhwc, pixels, channels, a.grid);
     return cudaGetLastError();
 }
 

@@ -16,7 +16,7 @@ namespace trt {
 class EventSplatPlugin final : public PluginBase {
 public:
     static constexpr char const* kName = "EventSPDEventSplat";
-    static constexpr char const* kVersion = "1";
+    static constexpr char const* kVersion = "2";
     static std::vector<PluginField> fieldNames();
     static IPluginV3* create(PluginFieldCollection const* fc);  // throws on bad fields
 

@@ -107,6 +107,16 @@ def test_k_limit_matches_exporter():
         BenchOptions(config="tiny", ks=(1, K_LIMIT + 1)).resolved()
 
 
+def test_packed_kv_survives_resolution_and_needs_a_graph_backend():
+    from model_def.errors import UserError
+
+    opts = BenchOptions(config="tiny", backends=("torch", "torch-plugins-cudagraph"), packed_kv=True)
+    assert opts.resolved().packed_kv is True
+    assert BenchOptions(config="tiny", backends=("torch",)).resolved().packed_kv is False
+    with pytest.raises(UserError, match="--packed-kv changes only the CUDA-graph backends"):
+        BenchOptions(config="tiny", backends=("torch", "torch-plugins"), packed_kv=True).resolved()
+
+
 def test_cpu_script_uses_the_shared_fit():
     spec = importlib.util.spec_from_file_location("bench_model_cpu", ROOT / "scripts" / "bench_model_cpu.py")
     mod = importlib.util.module_from_spec(spec)

@@ -210,3 +210,26 @@ def test_channels_last_value_maps_change_memory_not_numbers(tiny_model, tiny_eve
         assert pre[name].is_contiguous(memory_format=torch.channels_last) and not pre[name].is_contiguous(), name
         assert torch.equal(pre[name], tiny_pre[name]), name
     assert torch.equal(depth, want)
+
+
+@pytest.mark.gpu
+def test_channels_last_value_maps_on_a_gpu(tiny_model, tiny_events, tiny_queries):
+    # The CUDA deform_read reads channel-last maps in place (a different indexing path from the
+    # per-call copy): the whole decoder must agree with the NCHW maps' within fp32 rounding.
+    import copy
+
+    from model_def import ops
+    from plugins import torch_ext
+
+    if not torch.cuda.is_available() or not torch_ext.has_cuda_kernels():
+        pytest.skip("needs a CUDA device and the extension built with CUDA kernels")
+    plain = copy.deepcopy(tiny_model).cuda()
+    cl = copy.deepcopy(plain)
+    cl.a3.value_maps_channels_last = True
+    events, queries = tiny_events.cuda(), tiny_queries.cuda()
+    with torch.inference_mode(), ops.use_backend("plugin"):
+        want, _ = plain.decode(plain.precompute(events), queries)
+        pre = cl.precompute(events)
+        assert pre["value_l2"].is_contiguous(memory_format=torch.channels_last)
+        got, _ = cl.decode(pre, queries)
+    assert ((got - want).abs() / want.abs()).max().item() <= 1e-4

@@ -226,17 +226,28 @@ def test_deform_mixed_param_dtypes_and_views(device, params):
 
 @pytest.mark.parametrize("device,dtype", device_dtypes(cpu=(F32,)), indirect=["device"])
 @pytest.mark.parametrize("C,Hh,sizes", [(192, 6, SIZES_HD_LIKE), (30, 6, SIZES_ODD)])
-@pytest.mark.parametrize("layouts", ["all", "mixed"])
+@pytest.mark.parametrize("layouts", ["all", "mixed", "batch-slice"])
 def test_deform_channels_last_maps(device, dtype, C, Hh, sizes, layouts):
     # All three maps channels_last: the CUDA op reads them in place (no workspace copy), on the
-    # vector path for C 192 / 6 heads and the one-channel path for Ch = 5. One map NCHW: the op
-    # falls back to copying all three. Either way the numbers are the reference's.
-    vals, anchors, offsets, logits = deform_inputs(1, C, Hh, 3, 8, 4, sizes, dtype, seed=22)
-    vals = [v.contiguous(memory_format=torch.channels_last) for v in vals]
+    # vector path for C 192 / 6 heads and the one-channel path for Ch = 5; batch 2, so the
+    # batch stride is exercised. One map NCHW: the op falls back to copying all three. A batch
+    # slice of a channels_last tensor: read in place from a storage offset. Either way the
+    # numbers are the reference's.
+    vals, anchors, offsets, logits = deform_inputs(2, C, Hh, 3, 8, 4, sizes, dtype, seed=22)
+    if layouts == "batch-slice":  # sliced on the device: a copy to it would drop the offset
+        full = [torch.cat([torch.zeros_like(v[:1]), v]).to(device).contiguous(memory_format=torch.channels_last)
+                for v in vals]
+        d_vals = [x[1:] for x in full]
+        assert d_vals[0].storage_offset() > 0
+    else:
+        d_vals = [v.to(device).contiguous(memory_format=torch.channels_last) for v in vals]
     if layouts == "mixed":
-        vals[1] = vals[1].contiguous()
-    assert vals[0].is_contiguous(memory_format=torch.channels_last) and not vals[0].is_contiguous()
-    check_deform(device, vals, anchors, offsets, logits)
+        d_vals[1] = d_vals[1].contiguous()
+    assert d_vals[0].is_contiguous(memory_format=torch.channels_last) and not d_vals[0].is_contiguous()
+    got = P.deform_read(*d_vals, *on(device, anchors, offsets, logits), STRIDES)
+    want = ref_ops.deform_read_reference(*vals, anchors, offsets, logits, STRIDES)
+    err = rel_err(got, want)
+    assert err <= TOL[device.type][dtype], err
 
 
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
