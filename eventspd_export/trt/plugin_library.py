@@ -78,7 +78,7 @@ def load_plugins(runtime: Runtime, path: Path) -> None:
         if listed is not None:
             count = listed.count(ident)
             if count == 0:
-                missing.append(spec.plugin_name)
+                missing.append(f"{spec.plugin_name} version {spec.plugin_version}")
             elif count > 1:
                 doubled.append(spec.plugin_name)
             continue
@@ -89,10 +89,10 @@ def load_plugins(runtime: Runtime, path: Path) -> None:
             except Exception:  # noqa: BLE001 - binding differences between versions
                 found = False
             if not found:
-                missing.append(spec.plugin_name)
+                missing.append(f"{spec.plugin_name} version {spec.plugin_version}")
     if missing:
         raise PluginLibraryError(f"{path} loaded but the registry has no creator for "
-                                 f"{', '.join(missing)} (namespace {ops.PLUGIN_NAMESPACE!r}, version 1); "
+                                 f"{', '.join(missing)} (namespace {ops.PLUGIN_NAMESPACE!r}); "
                                  f"rebuild the library from this checkout for {runtime.title} with "
                                  f"`eventspd-export build-plugins --runtime {runtime.name}`")
     if doubled:

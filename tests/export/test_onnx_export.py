@@ -70,8 +70,8 @@ def test_plugin_nodes_carry_plugin_attributes_and_local_functions(exported):
         assert {(f.domain, f.name) for f in model.functions} == {(ops.PLUGIN_DOMAIN, e) for e in expected}
         for node in custom:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"eventspd"
             spec = next(s for s in ops.PLUGIN_SPECS.values() if s.plugin_name == node.op_type)
+            assert attrs["plugin_version"] == spec.plugin_version.encode() and attrs["plugin_namespace"] == b"eventspd"
             assert set(spec.fields) <= set(attrs)
         inline = onnx.load(exported["inline"] / file)
         assert not inline.functions

@@ -698,14 +698,22 @@ def test_load_plugins_checks_the_registry(tmp_path):
     registered.add("EventSPDDeformRead")
     plugin_library.load_plugins(runtime, lib)  # all four: fine
     # all_creators (what TensorRT-RTX needs: get_creator misses static registrations there)
-    listed = [SimpleNamespace(name=n, plugin_version="1", plugin_namespace="eventspd")
+    version = {s.plugin_name: s.plugin_version for s in ops.PLUGIN_SPECS.values()}
+    listed = [SimpleNamespace(name=n, plugin_version=version[n], plugin_namespace="eventspd")
               for n in ("EventSPDTopRRoute", "EventSPDEventSplat", "EventSPDConvNeXtBlock")]
     rtx = Runtime(FLAVOURS["tensorrt-rtx"], SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
         all_creators=listed, get_creator=lambda *a: None)), "1.7.1.116")
     with pytest.raises(plugin_library.PluginLibraryError, match="no creator for EventSPDDeformRead.*--runtime tensorrt-rtx"):
         plugin_library.load_plugins(rtx, lib)
-    listed.append(SimpleNamespace(name="EventSPDDeformRead", plugin_version="1", plugin_namespace="eventspd"))
+    listed.append(SimpleNamespace(name="EventSPDDeformRead", plugin_version=version["EventSPDDeformRead"],
+                                  plugin_namespace="eventspd"))
     plugin_library.load_plugins(rtx, lib)
+    # a library built before the splat's version 2 (every creator at version 1): named, with the version
+    stale = [SimpleNamespace(name=c.name, plugin_version="1", plugin_namespace="eventspd") for c in listed]
+    old_rtx = Runtime(FLAVOURS["tensorrt-rtx"], SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
+        all_creators=stale, get_creator=lambda *a: None)), "1.7.1.116")
+    with pytest.raises(plugin_library.PluginLibraryError, match="no creator for EventSPDEventSplat version 2"):
+        plugin_library.load_plugins(old_rtx, lib)
     not_a_library = tmp_path / "libbroken.so"
     not_a_library.write_bytes(b"not an ELF file")
     with pytest.raises(plugin_library.PluginLibraryError, match="cannot load the plugin library"):
