@@ -48,15 +48,8 @@ class Projections(nn.Module):
     value_maps_channels_last = False
 
     def forward(self, l2: torch.Tensor, l3: torch.Tensor, g4: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self._project(l2, l3, g4)
-        if self.value_maps_channels_last:
-            for name in ("value_l2", "value_l3", "value_l4"):
-                out[name] = out[name].contiguous(memory_format=torch.channels_last)
-        return out
-
-    def _project(self, l2: torch.Tensor, l3: torch.Tensor, g4: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = g4.flatten(2).transpose(1, 2)  # [B, T4, 384], row-major (y * W4 + x)
-        return {
+        out = {
             "b3_key1": self.b3_k[0](tokens),
             "b3_value1": self.b3_v[0](tokens),
             "b3_key2": self.b3_k[1](tokens),
@@ -66,6 +59,10 @@ class Projections(nn.Module):
             "value_l3": self.value_l3(l3),
             "value_l4": self.value_l4(g4),
         }
+        if self.value_maps_channels_last:
+            for name in ("value_l2", "value_l3", "value_l4"):
+                out[name] = out[name].contiguous(memory_format=torch.channels_last)
+        return out
 
 
 class Calibration(nn.Module):

@@ -65,9 +65,8 @@ class BenchOptions:
     threads: int | None = None  # CPU threads of torch and ONNX Runtime; None: their defaults
     checkpoint: Path | None = None  # weights to time (default: the seeded model of `config`)
     # CUDA-graph backends: pack B2/B5's K/V projections into one GEMM each (model_def.packed).
-    # Off by default: on a 2-core CPU (eager, hd, scripts/ab_packed_kv.py) the packed decoder is
-    # no faster at K = 1 and 23 % slower at K = 128; the GPU, where the decoder is launch-bound,
-    # has not measured it yet (scripts/bench_gpu.sh runs the A/B).
+    # Off by default: slower on the CPU at large K (README, scripts/ab_packed_kv.py) and not yet
+    # measured on a GPU (scripts/bench_gpu.sh runs the A/B).
     packed_kv: bool = False
 
     def resolved(self) -> "BenchOptions":
