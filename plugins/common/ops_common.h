@@ -5,8 +5,18 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include "common/launch.h"
+
+// Where the CUDA front ends register: torch.ops.eventspd_plugins' CUDA kernels, or, in the CPU
+// emulation of the CUDA kernels (plugins/emulation builds cuda.cpp with EVENTSPD_CUDA_EMULATION),
+// the CPU kernels of torch.ops.eventspd_emu, whose ops take CPU tensors as "device" memory.
+#ifdef EVENTSPD_CUDA_EMULATION
+#define EVENTSPD_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(eventspd_emu, CPU, m)
+#else
+#define EVENTSPD_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(eventspd_plugins, CUDA, m)
+#endif
 
 namespace eventspd {
 

@@ -9,6 +9,12 @@
 
 namespace eventspd {
 
+// The op's schema, in one place: cpu.cpp defines it in torch.ops.eventspd_plugins, the CPU
+// emulation of the CUDA kernels (plugins/emulation) in torch.ops.eventspd_emu.
+constexpr const char* kConvNeXtBlockSchema =
+    "convnext_block(Tensor x, Tensor dw_weight, Tensor dw_bias, Tensor ln_weight, Tensor ln_bias, Tensor w1, "
+    "Tensor b1, Tensor gamma, Tensor beta, Tensor w2, Tensor b2, float eps) -> Tensor";
+
 struct BlockShape {
     int64_t B, C, H, W, E, k;
 };

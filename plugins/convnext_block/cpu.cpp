@@ -157,8 +157,7 @@ at::Tensor convnext_block_cpu(const at::Tensor& x, const at::Tensor& dw_weight, 
 }  // namespace eventspd
 
 TORCH_LIBRARY_FRAGMENT(eventspd_plugins, m) {
-    m.def("convnext_block(Tensor x, Tensor dw_weight, Tensor dw_bias, Tensor ln_weight, Tensor ln_bias, Tensor w1, "
-          "Tensor b1, Tensor gamma, Tensor beta, Tensor w2, Tensor b2, float eps) -> Tensor");
+    m.def(eventspd::kConvNeXtBlockSchema);
 }
 
 TORCH_LIBRARY_IMPL(eventspd_plugins, CPU, m) {

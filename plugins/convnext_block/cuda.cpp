@@ -63,6 +63,6 @@ at::Tensor convnext_block_cuda(const at::Tensor& x, const at::Tensor& dw_weight,
 }  // namespace
 }  // namespace eventspd
 
-TORCH_LIBRARY_IMPL(eventspd_plugins, CUDA, m) {
+EVENTSPD_CUDA_IMPL(m) {
     m.impl("convnext_block", &eventspd::convnext_block_cuda);
 }

@@ -9,6 +9,12 @@
 
 namespace eventspd {
 
+// The op's schema, in one place: cpu.cpp defines it in torch.ops.eventspd_plugins, the CPU
+// emulation of the CUDA kernels (plugins/emulation) in torch.ops.eventspd_emu.
+constexpr const char* kDeformReadSchema =
+    "deform_read(Tensor v2, Tensor v3, Tensor v4, Tensor anchors, Tensor offsets, Tensor logits, "
+    "int[] strides) -> Tensor";
+
 inline void check_deform_read(const at::Tensor& v2, const at::Tensor& v3, const at::Tensor& v4,
                               const at::Tensor& anchors, const at::Tensor& offsets, const at::Tensor& logits,
                               at::IntArrayRef strides) {

@@ -99,8 +99,7 @@ at::Tensor deform_read_cpu(const at::Tensor& v2, const at::Tensor& v3, const at:
 }  // namespace eventspd
 
 TORCH_LIBRARY_FRAGMENT(eventspd_plugins, m) {
-    m.def("deform_read(Tensor v2, Tensor v3, Tensor v4, Tensor anchors, Tensor offsets, Tensor logits, "
-          "int[] strides) -> Tensor");
+    m.def(eventspd::kDeformReadSchema);
 }
 
 TORCH_LIBRARY_IMPL(eventspd_plugins, CPU, m) {

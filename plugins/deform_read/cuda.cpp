@@ -65,6 +65,6 @@ at::Tensor deform_read_cuda(const at::Tensor& v2, const at::Tensor& v3, const at
 }  // namespace
 }  // namespace eventspd
 
-TORCH_LIBRARY_IMPL(eventspd_plugins, CUDA, m) {
+EVENTSPD_CUDA_IMPL(m) {
     m.impl("deform_read", &eventspd::deform_read_cuda);
 }

@@ -12,6 +12,12 @@
 
 namespace eventspd {
 
+// The op's schema, in one place: cpu.cpp defines it in torch.ops.eventspd_plugins, the CPU
+// emulation of the CUDA kernels (plugins/emulation) in torch.ops.eventspd_emu.
+constexpr const char* kEventSplatSchema =
+    "event_splat(Tensor events, Tensor table, int width, int height, int[] resolutions, "
+    "float time_scale) -> Tensor";
+
 // Returns the number of levels and fills `levels`.
 inline int32_t check_event_splat(const at::Tensor& events, const at::Tensor& table, int64_t width, int64_t height,
                                  at::IntArrayRef resolutions, double time_scale, F3Level* levels) {

@@ -71,8 +71,7 @@ at::Tensor event_splat_cpu(const at::Tensor& events, const at::Tensor& table, in
 }  // namespace eventspd
 
 TORCH_LIBRARY_FRAGMENT(eventspd_plugins, m) {
-    m.def("event_splat(Tensor events, Tensor table, int width, int height, int[] resolutions, "
-          "float time_scale) -> Tensor");
+    m.def(eventspd::kEventSplatSchema);
 }
 
 TORCH_LIBRARY_IMPL(eventspd_plugins, CPU, m) {

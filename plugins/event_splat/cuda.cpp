@@ -46,6 +46,6 @@ at::Tensor event_splat_cuda(const at::Tensor& events, const at::Tensor& table, i
 }  // namespace
 }  // namespace eventspd
 
-TORCH_LIBRARY_IMPL(eventspd_plugins, CUDA, m) {
+EVENTSPD_CUDA_IMPL(m) {
     m.impl("event_splat", &eventspd::event_splat_cuda);
 }

@@ -9,6 +9,11 @@
 
 namespace eventspd {
 
+// The op's schema, in one place: cpu.cpp defines it in torch.ops.eventspd_plugins, the CPU
+// emulation of the CUDA kernels (plugins/emulation) in torch.ops.eventspd_emu.
+constexpr const char* kToprRouteSchema =
+    "topr_route(Tensor attn, int top_r, int grid_w, int grid_h, int stride) -> (Tensor, Tensor)";
+
 inline void check_topr_route(const at::Tensor& attn, int64_t top_r, int64_t grid_w, int64_t grid_h,
                              int64_t stride) {
     TORCH_CHECK_VALUE(attn.dim() == 4, "topr_route: attention must be [B, K, heads, T], got ", attn.sizes());

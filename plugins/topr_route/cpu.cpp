@@ -83,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> topr_route_cpu(const at::Tensor& attn, int64_
 }  // namespace eventspd
 
 TORCH_LIBRARY_FRAGMENT(eventspd_plugins, m) {
-    m.def("topr_route(Tensor attn, int top_r, int grid_w, int grid_h, int stride) -> (Tensor, Tensor)");
+    m.def(eventspd::kToprRouteSchema);
 }
 
 TORCH_LIBRARY_IMPL(eventspd_plugins, CPU, m) {

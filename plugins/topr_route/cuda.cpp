@@ -40,6 +40,6 @@ std::tuple<at::Tensor, at::Tensor> topr_route_cuda(const at::Tensor& attn, int64
 }  // namespace
 }  // namespace eventspd
 
-TORCH_LIBRARY_IMPL(eventspd_plugins, CUDA, m) {
+EVENTSPD_CUDA_IMPL(m) {
     m.impl("topr_route", &eventspd::topr_route_cuda);
 }

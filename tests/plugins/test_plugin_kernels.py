@@ -1,21 +1,30 @@
 """Every kernel of plugins/ (torch.ops.eventspd_plugins) on each device against the reference ops
 of model_def.ops, which run on the CPU as the oracle.
 
-One set of tests, parametrised over the device: the `cpu` cases run everywhere (CI); the `cuda`
-cases carry the `gpu` mark (`pytest -m gpu` selects only them) and skip, with the reason, where
-there is no CUDA device or the extension was built without CUDA kernels.
+One set of tests, parametrised over the device:
+* `cpu`: the CPU kernels (cpu.cpp), everywhere (CI);
+* `emu`: the CUDA front ends and kernels (cuda.cpp, kernel.cu) run by the CPU emulation of
+  plugins/emulation (torch.ops.eventspd_emu, CPU tensors as device memory), everywhere: the same
+  cases, dtypes and tolerances as `cuda`, so the kernels' logic, barriers, shuffles, WMMA tiles
+  and launch configurations are exercised without a GPU. It is not a GPU run (no FMA
+  contraction, fp32 tensor-core sums in k order): that is `cuda`'s job;
+* `cuda`: the `gpu` mark (`pytest -m gpu` selects only them); skipped, with the reason, where
+  there is no CUDA device or the extension was built without CUDA kernels.
 
 Tolerances (relative error = max |plugin - reference| / max |reference|), per device:
 * cpu  fp64 1e-12 (only summation order may differ), fp32 1e-6, fp16 data 2e-3 (the kernels and
   the reference both compute in fp32 and round once);
-* cuda fp32 1e-5, fp16 1e-2. float64 is CPU-only: the CUDA kernels refuse it.
-Indices (topr_route) and anchor pixels are compared exactly, ties included. On CUDA, the caching
-allocator is filled with NaN blocks right before every kernel call, so an output element the
-kernel forgets to write shows up as NaN (or as a huge index).
+* cuda and emu fp32 1e-5, fp16 1e-2. float64 is CPU-only: the CUDA kernels refuse it.
+Indices (topr_route) and anchor pixels are compared exactly, ties included. An output element the
+kernel forgets to write shows up as NaN (or as a huge index): on CUDA the caching allocator is
+filled with NaN blocks right before every kernel call; in the emulation torch fills every new
+tensor with NaN (torch.utils.deterministic.fill_uninitialized_memory) and shared memory starts
+as NaN bytes.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -30,41 +39,82 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 P = ext.ops()
 F64, F32, F16 = torch.float64, torch.float32, torch.float16
-TOL = {"cpu": {F64: 1e-12, F32: 1e-6, F16: 2e-3}, "cuda": {F32: 1e-5, F16: 1e-2}}
+TOL = {"cpu": {F64: 1e-12, F32: 1e-6, F16: 2e-3}, "cuda": {F32: 1e-5, F16: 1e-2}, "emu": {F32: 1e-5, F16: 1e-2}}
 STRIDES = [8, 16, 32]
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+GPU = pytest.param("cuda", marks=pytest.mark.gpu)
+DEVICES = ["cpu", "emu", GPU]  # the kernels' devices
+MODEL_DEVICES = ["cpu", GPU]  # the model with the plugin backend: the real extension only
 
 
 def device_dtypes(cpu=(F64, F32, F16), cuda=(F32, F16)):
-    """(device, dtype) cases for `parametrize("device,dtype", ..., indirect=["device"])`."""
+    """(device, dtype) cases for `parametrize("device,dtype", ..., indirect=["device"])`; the
+    emulation takes cuda's dtypes."""
     name = {F64: "f64", F32: "f32", F16: "f16"}
     return ([pytest.param("cpu", d, id=f"cpu-{name[d]}") for d in cpu]
+            + [pytest.param("emu", d, id=f"emu-{name[d]}") for d in cuda]
             + [pytest.param("cuda", d, id=f"cuda-{name[d]}", marks=pytest.mark.gpu) for d in cuda])
 
 
 def by_device(**cases):
     """Parametrize over the device with one argument value per device:
-    by_device(cpu=X, cuda=Y) -> cases for `parametrize("device,arg", ..., indirect=["device"])`."""
+    by_device(cpu=X, emu=Y, cuda=Y) -> cases for `parametrize("device,arg", ..., indirect=["device"])`."""
     return [pytest.param(dev, val, id=dev, marks=[pytest.mark.gpu] if dev == "cuda" else [])
             for dev, val in cases.items()]
 
 
+@dataclass(frozen=True)
+class Device:
+    """A device the kernels run on: `name` (cpu, emu, cuda), `torch` (where its tensors live) and
+    `ops` (the op namespace that runs them there)."""
+    name: str
+    torch: torch.device
+    ops: object
+
+    @property
+    def tol(self) -> dict:
+        return TOL[self.name]
+
+
+@pytest.fixture(scope="session")
+def emulation():
+    """torch.ops.eventspd_emu, built on first use (plugins/emulation: about a minute)."""
+    from plugins import emulation as emu
+
+    try:
+        return emu.load()
+    except Exception as exc:  # a host without a C++ compiler or ninja cannot build it
+        pytest.skip(f"the CPU emulation of the CUDA kernels does not build here: {exc}")
+
+
 @pytest.fixture
-def device(request) -> torch.device:
+def device(request) -> Device:
     if request.param == "cuda":
         if not torch.cuda.is_available():
             pytest.skip("no CUDA device (torch.cuda.is_available() is False)")
         if not ext.has_cuda_kernels():
             pytest.skip("the plugin extension was built without CUDA (CPU-only torch or no nvcc at build time)")
-    return torch.device(request.param)
+        return Device("cuda", torch.device("cuda"), P)
+    if request.param == "emu":
+        ops = request.getfixturevalue("emulation")
+        ops.reset()
+        # every tensor the front ends allocate starts as NaN (ints: their maximum), so an
+        # output element a kernel forgets to write shows
+        saved = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+        torch.use_deterministic_algorithms(True)
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        request.addfinalizer(lambda: (torch.use_deterministic_algorithms(saved[0]),
+                                      setattr(torch.utils.deterministic, "fill_uninitialized_memory", saved[1])))
+        return Device("emu", torch.device("cpu"), ops)
+    return Device("cpu", torch.device("cpu"), P)
 
 
-def on(device: torch.device, *tensors):
+def on(device: Device, *tensors):
     """The tensors on `device`; on CUDA, then leave NaN blocks in the allocator's small and large
     pools, so the kernel's outputs are allocated from poisoned memory."""
-    moved = [t.to(device) if isinstance(t, torch.Tensor) else [v.to(device) for v in t] for t in tensors]
-    if device.type == "cuda":
-        blocks = [torch.full((n,), math.nan, device=device) for n in [1 << 12] * 64 + [1 << 16] * 32 + [1 << 26]]
+    dev = device.torch
+    moved = [t.to(dev) if isinstance(t, torch.Tensor) else [v.to(dev) for v in t] for t in tensors]
+    if dev.type == "cuda":
+        blocks = [torch.full((n,), math.nan, device=dev) for n in [1 << 12] * 64 + [1 << 16] * 32 + [1 << 26]]
         del blocks
         torch.cuda.synchronize()
     return moved
@@ -85,9 +135,9 @@ def gen(seed: int) -> torch.Generator:
 # ---- topr_route ----------------------------------------------------------------------------
 def check_topr(device, attn, top_r, gw, gh, stride=32):
     (a,) = on(device, attn)
-    i_p, a_p = P.topr_route(a, top_r, gw, gh, stride)
+    i_p, a_p = device.ops.topr_route(a, top_r, gw, gh, stride)
     i_r, a_r = ref_ops.topr_route_reference(attn, top_r, gw, gh, stride)
-    assert i_p.device.type == device.type and i_p.dtype == torch.int32 and a_p.dtype == torch.float32
+    assert i_p.device == device.torch and i_p.dtype == torch.int32 and a_p.dtype == torch.float32
     assert torch.equal(i_p.cpu(), i_r), (i_p, i_r)
     assert torch.equal(a_p.cpu(), a_r)
 
@@ -110,7 +160,7 @@ def test_topr_ties(device, dtype):
     # All equal: indices 0..R-1 in order.
     flat = torch.full((1, 2, 6, 7 * 5), 0.25, dtype=dtype)
     check_topr(device, flat, 32, 7, 5)
-    i, _ = P.topr_route(*on(device, flat), 32, 7, 5, 32)
+    i, _ = device.ops.topr_route(*on(device, flat), 32, 7, 5, 32)
     assert i[0, 0].tolist() == list(range(32))
 
 
@@ -143,9 +193,9 @@ def test_topr_fp16_rounds_each_partial_sum(device):
 def test_topr_errors(device):
     (attn,) = on(device, torch.rand(1, 1, 2, 6))
     with pytest.raises(ValueError):
-        P.topr_route(attn, 7, 3, 2, 32)
+        device.ops.topr_route(attn, 7, 3, 2, 32)
     with pytest.raises(ValueError):
-        P.topr_route(attn, 2, 4, 2, 32)
+        device.ops.topr_route(attn, 2, 4, 2, 32)
 
 
 # ---- deform_read ---------------------------------------------------------------------------
@@ -164,10 +214,10 @@ def deform_inputs(B, C, Hh, K, R, M, sizes, dtype, seed, offset_scale=2.0):
 
 def check_deform(device, vals, anchors, offsets, logits):
     d_vals, d_anchors, d_offsets, d_logits = on(device, vals, anchors, offsets, logits)
-    got = P.deform_read(*d_vals, d_anchors, d_offsets, d_logits, STRIDES)
+    got = device.ops.deform_read(*d_vals, d_anchors, d_offsets, d_logits, STRIDES)
     want = ref_ops.deform_read_reference(*vals, anchors, offsets, logits, STRIDES)
     err = rel_err(got, want)
-    assert err <= TOL[device.type][vals[0].dtype], err
+    assert err <= device.tol[vals[0].dtype], err
     return got.cpu()
 
 
@@ -214,7 +264,7 @@ def test_deform_all_samples_outside_read_zero(device):
     assert torch.equal(got, torch.zeros_like(got))
 
 
-@pytest.mark.parametrize("device,params", by_device(cpu=(F64, F16), cuda=(F32, F32)), indirect=["device"])
+@pytest.mark.parametrize("device,params", by_device(cpu=(F64, F16), emu=(F32, F32), cuda=(F32, F32)), indirect=["device"])
 def test_deform_mixed_param_dtypes_and_views(device, params):
     # fp32 values read through non-contiguous views, with anchors/logits and offsets in other
     # dtypes (the CUDA kernels take fp32/fp16 only, so there the params stay fp32)
@@ -235,19 +285,19 @@ def test_deform_channels_last_maps(device, dtype, C, Hh, sizes, layouts):
     # numbers are the reference's.
     vals, anchors, offsets, logits = deform_inputs(2, C, Hh, 3, 8, 4, sizes, dtype, seed=22)
     if layouts == "batch-slice":  # sliced on the device: a copy to it would drop the offset
-        full = [torch.cat([torch.zeros_like(v[:1]), v]).to(device).contiguous(memory_format=torch.channels_last)
+        full = [torch.cat([torch.zeros_like(v[:1]), v]).to(device.torch).contiguous(memory_format=torch.channels_last)
                 for v in vals]
         d_vals = [x[1:] for x in full]
         assert d_vals[0].storage_offset() > 0
     else:
-        d_vals = [v.to(device).contiguous(memory_format=torch.channels_last) for v in vals]
+        d_vals = [v.to(device.torch).contiguous(memory_format=torch.channels_last) for v in vals]
     if layouts == "mixed":
         d_vals[1] = d_vals[1].contiguous()
     assert d_vals[0].is_contiguous(memory_format=torch.channels_last) and not d_vals[0].is_contiguous()
-    got = P.deform_read(*d_vals, *on(device, anchors, offsets, logits), STRIDES)
+    got = device.ops.deform_read(*d_vals, *on(device, anchors, offsets, logits), STRIDES)
     want = ref_ops.deform_read_reference(*vals, anchors, offsets, logits, STRIDES)
     err = rel_err(got, want)
-    assert err <= TOL[device.type][dtype], err
+    assert err <= device.tol[dtype], err
 
 
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
@@ -260,9 +310,9 @@ def test_deform_fp16_values_fp32_params(device):
 def test_deform_errors(device):
     vals, anchors, offsets, logits = on(device, *deform_inputs(1, 30, 6, 1, 2, 4, SIZES_ODD, F32, seed=8))
     with pytest.raises(ValueError):
-        P.deform_read(*vals, anchors, offsets[..., :4, :, :, :], logits[..., :4, :, :], STRIDES)  # 30 % 4
+        device.ops.deform_read(*vals, anchors, offsets[..., :4, :, :, :], logits[..., :4, :, :], STRIDES)  # 30 % 4
     with pytest.raises(ValueError):
-        P.deform_read(*vals, anchors, offsets, logits, [8, 16])
+        device.ops.deform_read(*vals, anchors, offsets, logits, [8, 16])
 
 
 # ---- event_splat ---------------------------------------------------------------------------
@@ -278,13 +328,13 @@ def table_for(res, dtype, seed, integer=False):
 
 def check_splat(device, events, table, width, height, res, time_scale, exact=False):
     d_events, d_table = on(device, events, table)
-    got = P.event_splat(d_events, d_table, width, height, res, time_scale).cpu()
+    got = device.ops.event_splat(d_events, d_table, width, height, res, time_scale).cpu()
     want = ref_ops.event_splat_reference(events, table, width, height, res, time_scale)
     if exact:
         assert torch.equal(got, want)
     else:
         err = rel_err(got, want)
-        assert err <= TOL[device.type][want.dtype], err
+        assert err <= device.tol[want.dtype], err
     return got, want
 
 
@@ -297,6 +347,7 @@ def random_events(n, width, height, seed, margin=0.0):
 
 
 SPLAT_DTYPES = ([pytest.param("cpu", e, t, id=f"cpu-{e}-{t}") for e in (F64, F32) for t in (F64, F32, F16)]
+                + [pytest.param("emu", F32, t, id=f"emu-{t}") for t in (F32, F16)]
                 + [pytest.param("cuda", F32, t, id=f"cuda-{t}", marks=pytest.mark.gpu) for t in (F32, F16)])
 
 
@@ -379,11 +430,11 @@ def test_splat_errors(device):
     (table,) = on(device, table_for(RES_TINY, F32, 17))
     events3, events4 = on(device, torch.zeros(3, 3), torch.zeros(3, 4))
     with pytest.raises(ValueError):
-        P.event_splat(events4, table[:-1], 37, 23, RES_TINY, 1.0)
+        device.ops.event_splat(events4, table[:-1], 37, 23, RES_TINY, 1.0)
     with pytest.raises(ValueError):
-        P.event_splat(events4, table, 37, 23, RES_TINY[:-1], 1.0)
+        device.ops.event_splat(events4, table, 37, 23, RES_TINY[:-1], 1.0)
     with pytest.raises(ValueError):
-        P.event_splat(events3, table, 37, 23, RES_TINY, 1.0)
+        device.ops.event_splat(events3, table, 37, 23, RES_TINY, 1.0)
 
 
 # ---- the backend switch of model_def --------------------------------------------------------
@@ -415,7 +466,7 @@ def test_model_with_plugin_ops_equals_reference_ops(device, tol, strict_fp32):
     from model_def.config import CONFIGS
 
     cfg = CONFIGS["tiny"]
-    model = EventSPD(cfg).eval().to(device)
+    model = EventSPD(cfg).eval().to(device.torch)
     g = gen(19)
     events = random_events(3000, cfg.width, cfg.height, seed=20).float()
     queries = torch.rand(1, 7, 2, generator=g) * torch.tensor([cfg.width - 1.0, cfg.height - 1.0])
@@ -459,8 +510,8 @@ def block_err(device, block, x, dtype, args=None):
     want = block(xd.double())  # the reference sees the input the kernel sees
     weights = on(device, *(args if args is not None else block_args(block)))
     (xdev,) = on(device, xd)
-    got = P.convnext_block(xdev, *weights, block.norm.eps)
-    assert got.dtype == dtype and got.shape == want.shape and got.device.type == device.type
+    got = device.ops.convnext_block(xdev, *weights, block.norm.eps)
+    assert got.dtype == dtype and got.shape == want.shape and got.device == device.torch
     assert got.is_contiguous(memory_format=torch.channels_last)
     return ((got.cpu().double() - want).abs().max() / want.abs().max()).item()
 
@@ -494,7 +545,7 @@ def test_convnext_block_check_rejects_a_wrong_op(device):
         assert block_err(device, block, x, F32, args) > 100 * BLOCK_TOL[F32]
         scrambled = x.reshape(-1).reshape(1, 9, 13, 32).permute(0, 3, 1, 2)
         (xs,) = on(device, scrambled.float())
-        got = P.convnext_block(xs, *on(device, *block_args(block)), block.norm.eps).cpu().double()
+        got = device.ops.convnext_block(xs, *on(device, *block_args(block)), block.norm.eps).cpu().double()
         want = block(x)
         assert ((got - want).abs().max() / want.abs().max()).item() > 100 * BLOCK_TOL[F32]
 
@@ -504,18 +555,18 @@ def test_convnext_block_errors(device):
     block = random_block(32, 7, 2, seed=25)
     x, *args = on(device, torch.randn(1, 32, 5, 6), *[a.float() for a in block_args(block)])
     with pytest.raises(ValueError, match=r"w2 must be \[32, 64\]"):
-        P.convnext_block(x, *args[:8], args[8][:, :-1], args[9], 1e-6)
+        device.ops.convnext_block(x, *args[:8], args[8][:, :-1], args[9], 1e-6)
     with pytest.raises(ValueError, match="dw_weight must be"):
-        P.convnext_block(x, args[0][..., :6, :6], *args[1:], 1e-6)
+        device.ops.convnext_block(x, args[0][..., :6, :6], *args[1:], 1e-6)
     with pytest.raises(ValueError, match="gamma must hold 64"):
-        P.convnext_block(x, *args[:6], args[6][..., :-1], *args[7:], 1e-6)
+        device.ops.convnext_block(x, *args[:6], args[6][..., :-1], *args[7:], 1e-6)
     with pytest.raises(ValueError, match="eps must be finite"):
-        P.convnext_block(x, *args, 0.0)
+        device.ops.convnext_block(x, *args, 0.0)
     with pytest.raises(ValueError, match="k \\* k \\* C = 13 \\* 13 \\* 256 exceeds"):
-        wide = torch.zeros(1, 256, 2, 2, device=device)
-        P.convnext_block(wide, torch.zeros(256, 1, 13, 13, device=device), *[torch.zeros(n, device=device) for n in (256,) * 3],
-                         torch.zeros(128, 256, device=device), *[torch.zeros(n, device=device) for n in (128,) * 3],
-                         torch.zeros(256, 128, device=device), torch.zeros(256, device=device), 1e-6)
+        wide = torch.zeros(1, 256, 2, 2, device=device.torch)
+        device.ops.convnext_block(wide, torch.zeros(256, 1, 13, 13, device=device.torch), *[torch.zeros(n, device=device.torch) for n in (256,) * 3],
+                         torch.zeros(128, 256, device=device.torch), *[torch.zeros(n, device=device.torch) for n in (128,) * 3],
+                         torch.zeros(256, 128, device=device.torch), torch.zeros(256, device=device.torch), 1e-6)
 
 
 @pytest.fixture
@@ -524,23 +575,23 @@ def fused_blocks_here(monkeypatch, device):
     (model_def.fused_block keeps the CPU on PyTorch's faster path) and count the fused calls."""
     calls = []
     real = fused_block.convnext_block
-    monkeypatch.setattr(fused_block, "FUSED_BLOCK_DEVICES", (device.type,))
+    monkeypatch.setattr(fused_block, "FUSED_BLOCK_DEVICES", (device.torch.type,))
     monkeypatch.setattr(fused_block, "convnext_block", lambda *a: calls.append(a[0].shape) or real(*a))
     return calls
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("device", MODEL_DEVICES, indirect=True)
 def test_fused_blocks_in_the_model(device, fused_blocks_here, strict_fp32):
     from model_def import EventSPD
     from model_def.config import CONFIGS
 
     cfg = CONFIGS["tiny"]
-    model = EventSPD(cfg, seed=0).eval().to(device)
+    model = EventSPD(cfg, seed=0).eval().to(device.torch)
     g = gen(26)
     with torch.no_grad():  # GRN's zero init would hide a wrong GRN: give the blocks non-zero ones
         for name, prm in model.named_parameters():
             if ".grn." in name:
-                prm.copy_(torch.randn(prm.shape, generator=g).to(device) * 0.3)
+                prm.copy_(torch.randn(prm.shape, generator=g).to(device.torch) * 0.3)
     events, queries = on(device, random_events(3000, cfg.width, cfg.height, seed=27).float(),
                          torch.rand(1, 5, 2, generator=gen(28)) * torch.tensor([cfg.width - 1.0, cfg.height - 1.0]))
     with torch.no_grad():
@@ -552,7 +603,7 @@ def test_fused_blocks_in_the_model(device, fused_blocks_here, strict_fp32):
     n_conv = sum(cfg.depths[:2])  # L1 and L2 are ConvNeXt-V2 stages too
     assert len(fused_blocks_here) == n_f3 + n_conv, fused_blocks_here
     for a, b in zip(got, want):
-        assert rel_err(a, b) <= (1e-5 if device.type == "cpu" else 1e-4)
+        assert rel_err(a, b) <= (1e-5 if device.name == "cpu" else 1e-4)
     # with autograd on, the blocks stay PyTorch's (the fused op has no backward)
     fused_blocks_here.clear()
     with ref_ops.use_backend("plugin"):
@@ -560,19 +611,19 @@ def test_fused_blocks_in_the_model(device, fused_blocks_here, strict_fp32):
     assert fused_blocks_here == []
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("device", MODEL_DEVICES, indirect=True)
 def test_fused_block_follows_autocast_and_leaves_bf16_to_pytorch(device, fused_blocks_here):
-    block = random_block(32, 7, 2, seed=29).float().to(device)
-    x = torch.randn(1, 32, 6, 9, generator=gen(30)).to(device)
+    block = random_block(32, 7, 2, seed=29).float().to(device.torch)
+    x = torch.randn(1, 32, 6, 9, generator=gen(30)).to(device.torch)
     with torch.no_grad():
         want = block(x)  # reference backend: PyTorch's block
         with ref_ops.use_backend("plugin"):
             got32 = block(x)
             assert len(fused_blocks_here) == 1 and rel_err(got32, want) <= BLOCK_TOL[F32]
-            with torch.autocast(device.type, dtype=torch.float16):
+            with torch.autocast(device.torch.type, dtype=torch.float16):
                 got = block(x)  # the fused op runs on the autocast dtype, as the block's GEMMs would
             assert got.dtype == F16 and len(fused_blocks_here) == 2
             assert ((got.float() - want).abs().max() / want.abs().max()).item() <= BLOCK_TOL[F16]
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with torch.autocast(device.torch.type, dtype=torch.bfloat16):
                 block(x)
             assert len(fused_blocks_here) == 2  # the kernels take fp32/fp16 only: bf16 stays on PyTorch's block

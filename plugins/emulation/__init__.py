@@ -1,0 +1,107 @@
+"""CPU emulation of the CUDA kernels of plugins/: ``load()`` -> ``torch.ops.eventspd_emu``.
+
+The CUDA front ends (``plugins/<op>/cuda.cpp``) and kernels (``plugins/<op>/kernel.cu``) are
+compiled, unchanged, as plain C++ against the headers in ``plugins/emulation/include`` (a CUDA
+runtime, cuda_fp16 and WMMA subset that run on the host) and registered as the CPU kernels of
+``torch.ops.eventspd_emu``, under the same schemas as ``torch.ops.eventspd_plugins``. CPU tensors
+play device memory. Each launch runs its blocks in turn and each block's threads as fibers switched
+at barriers, so the kernels' own index arithmetic, shared-memory use, barriers, shuffles, WMMA tiles,
+atomics and launch configurations execute for real, and what a GPU would reject or leave undefined
+(a divergent barrier, a shuffle with an exited lane, a misaligned vector access or WMMA tile, too
+much shared memory, an invalid grid) fails the op with a message naming the kernel. See
+``include/emu/device.h`` for what it cannot tell (timing, FMA contraction, tensor-core rounding).
+
+This is how the kernels' logic is tested where there is no GPU (CI): ``tests/plugins`` runs the
+same cases as its ``cuda`` ones on the ``emu`` device. It is not a GPU result: speed and the GPU's
+own rounding are measured only by ``pytest -m gpu`` and ``scripts/bench_gpu.sh`` on a GPU.
+
+The first ``load()`` compiles the library into ``build/emulation`` (about a minute on two cores;
+later loads reuse it) with torch's JIT extension builder; set ``EVENTSPD_EMULATION_BUILD`` for
+another folder. Only the kernels' ``<<<...>>>`` launches and ``extern __shared__`` declarations are
+rewritten on the way (``rewrite_kernel_source``); ``#line`` keeps compiler messages and sanitizer
+reports on the original ``kernel.cu`` lines.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from plugins.build_ext import OPS
+
+_HERE = Path(__file__).resolve().parent
+_PLUGINS = _HERE.parent
+_REPO = _PLUGINS.parent
+LIBRARY = "eventspd_emu"
+
+# Compiled without FMA contraction, like the CPU extension; the sanitizer checks report into the
+# launch (runtime.cpp defines their handlers, no sanitizer runtime is linked).
+CFLAGS = ["-O1", "-ffp-contract=off", "-DEVENTSPD_CUDA_EMULATION",
+          "-fsanitize=alignment,bounds,shift,signed-integer-overflow,integer-divide-by-zero"]
+
+_LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_]\w*(?:<[^<>;(){}]*>)?)\s*<<<(?P<config>.*?)>>>\s*\(", re.S)
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?(?P<type>[A-Za-z_][\w ]*?)\s+"
+                            r"(?P<name>\w+)\s*\[\s*\]\s*;")
+_ops = None
+
+
+class EmulationSourceError(RuntimeError):
+    """A kernel source has a construct the rewrite does not handle."""
+
+
+def rewrite_kernel_source(text: str, path: str) -> str:
+    """kernel.cu -> C++ for the emulation: ``k<<<g, b, s, st>>>(args)`` ->
+    ``::emu::launch("k", k, g, b, s, st)(args)`` and ``extern __shared__ T name[];`` -> a pointer to
+    the block's dynamic shared memory. Lines are kept, so ``#line`` maps every line back."""
+    text = _EXTERN_SHARED.sub(
+        lambda m: f"{m['type']}* const {m['name']} = ::emu::dynamic_shared_as<{m['type']}>();", text)
+    text = _LAUNCH.sub(lambda m: f'::emu::launch("{m["kernel"]}", {m["kernel"]}, {m["config"]})(', text)
+    for left in ("<<<", "extern __shared__"):
+        if left in text:
+            line = text[:text.index(left)].count("\n") + 1
+            raise EmulationSourceError(f"{path}:{line}: '{left}' in a form the CPU emulation cannot rewrite")
+    return (f"// Generated from {path} for the CPU emulation (plugins/emulation); do not edit.\n"
+            f'#include "emu/prelude.h"\n#line 1 "{path}"\n{text}')
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    # an unchanged file keeps its timestamp, so ninja does not recompile it
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def build_directory() -> Path:
+    return Path(os.environ.get("EVENTSPD_EMULATION_BUILD", _REPO / "build" / "emulation"))
+
+
+def load(verbose: bool = False):
+    """Builds (first call) and loads the emulation; returns ``torch.ops.eventspd_emu``."""
+    global _ops
+    if _ops is not None:
+        return _ops
+    import torch
+    from torch.utils import cpp_extension
+
+    runtime = _HERE / "runtime.cpp"
+    if not runtime.exists():
+        raise FileNotFoundError(f"the CPU emulation builds from a source checkout: {runtime} not found")
+    build = build_directory()
+    generated = build / "src"
+    generated.mkdir(parents=True, exist_ok=True)
+    sources = [str(runtime), str(_HERE / "module.cpp")]
+    selftest = generated / "selftest.cpp"
+    _write_if_changed(selftest, rewrite_kernel_source((_HERE / "selftest.cu").read_text(), str(_HERE / "selftest.cu")))
+    sources.append(str(selftest))
+    for op in OPS:
+        # one object per file name in torch's build: every op's front end is called cuda.cpp
+        front = generated / f"{op}_cuda.cpp"
+        _write_if_changed(front, f'// The CPU emulation\'s build of {op}\'s CUDA front end.\n#include "{op}/cuda.cpp"\n')
+        sources.append(str(front))
+        kernel = _PLUGINS / op / "kernel.cu"
+        out = generated / f"{op}_kernel.cpp"
+        _write_if_changed(out, rewrite_kernel_source(kernel.read_text(), str(kernel)))
+        sources.append(str(out))
+    cpp_extension.load(name=LIBRARY, sources=sources, extra_include_paths=[str(_HERE / "include"), str(_PLUGINS)],
+                       extra_cflags=CFLAGS, build_directory=str(build), is_python_module=False, verbose=verbose)
+    _ops = getattr(torch.ops, LIBRARY)
+    return _ops

@@ -1,0 +1,14 @@
+// The CPU emulation's controls for its Python front end (plugins/emulation/module.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace emu {
+// A fresh emulated device: no kernel attributes, no pending error, an empty launch log; the
+// opt-in shared memory per block (<= 0: an H100/H200's 227 KB) and the fiber interleaving
+// (0: threads in order; else a seed for another order in every scheduling round).
+void reset(int shared_optin_bytes, uint64_t schedule_seed);
+// One line per launch since reset(): "<kernel> grid=(x,y,z) block=(x,y,z) smem=<bytes>".
+std::string launch_log();
+}  // namespace emu

@@ -1,0 +1,111 @@
+// CPU emulation of the nvcuda::wmma subset the EventSPD tensor-core kernels use
+// (plugins/emulation): 16x16x16 tiles, fp16 A/B, fp32 accumulator, row-major.
+//
+// The element-to-lane mapping of a real fragment is unspecified, so kernels may only treat
+// fragments as a whole (load, fill, mma, store); here every lane holds the whole tile and does
+// the whole operation. Each operation is warp-collective, as on the GPU: it is a barrier of the
+// warp before and after, so a divergent call deadlocks (reported), and it checks WMMA's
+// pointer (32-byte) and leading-dimension (16-byte multiple) requirements. mma_sync accumulates
+// in fp32 in k order; tensor cores may round the partial sums differently (the GPU tests'
+// fp16 tolerance covers that).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda_fp16.h"
+#include "emu/device.h"
+
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K>
+struct tile_shape;
+template <int M, int N, int K>
+struct tile_shape<matrix_a, M, N, K> {
+    static constexpr int rows = M, cols = K;
+};
+template <int M, int N, int K>
+struct tile_shape<matrix_b, M, N, K> {
+    static constexpr int rows = K, cols = N;
+};
+template <int M, int N, int K>
+struct tile_shape<accumulator, M, N, K> {
+    static constexpr int rows = M, cols = N;
+};
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+    static constexpr int rows = tile_shape<Use, M, N, K>::rows, cols = tile_shape<Use, M, N, K>::cols;
+    static constexpr int num_elements = rows * cols;
+    // row-major [rows, cols], the whole tile in every lane (see above), widened to float once on
+    // load (fp16 values are exact in float), so mma_sync converts nothing
+    float x[num_elements];
+};
+
+namespace detail {
+inline float widen(float v) { return v; }
+inline float widen(__half v) { return __half2float(v); }
+
+template <class T>
+void check_tile(const T* p, unsigned ldm, const char* op) {
+    if (reinterpret_cast<uintptr_t>(p) % 32 != 0) ::emu::fail(op, "the tile pointer is not 32-byte aligned");
+    if ((ldm * sizeof(T)) % 16 != 0) ::emu::fail(op, "the leading dimension is not a multiple of 16 bytes");
+}
+}  // namespace detail
+
+template <class Use, int M, int N, int K, class T, class Layout>
+void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
+    ::emu::sync_warp(0xffffffffu);
+    for (auto& e : f.x) e = detail::widen(v);
+    ::emu::sync_warp(0xffffffffu);
+}
+
+// A or B, row-major in memory: element (r, c) at p[r * ldm + c].
+template <class Use, int M, int N, int K, class T>
+void load_matrix_sync(fragment<Use, M, N, K, T, row_major>& f, const T* p, unsigned ldm) {
+    ::emu::sync_warp(0xffffffffu);
+    detail::check_tile(p, ldm, "wmma::load_matrix_sync");
+    using F = fragment<Use, M, N, K, T, row_major>;
+    for (int r = 0; r < F::rows; ++r)
+        for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = detail::widen(p[static_cast<size_t>(r) * ldm + c]);
+    ::emu::sync_warp(0xffffffffu);
+}
+
+template <int M, int N, int K, class TC, class TA, class TB>
+void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, TA, row_major>& a,
+              const fragment<matrix_b, M, N, K, TB, row_major>& b, const fragment<accumulator, M, N, K, TC>& c) {
+    ::emu::sync_warp(0xffffffffu);
+    float out[M * N];
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            float acc = c.x[i * N + j];
+            for (int k = 0; k < K; ++k) acc += a.x[i * K + k] * b.x[k * N + j];
+            out[i * N + j] = acc;
+        }
+    for (int i = 0; i < M * N; ++i) d.x[i] = out[i];
+    ::emu::sync_warp(0xffffffffu);
+}
+
+template <int M, int N, int K, class T>
+void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
+    static_assert(std::is_same_v<T, float>, "fp32 accumulators only (the kernels' WMMA)");
+    ::emu::sync_warp(0xffffffffu);
+    detail::check_tile(p, ldm, "wmma::store_matrix_sync");
+    for (int r = 0; r < M; ++r)
+        for (int c = 0; c < N; ++c) {
+            const size_t at = layout == mem_row_major ? static_cast<size_t>(r) * ldm + c : static_cast<size_t>(c) * ldm + r;
+            p[at] = f.x[r * N + c];
+        }
+    ::emu::sync_warp(0xffffffffu);
+}
+
+}  // namespace wmma
+}  // namespace nvcuda

@@ -1,0 +1,478 @@
+// The CPU emulation's runtime (plugins/emulation): the launch scheduler (blocks in order, each
+// block's threads as ucontext fibers switched at barriers), the CUDA runtime API subset of
+// cuda_runtime_api.h, and UndefinedBehaviorSanitizer handlers that turn a misaligned access, an
+// out-of-bounds index into a fixed-size array or a signed overflow inside a kernel into an error
+// of its launch. Single-threaded, like the launches it runs.
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime_api.h"
+#include "emu/control.h"
+#include "emu/device.h"
+
+namespace emu {
+
+uint3 g_thread_idx{0, 0, 0}, g_block_idx{0, 0, 0};
+dim3 g_block_dim, g_grid_dim;
+
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr size_t kStackBytes = 512 * 1024;  // per fiber; the kernels' frames are a few KB
+constexpr size_t kPage = 4096;
+constexpr int kDefaultSharedOptin = 232448;  // cudaDevAttrMaxSharedMemoryPerBlockOptin of an H100/H200
+constexpr int kDefaultDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute
+
+enum class State : uint8_t { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
+
+struct Fiber {
+    ucontext_t ctx;
+    State state;
+};
+
+struct WarpSlots {
+    uint64_t value[kWarpSize];
+    bool filled[kWarpSize];
+};
+
+struct DeviceState {
+    int shared_optin = kDefaultSharedOptin;
+    uint64_t schedule_seed = 0;
+    std::map<const void*, int> max_dynamic_shared;  // cudaFuncSetAttribute, per kernel
+    cudaError_t last_error = cudaSuccess;           // cleared by cudaGetLastError
+    cudaError_t message_error = cudaSuccess;        // the error last_message describes
+    std::string last_message;
+    std::string log;  // one line per launch since reset()
+};
+
+DeviceState& device() {
+    static DeviceState d;
+    return d;
+}
+
+// The launch in flight.
+struct Run {
+    const LaunchConfig* cfg = nullptr;
+    void (*body)(void*) = nullptr;
+    void* ctx = nullptr;
+    int threads = 0;
+    int current = -1;
+    std::vector<Fiber> fibers;
+    std::vector<WarpSlots> warps;
+    ucontext_t scheduler;
+    void* shared = nullptr;
+    std::string error;  // the first violation
+};
+Run* g_run = nullptr;
+
+std::vector<char*> g_stacks;  // reused by every launch; the lowest page of each is a guard page
+
+char* stack_of(int i) {
+    while (static_cast<int>(g_stacks.size()) <= i) {
+        void* p = mmap(nullptr, kStackBytes + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (p == MAP_FAILED) {
+            std::fprintf(stderr, "emulation: cannot map a fiber stack\n");
+            std::abort();
+        }
+        mprotect(p, kPage, PROT_NONE);  // a fiber that overflows its stack faults here
+        g_stacks.push_back(static_cast<char*>(p));
+    }
+    return g_stacks[i] + kPage;
+}
+
+std::string where(const Run& r) {
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "%s: block (%u, %u, %u) thread (%u, %u, %u)", r.cfg->name, g_block_idx.x,
+                  g_block_idx.y, g_block_idx.z, g_thread_idx.x, g_thread_idx.y, g_thread_idx.z);
+    return buf;
+}
+
+void set_error(cudaError_t code, const std::string& message) {
+    DeviceState& d = device();
+    d.last_error = code;
+    d.message_error = code;
+    d.last_message = message;
+}
+
+void set_coordinates(const Run& r, int t) {
+    const dim3 b = r.cfg->block;
+    g_thread_idx = uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
+}
+
+void fiber_entry() {
+    Run& r = *g_run;
+    r.body(r.ctx);
+    r.fibers[r.current].state = State::kDone;
+    // returning resumes uc_link, the scheduler
+}
+
+void enter(Run& r, int t) {
+    r.current = t;
+    set_coordinates(r, t);
+    swapcontext(&r.scheduler, &r.fibers[t].ctx);
+}
+
+void wait_at(State s) {
+    Run& r = *g_run;
+    Fiber& f = r.fibers[r.current];
+    f.state = s;
+    swapcontext(&f.ctx, &r.scheduler);
+}
+
+uint64_t next_random(uint64_t& s) {  // xorshift64*
+    s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
+    return s * 2685821657736338717ull;
+}
+
+// Runs one block's fibers to completion, releasing a warp barrier when every live lane of the
+// warp waits at one and the block barrier when every live thread does. Returns false (and sets
+// r.error) on a deadlock.
+bool run_block(Run& r, uint64_t& rng) {
+    const int n = r.threads;
+    for (int t = 0; t < n; ++t) {
+        Fiber& f = r.fibers[t];
+        f.state = State::kReady;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = stack_of(t);
+        f.ctx.uc_stack.ss_size = kStackBytes;
+        f.ctx.uc_link = &r.scheduler;
+        makecontext(&f.ctx, fiber_entry, 0);
+    }
+    for (auto& w : r.warps)
+        for (bool& filled : w.filled) filled = false;
+    std::vector<int> order(n);
+    for (int t = 0; t < n; ++t) order[t] = t;
+    for (;;) {
+        if (rng != 0)  // another interleaving each round: results must not depend on it
+            for (int i = n - 1; i > 0; --i) std::swap(order[i], order[next_random(rng) % (i + 1)]);
+        for (int t : order)
+            if (r.fibers[t].state == State::kReady) enter(r, t);
+        int done = 0, at_block = 0, at_warp = 0;
+        for (const Fiber& f : r.fibers) {
+            done += f.state == State::kDone;
+            at_block += f.state == State::kAtBlockBarrier;
+            at_warp += f.state == State::kAtWarpBarrier;
+        }
+        if (done == n) return true;
+        bool released = false;
+        for (int w0 = 0; w0 < n; w0 += kWarpSize) {
+            const int w1 = std::min(n, w0 + kWarpSize);
+            bool all = true, any = false;
+            for (int t = w0; t < w1; ++t) {
+                const State s = r.fibers[t].state;
+                if (s == State::kDone) continue;
+                any = true;
+                all = all && s == State::kAtWarpBarrier;
+            }
+            if (any && all) {
+                for (int t = w0; t < w1; ++t)
+                    if (r.fibers[t].state == State::kAtWarpBarrier) r.fibers[t].state = State::kReady;
+                released = true;
+            }
+        }
+        if (at_block + done == n) {
+            for (Fiber& f : r.fibers)
+                if (f.state == State::kAtBlockBarrier) f.state = State::kReady;
+            released = true;
+        }
+        if (!released) {
+            char buf[320];
+            std::snprintf(buf, sizeof(buf),
+                          "%s: block (%u, %u, %u): barrier deadlock: %d thread(s) at __syncthreads, %d at a warp "
+                          "barrier (__syncwarp, a shuffle or WMMA) in a warp whose other lanes are at __syncthreads, "
+                          "%d exited (divergent barriers)",
+                          r.cfg->name, g_block_idx.x, g_block_idx.y, g_block_idx.z, at_block, at_warp, done);
+            if (r.error.empty()) r.error = buf;
+            return false;
+        }
+    }
+}
+
+bool valid_config(const LaunchConfig& c, std::string* why) {
+    const uint64_t threads = static_cast<uint64_t>(c.block.x) * c.block.y * c.block.z;
+    char buf[256];
+    if (c.grid.x < 1 || c.grid.x > 0x7fffffffu || c.grid.y < 1 || c.grid.y > 65535 || c.grid.z < 1 || c.grid.z > 65535) {
+        std::snprintf(buf, sizeof(buf), "%s: invalid grid (%u, %u, %u): x must be in [1, 2^31 - 1], y and z in [1, 65535]",
+                      c.name, c.grid.x, c.grid.y, c.grid.z);
+    } else if (threads < 1 || threads > 1024 || c.block.z > 64) {
+        std::snprintf(buf, sizeof(buf), "%s: invalid block (%u, %u, %u): 1 to 1024 threads, z <= 64", c.name, c.block.x,
+                      c.block.y, c.block.z);
+    } else {
+        const auto it = device().max_dynamic_shared.find(c.func);
+        const size_t limit = it == device().max_dynamic_shared.end() ? kDefaultDynamicShared : it->second;
+        if (c.smem <= limit) return true;
+        std::snprintf(buf, sizeof(buf),
+                      "%s: %zu bytes of dynamic shared memory requested, %zu allowed (cudaFuncSetAttribute("
+                      "cudaFuncAttributeMaxDynamicSharedMemorySize) raises the 48 KB default)",
+                      c.name, c.smem, limit);
+    }
+    *why = buf;
+    return false;
+}
+
+}  // namespace
+
+void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
+    DeviceState& d = device();
+    char line[200];
+    std::snprintf(line, sizeof(line), "%s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu\n", cfg.name, cfg.grid.x, cfg.grid.y,
+                  cfg.grid.z, cfg.block.x, cfg.block.y, cfg.block.z, cfg.smem);
+    d.log += line;
+    if (g_run != nullptr) {
+        set_error(cudaErrorLaunchFailure, std::string(cfg.name) + ": launched from inside a kernel (not emulated)");
+        return;
+    }
+    std::string why;
+    if (!valid_config(cfg, &why)) {
+        set_error(cfg.smem > kDefaultDynamicShared ? cudaErrorInvalidValue : cudaErrorInvalidConfiguration, why);
+        return;
+    }
+    Run r;
+    r.cfg = &cfg;
+    r.body = body;
+    r.ctx = ctx;
+    r.threads = static_cast<int>(cfg.block.x * cfg.block.y * cfg.block.z);
+    r.fibers.resize(r.threads);
+    r.warps.resize((r.threads + kWarpSize - 1) / kWarpSize);
+    g_block_dim = cfg.block;
+    g_grid_dim = cfg.grid;
+    uint64_t rng = d.schedule_seed;
+    g_run = &r;
+    for (unsigned z = 0; z < cfg.grid.z && r.error.empty(); ++z)
+        for (unsigned y = 0; y < cfg.grid.y && r.error.empty(); ++y)
+            for (unsigned x = 0; x < cfg.grid.x && r.error.empty(); ++x) {
+                g_block_idx = uint3{x, y, z};
+                void* shared = nullptr;
+                // exactly the launch's size (an allocator's bounds checks see an overrun), poisoned
+                if (posix_memalign(&shared, 256, cfg.smem > 0 ? cfg.smem : 1) != 0) {
+                    r.error = std::string(cfg.name) + ": cannot allocate the block's shared memory";
+                    break;
+                }
+                std::memset(shared, 0xff, cfg.smem);
+                r.shared = shared;
+                run_block(r, rng);
+                r.shared = nullptr;
+                std::free(shared);
+            }
+    g_run = nullptr;
+    if (!r.error.empty()) set_error(cudaErrorLaunchFailure, r.error);
+}
+
+void* dynamic_shared() {
+    if (g_run == nullptr) {
+        fail("extern __shared__", "used outside a kernel");
+        return nullptr;
+    }
+    return g_run->shared;
+}
+
+void sync_block() {
+    if (g_run == nullptr) return fail("__syncthreads", "called outside a kernel");
+    wait_at(State::kAtBlockBarrier);
+}
+
+void sync_warp(unsigned mask) {
+    if (g_run == nullptr) return fail("__syncwarp", "called outside a kernel");
+    if (mask != kFullMask) fail("__syncwarp", "a partial lane mask is not emulated");
+    wait_at(State::kAtWarpBarrier);
+}
+
+uint64_t shuffle_xor(uint64_t bits, int lane_mask, int width, unsigned mask) {
+    if (g_run == nullptr) {
+        fail("__shfl_xor_sync", "called outside a kernel");
+        return bits;
+    }
+    Run& r = *g_run;
+    if (mask != kFullMask) fail("__shfl_xor_sync", "a partial lane mask is not emulated");
+    if (width < 1 || width > kWarpSize || (width & (width - 1)) != 0)
+        fail("__shfl_xor_sync", "width must be a power of two <= 32");
+    const int t = r.current, warp = t / kWarpSize, lane = t % kWarpSize;
+    WarpSlots& s = r.warps[warp];
+    s.value[lane] = bits;
+    s.filled[lane] = true;
+    wait_at(State::kAtWarpBarrier);
+    int src = lane ^ lane_mask;
+    if (width > 0 && (src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;  // outside its segment: own value
+    uint64_t out = bits;
+    if (src < 0 || src >= kWarpSize || !s.filled[src])
+        fail("__shfl_xor_sync", "reads a lane that has exited or does not exist (undefined on a GPU)");
+    else
+        out = s.value[src];
+    wait_at(State::kAtWarpBarrier);  // every lane has read before a slot is written again
+    s.filled[lane] = false;
+    return out;
+}
+
+void fail(const char* op, const char* what) {
+    if (g_run == nullptr) {
+        set_error(cudaErrorLaunchFailure, std::string("host code: ") + op + ": " + what);
+        return;
+    }
+    if (g_run->error.empty()) g_run->error = where(*g_run) + ": " + op + ": " + what;
+}
+
+int shared_optin_bytes() { return device().shared_optin; }
+
+void set_shared_optin_bytes(int bytes) { device().shared_optin = bytes; }
+
+cudaError_t func_set_max_dynamic_shared(const void* func, int bytes) {
+    if (bytes < 0 || bytes > device().shared_optin) {
+        set_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: " + std::to_string(bytes) +
+                                             " bytes of dynamic shared memory exceed the device's opt-in limit of " +
+                                             std::to_string(device().shared_optin));
+        return cudaErrorInvalidValue;
+    }
+    device().max_dynamic_shared[func] = bytes;
+    return cudaSuccess;
+}
+
+void reset(int shared_optin, uint64_t schedule_seed) {
+    DeviceState& d = device();
+    d.shared_optin = shared_optin > 0 ? shared_optin : kDefaultSharedOptin;
+    d.schedule_seed = schedule_seed;
+    d.max_dynamic_shared.clear();
+    d.last_error = d.message_error = cudaSuccess;
+    d.last_message.clear();
+    d.log.clear();
+}
+
+std::string launch_log() { return device().log; }
+
+}  // namespace emu
+
+// ---- runtime API ---------------------------------------------------------------------------------
+cudaError_t cudaGetLastError() {
+    const cudaError_t e = emu::device().last_error;
+    emu::device().last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError() { return emu::device().last_error; }
+
+const char* cudaGetErrorString(cudaError_t err) {
+    const auto& d = emu::device();
+    if (err != cudaSuccess && err == d.message_error && !d.last_message.empty()) return d.last_message.c_str();
+    switch (err) {
+        case cudaSuccess: return "no error";
+        case cudaErrorInvalidValue: return "invalid argument";
+        case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+        case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+        case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+        case cudaErrorMisalignedAddress: return "misaligned address";
+        case cudaErrorLaunchFailure: return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+cudaError_t cudaGetDevice(int* device) {
+    *device = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+    if (device != 0 || attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
+    *value = emu::device().shared_optin;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) {
+    if (bytes == 0) return cudaSuccess;
+    if (ptr == nullptr) return cudaErrorInvalidValue;
+    std::memset(ptr, value, bytes);
+    return cudaSuccess;
+}
+
+// ---- UndefinedBehaviorSanitizer handlers ------------------------------------------------------------
+// The emulation build compiles with -fsanitize=alignment,bounds,... but links no sanitizer runtime:
+// these are the handlers the instrumentation calls (the ABI of GCC's and Clang's libubsan). Inside a
+// kernel each becomes a launch error naming the kernel.cu line; in host code (ATen's headers
+// included) they are ignored, that is not what this checks.
+namespace {
+struct SourceLocation {
+    const char* file;
+    uint32_t line, column;
+};
+struct TypeDescriptor {
+    uint16_t kind, info;
+    char name[1];
+};
+struct TypeMismatchData {
+    SourceLocation loc;
+    const TypeDescriptor* type;
+    unsigned char log_alignment, check_kind;
+};
+struct OutOfBoundsData {
+    SourceLocation loc;
+    const TypeDescriptor* array_type;
+    const TypeDescriptor* index_type;
+};
+struct OverflowData {
+    SourceLocation loc;
+    const TypeDescriptor* type;
+};
+struct ShiftData {
+    SourceLocation loc;
+    const TypeDescriptor* lhs_type;
+    const TypeDescriptor* rhs_type;
+};
+
+void report(const SourceLocation& loc, const std::string& what) {
+    if (emu::g_run == nullptr) return;
+    const std::string at = std::string(loc.file ? loc.file : "?") + ":" + std::to_string(loc.line);
+    emu::fail(at.c_str(), what.c_str());
+}
+}  // namespace
+
+extern "C" {
+void __ubsan_handle_type_mismatch_v1(TypeMismatchData* d, uintptr_t ptr) {
+    char buf[200];
+    if (ptr == 0)
+        std::snprintf(buf, sizeof(buf), "access through a null pointer of type %s", d->type->name);
+    else
+        std::snprintf(buf, sizeof(buf), "misaligned address 0x%" PRIxPTR " for type %s, which needs %u-byte alignment",
+                      ptr, d->type->name, 1u << d->log_alignment);
+    report(d->loc, buf);
+}
+void __ubsan_handle_type_mismatch_v1_abort(TypeMismatchData* d, uintptr_t ptr) { __ubsan_handle_type_mismatch_v1(d, ptr); }
+void __ubsan_handle_out_of_bounds(OutOfBoundsData* d, uintptr_t) {
+    report(d->loc, std::string("index out of bounds of ") + d->array_type->name);
+}
+void __ubsan_handle_out_of_bounds_abort(OutOfBoundsData* d, uintptr_t i) { __ubsan_handle_out_of_bounds(d, i); }
+void __ubsan_handle_add_overflow(OverflowData* d, uintptr_t, uintptr_t) {
+    report(d->loc, std::string("signed overflow in an addition of ") + d->type->name);
+}
+void __ubsan_handle_sub_overflow(OverflowData* d, uintptr_t, uintptr_t) {
+    report(d->loc, std::string("signed overflow in a subtraction of ") + d->type->name);
+}
+void __ubsan_handle_mul_overflow(OverflowData* d, uintptr_t, uintptr_t) {
+    report(d->loc, std::string("signed overflow in a multiplication of ") + d->type->name);
+}
+void __ubsan_handle_negate_overflow(OverflowData* d, uintptr_t) {
+    report(d->loc, std::string("signed overflow in a negation of ") + d->type->name);
+}
+void __ubsan_handle_divrem_overflow(OverflowData* d, uintptr_t, uintptr_t) {
+    report(d->loc, std::string("division by zero or overflow of ") + d->type->name);
+}
+void __ubsan_handle_shift_out_of_bounds(ShiftData* d, uintptr_t, uintptr_t) {
+    report(d->loc, std::string("shift out of bounds of ") + d->lhs_type->name);
+}
+void __ubsan_handle_add_overflow_abort(OverflowData* d, uintptr_t a, uintptr_t b) { __ubsan_handle_add_overflow(d, a, b); }
+void __ubsan_handle_sub_overflow_abort(OverflowData* d, uintptr_t a, uintptr_t b) { __ubsan_handle_sub_overflow(d, a, b); }
+void __ubsan_handle_mul_overflow_abort(OverflowData* d, uintptr_t a, uintptr_t b) { __ubsan_handle_mul_overflow(d, a, b); }
+void __ubsan_handle_negate_overflow_abort(OverflowData* d, uintptr_t a) { __ubsan_handle_negate_overflow(d, a); }
+void __ubsan_handle_divrem_overflow_abort(OverflowData* d, uintptr_t a, uintptr_t b) { __ubsan_handle_divrem_overflow(d, a, b); }
+void __ubsan_handle_shift_out_of_bounds_abort(ShiftData* d, uintptr_t a, uintptr_t b) {
+    __ubsan_handle_shift_out_of_bounds(d, a, b);
+}
+}

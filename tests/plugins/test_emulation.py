@@ -1,0 +1,160 @@
+"""The CPU emulation of the CUDA kernels (plugins/emulation) itself: its checks reject kernels with
+deliberate defects (and pass a correct one that uses everything they watch), the kernels of
+plugins/ take the launch paths their comments promise on the emulated devices, and their results
+do not depend on the order in which the emulation interleaves the threads. The kernels' numbers
+against the reference ops are tests/plugins/test_plugin_kernels.py's `emu` cases."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from plugins import emulation
+from tests.plugins import test_plugin_kernels as kt
+
+F16, F32, F64 = torch.float16, torch.float32, torch.float64
+H200_OPTIN = 232448  # cudaDevAttrMaxSharedMemoryPerBlockOptin: sm_90
+SM86_OPTIN = 101376  # sm_86 / sm_89: 99 KB
+
+
+@pytest.fixture(scope="module")
+def emu():
+    try:
+        ops = emulation.load()
+    except Exception as exc:  # a host without a C++ compiler or ninja cannot build it
+        pytest.skip(f"the CPU emulation of the CUDA kernels does not build here: {exc}")
+    yield ops
+    ops.reset()
+
+
+def launches(ops) -> list[tuple[str, int]]:
+    """(kernel, dynamic shared bytes) of each launch since the last reset."""
+    return [(m["name"], int(m["smem"])) for m in
+            re.finditer(r"^(?P<name>.+?) grid=\S+ block=\S+ smem=(?P<smem>\d+)$", ops.launch_log(), re.M)]
+
+
+# ---- the rewrite of kernel.cu -------------------------------------------------------------------
+def test_rewrite_of_launches_and_dynamic_shared_memory_keeps_every_line():
+    src = ("__global__ void k(float* p) {\n    extern __shared__ __align__(128) unsigned char buf[];\n}\n"
+           "void go(float* p, cudaStream_t st) {\n    k<<<dim3(2, 3), 64, 128, st>>>(p);\n"
+           "    pass<T, true><<<static_cast<unsigned>(n), 32>>>(p);\n}\n")
+    out = emulation.rewrite_kernel_source(src, "x/kernel.cu")
+    body = out.split('#line 1 "x/kernel.cu"\n', 1)[1]
+    assert body.count("\n") == src.count("\n")
+    assert "unsigned char* const buf = ::emu::dynamic_shared_as<unsigned char>();" in body
+    assert '::emu::launch("k", k, dim3(2, 3), 64, 128, st)(p);' in body
+    assert '::emu::launch("pass<T, true>", pass<T, true>, static_cast<unsigned>(n), 32)(p);' in body
+
+
+def test_rewrite_refuses_what_it_cannot_rewrite():
+    with pytest.raises(emulation.EmulationSourceError, match=r"x/kernel.cu:2: '<<<'"):
+        emulation.rewrite_kernel_source("void f() {\n#define LAUNCH(k) k<<<1, 32>>>\n}\n", "x/kernel.cu")
+    with pytest.raises(emulation.EmulationSourceError, match="extern __shared__"):
+        emulation.rewrite_kernel_source("extern __shared__ float s[4];\n", "x/kernel.cu")
+
+
+# ---- the checks: each defect is rejected, the correct kernel passes ---------------------------------
+def test_correct_kernel_passes(emu):
+    emu.reset()
+    out = emu.selftest("correct")
+    assert out[0].item() == sum(range(64))  # shuffles, shared memory, __syncthreads
+    assert torch.equal(out[8:264], torch.full((256,), 16.0))  # 16 x 16 x 16 WMMA of ones
+    assert out[264].item() == 4.0  # aligned float4 load
+
+
+@pytest.mark.parametrize("name,message", [
+    ("shuffle_after_exit", r"__shfl_xor_sync: reads a lane that has exited"),
+    ("divergent_barrier", r"barrier deadlock: 32 thread\(s\) at __syncthreads, 32 at a warp barrier"),
+    ("misaligned_vector_load", r"selftest.cu:\d+: misaligned address 0x[0-9a-f]+ for type 'const struct float4', "
+                               r"which needs 16-byte alignment"),
+    ("index_out_of_bounds", r"thread \(4, 0, 0\): .*selftest.cu:\d+: index out of bounds of 'float \[4\]'"),
+    ("misaligned_wmma_tile", r"wmma::load_matrix_sync: the tile pointer is not 32-byte aligned"),
+    ("too_much_shared_memory", r"65536 bytes of dynamic shared memory requested, 49152 allowed"),
+    ("empty_grid", r"invalid grid \(0, 1, 1\)"),
+    ("too_many_threads", r"invalid block \(2048, 1, 1\)"),
+])
+def test_defective_kernel_is_rejected(emu, name, message):
+    emu.reset()
+    with pytest.raises(RuntimeError, match=message):
+        emu.selftest(name)
+
+
+def test_read_before_the_writer_synchronised_sees_poisoned_shared_memory(emu):
+    # Lane i reads lane i+1's slot without __syncwarp: the neighbour has not written yet here
+    # (lock-step is not guaranteed on a GPU either), and fresh shared memory reads as NaN.
+    emu.reset()
+    out = emu.selftest("unsynced_shared_read")
+    assert torch.isnan(out[:31]).all() and out[31].item() == 0.0
+
+
+# ---- the kernels' launch paths on the emulated devices ---------------------------------------------
+def emu_device(ops) -> kt.Device:
+    return kt.Device("emu", torch.device("cpu"), ops)
+
+
+@pytest.mark.parametrize("optin,C,k,expansion,dtype,path", [
+    # F^3's block in fp16: tensor cores, W1/W2 in shared memory (C * E * 2 bytes of fp16 weights)
+    (H200_OPTIN, 64, 7, 2, F16, "tc-shared"),
+    # L2's block in fp16 on sm_90: tensor cores, W1/W2 from global memory (kernel.cu's variant 1)
+    (H200_OPTIN, 128, 13, 4, F16, "tc-global"),
+    # the same on an sm_86's 99 KB: the tensor-core tiles do not fit, the scalar kernels run
+    (SM86_OPTIN, 128, 13, 4, F16, "scalar"),
+    (H200_OPTIN, 64, 7, 4, F32, "scalar"),
+    (SM86_OPTIN, 64, 7, 4, F32, "scalar"),
+])
+def test_convnext_block_paths(emu, optin, C, k, expansion, dtype, path):
+    emu.reset(optin, 0)
+    block = kt.random_block(C, k, expansion, seed=21)
+    x = torch.randn(1, C, 6, 10, generator=kt.gen(22), dtype=F64)
+    with torch.no_grad():
+        assert kt.block_err(emu_device(emu), block, x, dtype) <= kt.BLOCK_TOL[dtype]
+    names = [n for n, _ in launches(emu)]
+    smem1 = launches(emu)[1][1]
+    E = C * expansion
+    if path.startswith("tc"):
+        assert names == ["rearrange_weights", "block_pass1_tc<kSharedW>", "block_pass2_tc<kSharedW>"]
+        assert (smem1 >= C * E * 2) == (path == "tc-shared"), smem1
+    else:
+        assert names == ["rearrange_weights", "block_pass1<T, kSharedW>", "block_pass2<T, kSharedW>"]
+    assert smem1 <= optin - 256
+
+
+@pytest.mark.parametrize("levels,kernel", [(4, "event_splat_nhwc_kernel<float, true>"),
+                                           (3, "event_splat_nhwc_kernel<float, false>")])
+def test_splat_atomic_paths(emu, levels, kernel):
+    # even L: two levels per float4 atomic, odd L: a float2 per level (sm_90's vector atomics)
+    emu.reset()
+    res = [kt.RES_TINY[3 * (lvl % 4) + i] for lvl in range(levels) for i in range(3)]
+    events = kt.random_events(3000, 29, 17, seed=31).float()
+    kt.check_splat(emu_device(emu), events, kt.table_for(res, F32, 32), 29, 17, res, 0.4167)
+    assert [n for n, _ in launches(emu)] == [kernel, "transpose"]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_deform_read_reads_channels_last_maps_in_place(emu, channels_last):
+    emu.reset()
+    vals, anchors, offsets, logits = kt.deform_inputs(1, 192, 6, 2, 8, 4, kt.SIZES_HD_LIKE, F16, seed=33)
+    if channels_last:
+        vals = [v.contiguous(memory_format=torch.channels_last) for v in vals]
+    got = emu.deform_read(*vals, anchors, offsets, logits, kt.STRIDES)
+    want = kt.ref_ops.deform_read_reference(*vals, anchors, offsets, logits, kt.STRIDES)
+    assert kt.rel_err(got, want) <= kt.TOL["emu"][F16]
+    names = [n for n, _ in launches(emu)]
+    assert names == ["kernel"] if channels_last else names == ["nchw_to_nhwc<uint16_t>"] * 3 + ["kernel"]
+
+
+# ---- the results do not depend on the threads' interleaving ------------------------------------------
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kernels_under_other_interleavings(emu, seed):
+    emu.reset(0, seed)
+    dev = emu_device(emu)
+    kt.check_topr(dev, torch.rand(2, 3, 6, 40 * 22, generator=kt.gen(34)), 32, 40, 22)
+    kt.check_deform(dev, *kt.deform_inputs(2, 30, 6, 3, 4, 4, kt.SIZES_ODD, F32, seed=35))
+    kt.check_splat(dev, kt.random_events(2000, 37, 23, seed=36).float(), kt.table_for(kt.RES_TINY, F32, 37),
+                   37, 23, kt.RES_TINY, 0.4167)
+    block = kt.random_block(32, 5, 2, seed=38)
+    x = torch.randn(2, 32, 9, 13, generator=kt.gen(39), dtype=F64)
+    with torch.no_grad():
+        for dtype in (F32, F16):
+            assert kt.block_err(dev, block, x, dtype) <= kt.BLOCK_TOL[dtype]
