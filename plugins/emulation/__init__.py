@@ -15,8 +15,8 @@ This is how the kernels' logic is tested where there is no GPU (CI): ``tests/plu
 same cases as its ``cuda`` ones on the ``emu`` device. It is not a GPU result: speed and the GPU's
 own rounding are measured only by ``pytest -m gpu`` and ``scripts/bench_gpu.sh`` on a GPU.
 
-The first ``load()`` compiles the library into ``build/emulation`` (about a minute on two cores;
-later loads reuse it) with torch's JIT extension builder; set ``EVENTSPD_EMULATION_BUILD`` for
+The first ``load()`` compiles the library into ``build/emulation`` (about half a minute on two
+cores; later loads reuse it; the AddressSanitizer build, ``asan=True``, into ``build/emulation-asan``) with torch's JIT extension builder; set ``EVENTSPD_EMULATION_BUILD`` for
 another folder. Only the kernels' ``<<<...>>>`` launches and ``extern __shared__`` declarations are
 rewritten on the way (``rewrite_kernel_source``); ``#line`` keeps compiler messages and sanitizer
 reports on the original ``kernel.cu`` lines.
@@ -70,22 +70,49 @@ def _write_if_changed(path: Path, text: str) -> None:
         path.write_text(text)
 
 
-def build_directory() -> Path:
-    return Path(os.environ.get("EVENTSPD_EMULATION_BUILD", _REPO / "build" / "emulation"))
+ASAN_ENV = "EVENTSPD_EMULATION_ASAN"  # =1: load() builds and loads the AddressSanitizer build
+ASAN_CFLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
 
 
-def load(verbose: bool = False):
-    """Builds (first call) and loads the emulation; returns ``torch.ops.eventspd_emu``."""
+def asan_requested() -> bool:
+    return os.environ.get(ASAN_ENV, "") not in ("", "0")
+
+
+def asan_runtime() -> str:
+    """The compiler's AddressSanitizer runtime, which must be LD_PRELOADed into the process that
+    loads the ASan build (Python itself is not instrumented)."""
+    import subprocess
+
+    return subprocess.run(["c++", "-print-file-name=libasan.so"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def build_directory(asan: bool = False) -> Path:
+    default = _REPO / "build" / ("emulation-asan" if asan else "emulation")
+    return Path(os.environ.get("EVENTSPD_EMULATION_BUILD", default))
+
+
+def load(verbose: bool = False, asan: bool | None = None):
+    """Builds (first call) and loads the emulation; returns ``torch.ops.eventspd_emu``.
+
+    ``asan`` (default: ``$EVENTSPD_EMULATION_ASAN``) takes the AddressSanitizer build, which also
+    catches reads and writes past a tensor's end; it needs the ASan runtime preloaded
+    (``LD_PRELOAD=$(c++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``)."""
     global _ops
     if _ops is not None:
         return _ops
     import torch
     from torch.utils import cpp_extension
 
+    asan = asan_requested() if asan is None else asan
+    if asan and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        raise RuntimeError(f"the AddressSanitizer build of the emulation needs LD_PRELOAD={asan_runtime()} "
+                           "(and ASAN_OPTIONS=detect_leaks=0) in the environment of this process")
+
     runtime = _HERE / "runtime.cpp"
     if not runtime.exists():
         raise FileNotFoundError(f"the CPU emulation builds from a source checkout: {runtime} not found")
-    build = build_directory()
+    build = build_directory(asan)
     generated = build / "src"
     generated.mkdir(parents=True, exist_ok=True)
     sources = [str(runtime), str(_HERE / "module.cpp")]
@@ -102,6 +129,7 @@ def load(verbose: bool = False):
         _write_if_changed(out, rewrite_kernel_source(kernel.read_text(), str(kernel)))
         sources.append(str(out))
     cpp_extension.load(name=LIBRARY, sources=sources, extra_include_paths=[str(_HERE / "include"), str(_PLUGINS)],
-                       extra_cflags=CFLAGS, build_directory=str(build), is_python_module=False, verbose=verbose)
+                       extra_cflags=CFLAGS + (ASAN_CFLAGS if asan else []), build_directory=str(build),
+                       is_python_module=False, verbose=verbose)
     _ops = getattr(torch.ops, LIBRARY)
     return _ops

@@ -19,6 +19,11 @@
 #include "emu/control.h"
 #include "emu/device.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
+extern "C" void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old);
+#endif
+
 namespace emu {
 
 uint3 g_thread_idx{0, 0, 0}, g_block_idx{0, 0, 0};
@@ -28,7 +33,9 @@ namespace {
 
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
-constexpr size_t kStackBytes = 512 * 1024;  // per fiber; the kernels' frames are a few KB
+// Per fiber; the kernels' frames are a few KB. Small, because AddressSanitizer clears a stack's
+// shadow on every switch to it.
+constexpr size_t kStackBytes = 128 * 1024;
 constexpr size_t kPage = 4096;
 constexpr int kDefaultSharedOptin = 232448;  // cudaDevAttrMaxSharedMemoryPerBlockOptin of an H100/H200
 constexpr int kDefaultDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute
@@ -110,24 +117,50 @@ void set_coordinates(const Run& r, int t) {
     g_thread_idx = uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
 }
 
+// AddressSanitizer (the ASan build, load(asan=True)) must be told of every switch between the
+// scheduler's stack and a fiber's, or it mistakes the other stack's frames for overflows.
+#if defined(__SANITIZE_ADDRESS__)
+const void* g_main_stack_bottom = nullptr;
+size_t g_main_stack_size = 0;
+void switch_to_fiber(ucontext_t* from, ucontext_t* to) {
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, to->uc_stack.ss_sp, to->uc_stack.ss_size);
+    swapcontext(from, to);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+}
+void switch_to_scheduler(ucontext_t* from, ucontext_t* to, bool exiting) {
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(exiting ? nullptr : &fake, g_main_stack_bottom, g_main_stack_size);
+    swapcontext(from, to);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+}
+void fiber_started() { __sanitizer_finish_switch_fiber(nullptr, &g_main_stack_bottom, &g_main_stack_size); }
+#else
+void switch_to_fiber(ucontext_t* from, ucontext_t* to) { swapcontext(from, to); }
+void switch_to_scheduler(ucontext_t* from, ucontext_t* to, bool) { swapcontext(from, to); }
+void fiber_started() {}
+#endif
+
 void fiber_entry() {
+    fiber_started();
     Run& r = *g_run;
     r.body(r.ctx);
-    r.fibers[r.current].state = State::kDone;
-    // returning resumes uc_link, the scheduler
+    Fiber& f = r.fibers[r.current];
+    f.state = State::kDone;
+    switch_to_scheduler(&f.ctx, &r.scheduler, true);  // never resumed
 }
 
 void enter(Run& r, int t) {
     r.current = t;
     set_coordinates(r, t);
-    swapcontext(&r.scheduler, &r.fibers[t].ctx);
+    switch_to_fiber(&r.scheduler, &r.fibers[t].ctx);
 }
 
 void wait_at(State s) {
     Run& r = *g_run;
     Fiber& f = r.fibers[r.current];
     f.state = s;
-    swapcontext(&f.ctx, &r.scheduler);
+    switch_to_scheduler(&f.ctx, &r.scheduler, false);
 }
 
 uint64_t next_random(uint64_t& s) {  // xorshift64*
@@ -146,7 +179,7 @@ bool run_block(Run& r, uint64_t& rng) {
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = stack_of(t);
         f.ctx.uc_stack.ss_size = kStackBytes;
-        f.ctx.uc_link = &r.scheduler;
+        f.ctx.uc_link = nullptr;  // fiber_entry switches back itself
         makecontext(&f.ctx, fiber_entry, 0);
     }
     for (auto& w : r.warps)

@@ -86,6 +86,10 @@ __global__ void misaligned_wmma_tile(float* out) {
 
 __global__ void plain(float* out) { out[threadIdx.x] = 1.f; }
 
+// Reads in[256..287], past the end of its 256 floats: silent in the plain build (a host read
+// past a tensor is not checked), a heap-buffer-overflow report in the AddressSanitizer build.
+__global__ void read_past_the_end(const float* in, float* out) { out[threadIdx.x] = in[256 + threadIdx.x]; }
+
 }  // namespace
 
 namespace emu {
@@ -108,6 +112,8 @@ cudaError_t selftest(const char* name, const float* in, float* out) {
         misaligned_wmma_tile<<<1, 32, 1024>>>(out);
     } else if (!std::strcmp(name, "too_much_shared_memory")) {
         plain<<<1, 32, 64 * 1024>>>(out);  // over 48 KB without cudaFuncSetAttribute
+    } else if (!std::strcmp(name, "read_past_the_end")) {
+        read_past_the_end<<<1, 32>>>(in, out);
     } else if (!std::strcmp(name, "empty_grid")) {
         plain<<<0, 32>>>(out);
     } else if (!std::strcmp(name, "too_many_threads")) {

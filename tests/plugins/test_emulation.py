@@ -5,7 +5,11 @@ do not depend on the order in which the emulation interleaves the threads. The k
 against the reference ops are tests/plugins/test_plugin_kernels.py's `emu` cases."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ import torch
 from plugins import emulation
 from tests.plugins import test_plugin_kernels as kt
 
+REPO = Path(__file__).resolve().parents[2]
 F16, F32, F64 = torch.float16, torch.float32, torch.float64
 H200_OPTIN = 232448  # cudaDevAttrMaxSharedMemoryPerBlockOptin: sm_90
 SM86_OPTIN = 101376  # sm_86 / sm_89: 99 KB
@@ -20,10 +25,7 @@ SM86_OPTIN = 101376  # sm_86 / sm_89: 99 KB
 
 @pytest.fixture(scope="module")
 def emu():
-    try:
-        ops = emulation.load()
-    except Exception as exc:  # a host without a C++ compiler or ninja cannot build it
-        pytest.skip(f"the CPU emulation of the CUDA kernels does not build here: {exc}")
+    ops = kt.load_emulation()
     yield ops
     ops.reset()
 
@@ -158,3 +160,40 @@ def test_kernels_under_other_interleavings(emu, seed):
     with torch.no_grad():
         for dtype in (F32, F16):
             assert kt.block_err(dev, block, x, dtype) <= kt.BLOCK_TOL[dtype]
+
+
+# ---- the AddressSanitizer build: reads and writes past a tensor's end -------------------------------
+def asan_env() -> dict:
+    try:
+        runtime = emulation.asan_runtime()
+        libstdcxx = subprocess.run(["c++", "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                                   check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        kt.skip_emulation(f"no C++ compiler to find the AddressSanitizer runtime: {exc}")
+    if not os.path.isabs(runtime):
+        kt.skip_emulation(f"the C++ compiler has no AddressSanitizer runtime ({runtime})")
+    # libstdc++ preloaded too: ASan's exception interceptor needs it loaded before Python starts
+    return {**os.environ, emulation.ASAN_ENV: "1", "LD_PRELOAD": f"{runtime} {libstdcxx}",
+            "ASAN_OPTIONS": "detect_leaks=0"}
+
+
+def test_asan_build_catches_a_read_past_the_end():
+    """The mutation the ASan run must reject: a kernel reading 32 floats past its input."""
+    code = ("import plugins.emulation as e; ops = e.load(); ops.selftest('correct'); "
+            "print('read', ops.selftest('read_past_the_end')[0].item())")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=asan_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode != 0 and "read " not in run.stdout, run.stdout + run.stderr[-2000:]
+    assert "AddressSanitizer: heap-buffer-overflow" in run.stderr and "read_past_the_end" in run.stderr, \
+        run.stderr[-2000:]
+
+
+def test_kernel_cases_pass_under_asan():
+    """tests/plugins/test_plugin_kernels.py's emu cases again, with every tensor and shared-memory
+    block bounded by AddressSanitizer (about 45 s after a one-minute build)."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "emu",
+                          "tests/plugins/test_plugin_kernels.py"], cwd=REPO, env=asan_env(), capture_output=True,
+                         text=True, timeout=1500)
+    # an ASan report aborts the process: any finding is a non-zero exit with the report on stderr
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert re.search(r"[1-9]\d* passed", run.stdout) and "skipped" not in run.stdout, run.stdout[-500:]
