@@ -1,5 +1,5 @@
 // The CPU emulation's runtime (plugins/emulation): the launch scheduler (blocks in order, each
-// block's threads as ucontext fibers switched at barriers), the CUDA runtime API subset of
+// block's threads as fibers switched at barriers), the CUDA runtime API subset of
 // cuda_runtime_api.h, and UndefinedBehaviorSanitizer handlers that turn a misaligned access, an
 // out-of-bounds index into a fixed-size array or a signed overflow inside a kernel into an error
 // of its launch. Single-threaded, like the launches it runs.
@@ -42,14 +42,42 @@ constexpr int kDefaultDynamicShared = 48 * 1024;  // without cudaFuncSetAttribut
 
 enum class State : uint8_t { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
+// A suspended execution context. On x86-64: the stack pointer emu_switch saved (the callee-saved
+// registers, MXCSR and the x87 control word lie on that stack): no system call per switch, where
+// swapcontext makes one to save the signal mask (most of the emulation's time went there).
+// Elsewhere: a ucontext_t.
+#if defined(__x86_64__)
+#define EMU_ASM_SWITCH 1
+struct Context {
+    void* sp = nullptr;
+    char* stack = nullptr;  // a fiber's stack (none for the scheduler's)
+    size_t stack_size = 0;
+};
+#else
+#define EMU_ASM_SWITCH 0
+struct Context {
+    ucontext_t uc;
+    char* stack = nullptr;
+    size_t stack_size = 0;
+};
+#endif
+
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     State state;
+    uint64_t shuffles;     // how many shuffles this thread has made in the block
+    uint64_t collectives;  // how many next_collective() calls (WMMA operations)
 };
 
+// A warp's shuffle exchange, double-buffered: shuffle n writes slot set n % 2, waits at the warp
+// barrier and reads; the set is written again only by shuffle n + 2, after the barrier of n + 1,
+// which every lane reaches only after its read of n. So one barrier per shuffle suffices.
+// generation = the writer's shuffle count: a lane whose slot holds another count has exited or
+// skipped this shuffle.
 struct WarpSlots {
-    uint64_t value[kWarpSize];
-    bool filled[kWarpSize];
+    uint64_t value[2][kWarpSize];
+    uint64_t generation[2][kWarpSize];
+    alignas(64) unsigned char scratch[kWarpScratchBytes];  // warp_scratch()
 };
 
 struct DeviceState {
@@ -76,7 +104,7 @@ struct Run {
     int current = -1;
     std::vector<Fiber> fibers;
     std::vector<WarpSlots> warps;
-    ucontext_t scheduler;
+    Context scheduler;
     void* shared = nullptr;
     std::string error;  // the first violation
 };
@@ -117,27 +145,98 @@ void set_coordinates(const Run& r, int t) {
     g_thread_idx = uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
 }
 
+#if EMU_ASM_SWITCH
+}  // namespace
+}  // namespace emu
+// emu_switch(&from->sp, to->sp): System V x86-64; saves what a callee must preserve on the current
+// stack, stores the stack pointer, loads the other and restores what it saved there.
+extern "C" void emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .type emu_switch, @function
+    .hidden emu_switch
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $16, %rsp
+    stmxcsr 8(%rsp)
+    fnstcw (%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr 8(%rsp)
+    fldcw (%rsp)
+    addq $16, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+namespace emu {
+namespace {
+
+// A fresh fiber's stack as emu_switch leaves a suspended one: the control words, six zero
+// registers, then `entry` as the address to return to; entry starts with rsp = 8 mod 16, as after
+// a call, and never returns.
+void make_context(Context* c, char* stack, size_t size, void (*entry)()) {
+    c->stack = stack;
+    c->stack_size = size;
+    auto* sp = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(stack + size)) & ~uintptr_t{15});
+    *--sp = 0;                                   // entry's own (never used) return address
+    *--sp = reinterpret_cast<uint64_t>(entry);   // at a 16-byte boundary
+    for (int i = 0; i < 6; ++i) *--sp = 0;       // rbp, rbx, r12..r15
+    sp -= 2;
+    uint32_t mxcsr;
+    uint16_t fpucw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    std::memcpy(sp, &fpucw, sizeof(fpucw));
+    std::memcpy(sp + 1, &mxcsr, sizeof(mxcsr));
+    c->sp = sp;
+}
+void raw_switch(Context* from, Context* to) { emu_switch(&from->sp, to->sp); }
+#else
+void make_context(Context* c, char* stack, size_t size, void (*entry)()) {
+    c->stack = stack;
+    c->stack_size = size;
+    getcontext(&c->uc);
+    c->uc.uc_stack.ss_sp = stack;
+    c->uc.uc_stack.ss_size = size;
+    c->uc.uc_link = nullptr;  // entry switches back itself
+    makecontext(&c->uc, entry, 0);
+}
+void raw_switch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+#endif
+
 // AddressSanitizer (the ASan build, load(asan=True)) must be told of every switch between the
 // scheduler's stack and a fiber's, or it mistakes the other stack's frames for overflows.
 #if defined(__SANITIZE_ADDRESS__)
 const void* g_main_stack_bottom = nullptr;
 size_t g_main_stack_size = 0;
-void switch_to_fiber(ucontext_t* from, ucontext_t* to) {
+void switch_to_fiber(Context* from, Context* to) {
     void* fake = nullptr;
-    __sanitizer_start_switch_fiber(&fake, to->uc_stack.ss_sp, to->uc_stack.ss_size);
-    swapcontext(from, to);
+    __sanitizer_start_switch_fiber(&fake, to->stack, to->stack_size);
+    raw_switch(from, to);
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 }
-void switch_to_scheduler(ucontext_t* from, ucontext_t* to, bool exiting) {
+void switch_to_scheduler(Context* from, Context* to, bool exiting) {
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(exiting ? nullptr : &fake, g_main_stack_bottom, g_main_stack_size);
-    swapcontext(from, to);
+    raw_switch(from, to);
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 }
 void fiber_started() { __sanitizer_finish_switch_fiber(nullptr, &g_main_stack_bottom, &g_main_stack_size); }
 #else
-void switch_to_fiber(ucontext_t* from, ucontext_t* to) { swapcontext(from, to); }
-void switch_to_scheduler(ucontext_t* from, ucontext_t* to, bool) { swapcontext(from, to); }
+void switch_to_fiber(Context* from, Context* to) { raw_switch(from, to); }
+void switch_to_scheduler(Context* from, Context* to, bool) { raw_switch(from, to); }
 void fiber_started() {}
 #endif
 
@@ -176,14 +275,13 @@ bool run_block(Run& r, uint64_t& rng) {
     for (int t = 0; t < n; ++t) {
         Fiber& f = r.fibers[t];
         f.state = State::kReady;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = stack_of(t);
-        f.ctx.uc_stack.ss_size = kStackBytes;
-        f.ctx.uc_link = nullptr;  // fiber_entry switches back itself
-        makecontext(&f.ctx, fiber_entry, 0);
+        f.shuffles = f.collectives = 0;
+        make_context(&f.ctx, stack_of(t), kStackBytes, fiber_entry);
     }
-    for (auto& w : r.warps)
-        for (bool& filled : w.filled) filled = false;
+    for (auto& w : r.warps) {
+        std::memset(w.generation, 0, sizeof(w.generation));
+        std::memset(w.scratch, 0, sizeof(w.scratch));
+    }
     std::vector<int> order(n);
     for (int t = 0; t < n; ++t) order[t] = t;
     for (;;) {
@@ -310,6 +408,16 @@ void* dynamic_shared() {
     return g_run->shared;
 }
 
+void* warp_scratch() {
+    if (g_run == nullptr) {
+        fail("warp_scratch", "used outside a kernel");
+        return nullptr;
+    }
+    return g_run->warps[g_run->current / kWarpSize].scratch;
+}
+
+uint64_t next_collective() { return g_run == nullptr ? 0 : ++g_run->fibers[g_run->current].collectives; }
+
 void sync_block() {
     if (g_run == nullptr) return fail("__syncthreads", "called outside a kernel");
     wait_at(State::kAtBlockBarrier);
@@ -332,18 +440,18 @@ uint64_t shuffle_xor(uint64_t bits, int lane_mask, int width, unsigned mask) {
         fail("__shfl_xor_sync", "width must be a power of two <= 32");
     const int t = r.current, warp = t / kWarpSize, lane = t % kWarpSize;
     WarpSlots& s = r.warps[warp];
-    s.value[lane] = bits;
-    s.filled[lane] = true;
+    const uint64_t n = ++r.fibers[t].shuffles;
+    const int set = static_cast<int>(n & 1);
+    s.value[set][lane] = bits;
+    s.generation[set][lane] = n;
     wait_at(State::kAtWarpBarrier);
     int src = lane ^ lane_mask;
     if (width > 0 && (src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;  // outside its segment: own value
     uint64_t out = bits;
-    if (src < 0 || src >= kWarpSize || !s.filled[src])
-        fail("__shfl_xor_sync", "reads a lane that has exited or does not exist (undefined on a GPU)");
+    if (src < 0 || src >= kWarpSize || s.generation[set][src] != n)
+        fail("__shfl_xor_sync", "reads a lane that has exited, does not exist or skipped this shuffle (undefined on a GPU)");
     else
-        out = s.value[src];
-    wait_at(State::kAtWarpBarrier);  // every lane has read before a slot is written again
-    s.filled[lane] = false;
+        out = s.value[set][src];
     return out;
 }
 

@@ -84,6 +84,23 @@ __global__ void misaligned_wmma_tile(float* out) {
     out[threadIdx.x] = 0.f;
 }
 
+// Odd lanes load the A tile one row further down than even lanes: WMMA's arguments must be
+// warp-uniform (on a GPU the fragment is spread over the lanes; here each holds a copy).
+__global__ void nonuniform_wmma_load(float* out) {
+    extern __shared__ float dyn[];
+    __half* a = reinterpret_cast<__half*>(dyn);  // 17 x 16 fp16: row r holds r
+    for (int i = threadIdx.x; i < 17 * 16; i += 32) a[i] = __float2half_rn(static_cast<float>(i / 16));
+    __syncwarp();
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::row_major> fb;
+    nvcuda::wmma::fill_fragment(acc, 0.f);
+    nvcuda::wmma::load_matrix_sync(fa, a + (threadIdx.x % 2) * 16, 16);
+    nvcuda::wmma::load_matrix_sync(fb, a, 16);
+    nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+    out[threadIdx.x] = 0.f;
+}
+
 __global__ void plain(float* out) { out[threadIdx.x] = 1.f; }
 
 // Reads in[256..287], past the end of its 256 floats: silent in the plain build (a host read
@@ -110,6 +127,8 @@ cudaError_t selftest(const char* name, const float* in, float* out) {
         index_out_of_bounds<<<1, 32>>>(out);
     } else if (!std::strcmp(name, "misaligned_wmma_tile")) {
         misaligned_wmma_tile<<<1, 32, 1024>>>(out);
+    } else if (!std::strcmp(name, "nonuniform_wmma_load")) {
+        nonuniform_wmma_load<<<1, 32, 17 * 16 * sizeof(__half)>>>(out);
     } else if (!std::strcmp(name, "too_much_shared_memory")) {
         plain<<<1, 32, 64 * 1024>>>(out);  // over 48 KB without cudaFuncSetAttribute
     } else if (!std::strcmp(name, "read_past_the_end")) {

@@ -72,6 +72,7 @@ def test_correct_kernel_passes(emu):
                                r"which needs 16-byte alignment"),
     ("index_out_of_bounds", r"thread \(4, 0, 0\): .*selftest.cu:\d+: index out of bounds of 'float \[4\]'"),
     ("misaligned_wmma_tile", r"wmma::load_matrix_sync: the tile pointer is not 32-byte aligned"),
+    ("nonuniform_wmma_load", r"wmma::mma_sync: the lanes' fragments differ"),
     ("too_much_shared_memory", r"65536 bytes of dynamic shared memory requested, 49152 allowed"),
     ("empty_grid", r"invalid grid \(0, 1, 1\)"),
     ("too_many_threads", r"invalid block \(2048, 1, 1\)"),
@@ -197,3 +198,47 @@ def test_kernel_cases_pass_under_asan():
     # an ASan report aborts the process: any finding is a non-zero exit with the report on stderr
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert re.search(r"[1-9]\d* passed", run.stdout) and "skipped" not in run.stdout, run.stdout[-500:]
+
+
+# ---- the whole model on the emulated kernels --------------------------------------------------------
+@pytest.mark.parametrize("channels_last_maps", [False, True])
+def test_tiny_model_on_emulated_kernels_equals_reference_ops(emu, monkeypatch, channels_last_maps):
+    """The plugin backend with torch.ops.eventspd_emu for torch.ops.eventspd_plugins: the tiny
+    model's splat, fused ConvNeXt-V2 blocks (F^3, L1, L2), routing and deformable reads all run
+    the CUDA front ends and kernels, with B4's value maps channels-last or not (read in place or
+    copied), against the reference ops -- what the GPU tests of the model check on a GPU."""
+    import copy
+
+    from model_def import EventSPD, fused_block
+    from model_def import ops as model_ops
+    from model_def.config import CONFIGS
+
+    emu.reset()
+    cfg = CONFIGS["tiny"]
+    model = EventSPD(cfg, seed=0).eval()
+    g = kt.gen(40)
+    with torch.no_grad():  # GRN's zero init would hide a wrong GRN
+        for name, prm in model.named_parameters():
+            if ".grn." in name:
+                prm.copy_(torch.randn(prm.shape, generator=g) * 0.3)
+    emulated = copy.deepcopy(model)
+    emulated.a3.value_maps_channels_last = channels_last_maps
+    events = kt.random_events(3000, cfg.width, cfg.height, seed=41).float()
+    queries = torch.rand(1, 9, 2, generator=g) * torch.tensor([cfg.width - 1.0, cfg.height - 1.0])
+    with torch.no_grad():
+        want = model(events, queries)
+        monkeypatch.setattr(model_ops, "plugin_ops", lambda: emu)
+        monkeypatch.setattr(fused_block, "FUSED_BLOCK_DEVICES", ("cpu",))
+        with model_ops.use_backend("plugin"):
+            got = emulated(events, queries)
+    for a, b in zip(got, want):
+        assert kt.rel_err(a, b) <= 1e-4
+    counts = {}
+    for name, _ in launches(emu):
+        counts[name] = counts.get(name, 0) + 1
+    blocks = sum(cfg.f3_depths) + sum(cfg.depths[:2])
+    assert counts.get("event_splat_nhwc_kernel<float, true>") == 1
+    assert counts.get("block_pass1<T, kSharedW>") == blocks, counts  # fp32: the scalar kernels
+    assert counts.get("topr_route_kernel<T, true>", 0) + counts.get("topr_route_kernel<T, false>", 0) >= 1, counts
+    assert counts.get("kernel", 0) >= 1, counts  # deform_read_kernel
+    assert ("nchw_to_nhwc<uint32_t>" in counts) != channels_last_maps, counts

@@ -23,11 +23,27 @@ inline __half __float2half_rn(float f) {
     std::memcpy(&r.bits, &h, sizeof(r.bits));
     return r;
 }
-inline float __half2float(__half h) {
-    _Float16 v;
-    std::memcpy(&v, &h.bits, sizeof(v));
-    return static_cast<float>(v);
+namespace emu {
+// Every fp16 value as float, once: the compiler's _Float16 -> float is a library call without
+// F16C, and the emulated WMMA tiles widen 256 values per load.
+struct HalfToFloat {
+    float v[65536];
+    HalfToFloat() {
+        for (uint32_t i = 0; i < 65536; ++i) {
+            const uint16_t bits = static_cast<uint16_t>(i);
+            _Float16 h;
+            std::memcpy(&h, &bits, sizeof(h));
+            v[i] = static_cast<float>(h);
+        }
+    }
+};
+inline const HalfToFloat& half_to_float() {
+    static const HalfToFloat table;
+    return table;
 }
+}  // namespace emu
+
+inline float __half2float(__half h) { return emu::half_to_float().v[h.bits]; }
 inline __half2 __halves2half2(__half lo, __half hi) { return __half2{lo, hi}; }
 inline __half2 __floats2half2_rn(float lo, float hi) { return __half2{__float2half_rn(lo), __float2half_rn(hi)}; }
 inline float2 __half22float2(__half2 h) { return make_float2(__half2float(h.x), __half2float(h.y)); }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda_fp16.h"
@@ -79,18 +80,35 @@ void load_matrix_sync(fragment<Use, M, N, K, T, row_major>& f, const T* p, unsig
     ::emu::sync_warp(0xffffffffu);
 }
 
+// d = a b + c. Every lane holds the same fragments (the loads' arguments are warp-uniform), so the
+// first lane to get here computes the product into its warp's scratch and the others copy it,
+// after checking that their fragments are the ones it used (a lane with others is an error, the
+// lanes' loads were not uniform). out[i][j] = c[i][j] + a[i][0] b[0][j] + ... in k order, fp32.
 template <int M, int N, int K, class TC, class TA, class TB>
 void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, TA, row_major>& a,
               const fragment<matrix_b, M, N, K, TB, row_major>& b, const fragment<accumulator, M, N, K, TC>& c) {
+    struct Shared {
+        uint64_t call;
+        float a[M * K], b[K * N], c[M * N], d[M * N];
+    };
+    static_assert(sizeof(Shared) <= ::emu::kWarpScratchBytes, "WMMA tile too large for the warp scratch");
     ::emu::sync_warp(0xffffffffu);
-    float out[M * N];
-    for (int i = 0; i < M; ++i)
-        for (int j = 0; j < N; ++j) {
-            float acc = c.x[i * N + j];
-            for (int k = 0; k < K; ++k) acc += a.x[i * K + k] * b.x[k * N + j];
-            out[i * N + j] = acc;
-        }
-    for (int i = 0; i < M * N; ++i) d.x[i] = out[i];
+    auto* w = static_cast<Shared*>(::emu::warp_scratch());
+    const uint64_t call = ::emu::next_collective();
+    if (w->call != call) {
+        std::memcpy(w->a, a.x, sizeof(w->a));
+        std::memcpy(w->b, b.x, sizeof(w->b));
+        std::memcpy(w->c, c.x, sizeof(w->c));
+        for (int i = 0; i < M * N; ++i) w->d[i] = c.x[i];
+        for (int i = 0; i < M; ++i)
+            for (int k = 0; k < K; ++k)
+                for (int j = 0; j < N; ++j) w->d[i * N + j] += a.x[i * K + k] * b.x[k * N + j];
+        w->call = call;
+    } else if (std::memcmp(w->a, a.x, sizeof(w->a)) || std::memcmp(w->b, b.x, sizeof(w->b)) ||
+               std::memcmp(w->c, c.x, sizeof(w->c))) {
+        ::emu::fail("wmma::mma_sync", "the lanes' fragments differ (their loads' arguments were not warp-uniform)");
+    }
+    std::memcpy(d.x, w->d, sizeof(w->d));
     ::emu::sync_warp(0xffffffffu);
 }
 

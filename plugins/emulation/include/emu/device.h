@@ -67,6 +67,11 @@ void sync_block();
 void sync_warp(unsigned mask);
 uint64_t shuffle_xor(uint64_t bits, int lane_mask, int width, unsigned mask);
 void* dynamic_shared();
+// For warp-collective operations that every lane would otherwise repeat (WMMA): a per-warp scratch
+// of kWarpScratchBytes (zeroed when a block starts) and the running thread's count of such calls.
+constexpr size_t kWarpScratchBytes = 8192;
+void* warp_scratch();
+uint64_t next_collective();
 // Records a violation against the running launch, with the fiber's block and thread (the first
 // one is kept): "<op>: <what>".
 void fail(const char* op, const char* what);
