@@ -15,8 +15,7 @@ This is how the kernels' logic is tested where there is no GPU (CI): ``tests/plu
 same cases as its ``cuda`` ones on the ``emu`` device. It is not a GPU result: speed and the GPU's
 own rounding are measured only by ``pytest -m gpu`` and ``scripts/bench_gpu.sh`` on a GPU.
 
-The first ``load()`` compiles the library into ``build/emulation`` (about half a minute on two
-cores; later loads reuse it; the AddressSanitizer build, ``asan=True``, into ``build/emulation-asan``) with torch's JIT extension builder; set ``EVENTSPD_EMULATION_BUILD`` for
+The first ``load()`` compiles the library into ``build/emulation`` (about 20 s on two cores; later loads reuse it; the AddressSanitizer build, ``asan=True``, into ``build/emulation-asan``) with torch's JIT extension builder; set ``EVENTSPD_EMULATION_BUILD`` for
 another folder. Only the kernels' ``<<<...>>>`` launches and ``extern __shared__`` declarations are
 rewritten on the way (``rewrite_kernel_source``); ``#line`` keeps compiler messages and sanitizer
 reports on the original ``kernel.cu`` lines.

@@ -39,6 +39,9 @@ constexpr size_t kStackBytes = 128 * 1024;
 constexpr size_t kPage = 4096;
 constexpr int kDefaultSharedOptin = 232448;  // cudaDevAttrMaxSharedMemoryPerBlockOptin of an H100/H200
 constexpr int kDefaultDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute
+// Fresh shared memory: 0x7FA57FA5 is NaN as float and as two halves, and a huge index as int32 /
+// int64 (-1 or ~0, what 0xFF bytes would give, are "skip" / "no candidate" values in the kernels).
+constexpr unsigned char kPoison[4] = {0xa5, 0x7f, 0xa5, 0x7f};
 
 enum class State : uint8_t { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
@@ -67,6 +70,7 @@ struct Fiber {
     State state;
     uint64_t shuffles;     // how many shuffles this thread has made in the block
     uint64_t collectives;  // how many next_collective() calls (WMMA operations)
+    WarpOp warp_op;        // the kind of warp barrier it waits at
 };
 
 // A warp's shuffle exchange, double-buffered: shuffle n writes slot set n % 2, waits at the warp
@@ -104,7 +108,7 @@ struct Run {
     int current = -1;
     std::vector<Fiber> fibers;
     std::vector<WarpSlots> warps;
-    Context scheduler;
+    Context scheduler{};
     void* shared = nullptr;
     std::string error;  // the first violation
 };
@@ -262,6 +266,44 @@ void wait_at(State s) {
     switch_to_scheduler(&f.ctx, &r.scheduler, false);
 }
 
+const char* warp_op_name(WarpOp op) {
+    switch (op) {
+        case WarpOp::kSyncwarp: return "__syncwarp";
+        case WarpOp::kShuffle: return "a shuffle";
+        case WarpOp::kWmma: return "a WMMA operation";
+    }
+    return "?";
+}
+
+// Every live lane of warp [w0, w1) waits at a warp barrier: they must all be at the same kind, and
+// WMMA needs the whole warp.
+void check_warp_barrier(Run& r, int w0, int w1) {
+    int first = -1;
+    bool exited = w1 - w0 < kWarpSize;
+    for (int t = w0; t < w1; ++t) {
+        if (r.fibers[t].state == State::kDone) {
+            exited = true;
+            continue;
+        }
+        if (first < 0) first = t;
+        if (r.fibers[t].warp_op != r.fibers[first].warp_op && r.error.empty()) {
+            char buf[320];
+            std::snprintf(buf, sizeof(buf), "%s: block (%u, %u, %u) warp %d: lanes at different warp barriers (lane %d "
+                          "at %s, lane %d at %s): divergent warp-collective calls",
+                          r.cfg->name, g_block_idx.x, g_block_idx.y, g_block_idx.z, w0 / kWarpSize, first % kWarpSize,
+                          warp_op_name(r.fibers[first].warp_op), t % kWarpSize, warp_op_name(r.fibers[t].warp_op));
+            r.error = buf;
+        }
+    }
+    if (first >= 0 && exited && r.fibers[first].warp_op == WarpOp::kWmma && r.error.empty()) {
+        char buf[240];
+        std::snprintf(buf, sizeof(buf), "%s: block (%u, %u, %u) warp %d: a WMMA operation without all 32 lanes "
+                      "(some have exited or do not exist)", r.cfg->name, g_block_idx.x, g_block_idx.y, g_block_idx.z,
+                      w0 / kWarpSize);
+        r.error = buf;
+    }
+}
+
 uint64_t next_random(uint64_t& s) {  // xorshift64*
     s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
     return s * 2685821657736338717ull;
@@ -307,6 +349,7 @@ bool run_block(Run& r, uint64_t& rng) {
                 all = all && s == State::kAtWarpBarrier;
             }
             if (any && all) {
+                check_warp_barrier(r, w0, w1);
                 for (int t = w0; t < w1; ++t)
                     if (r.fibers[t].state == State::kAtWarpBarrier) r.fibers[t].state = State::kReady;
                 released = true;
@@ -330,7 +373,8 @@ bool run_block(Run& r, uint64_t& rng) {
     }
 }
 
-bool valid_config(const LaunchConfig& c, std::string* why) {
+bool valid_config(const LaunchConfig& c, std::string* why, cudaError_t* code) {
+    *code = cudaErrorInvalidConfiguration;
     const uint64_t threads = static_cast<uint64_t>(c.block.x) * c.block.y * c.block.z;
     char buf[256];
     if (c.grid.x < 1 || c.grid.x > 0x7fffffffu || c.grid.y < 1 || c.grid.y > 65535 || c.grid.z < 1 || c.grid.z > 65535) {
@@ -343,6 +387,7 @@ bool valid_config(const LaunchConfig& c, std::string* why) {
         const auto it = device().max_dynamic_shared.find(c.func);
         const size_t limit = it == device().max_dynamic_shared.end() ? kDefaultDynamicShared : it->second;
         if (c.smem <= limit) return true;
+        *code = cudaErrorInvalidValue;
         std::snprintf(buf, sizeof(buf),
                       "%s: %zu bytes of dynamic shared memory requested, %zu allowed (cudaFuncSetAttribute("
                       "cudaFuncAttributeMaxDynamicSharedMemorySize) raises the 48 KB default)",
@@ -356,6 +401,7 @@ bool valid_config(const LaunchConfig& c, std::string* why) {
 
 void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
     DeviceState& d = device();
+    d.message_error = cudaSuccess;  // a message describes the launch that failed, not an older one
     char line[200];
     std::snprintf(line, sizeof(line), "%s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu\n", cfg.name, cfg.grid.x, cfg.grid.y,
                   cfg.grid.z, cfg.block.x, cfg.block.y, cfg.block.z, cfg.smem);
@@ -365,8 +411,9 @@ void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
         return;
     }
     std::string why;
-    if (!valid_config(cfg, &why)) {
-        set_error(cfg.smem > kDefaultDynamicShared ? cudaErrorInvalidValue : cudaErrorInvalidConfiguration, why);
+    cudaError_t code;
+    if (!valid_config(cfg, &why, &code)) {
+        set_error(code, why);
         return;
     }
     Run r;
@@ -390,7 +437,7 @@ void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
                     r.error = std::string(cfg.name) + ": cannot allocate the block's shared memory";
                     break;
                 }
-                std::memset(shared, 0xff, cfg.smem);
+                for (size_t i = 0; i < cfg.smem; ++i) static_cast<unsigned char*>(shared)[i] = kPoison[i % 4];
                 r.shared = shared;
                 run_block(r, rng);
                 r.shared = nullptr;
@@ -423,10 +470,15 @@ void sync_block() {
     wait_at(State::kAtBlockBarrier);
 }
 
-void sync_warp(unsigned mask) {
-    if (g_run == nullptr) return fail("__syncwarp", "called outside a kernel");
-    if (mask != kFullMask) fail("__syncwarp", "a partial lane mask is not emulated");
+void warp_barrier(WarpOp op) {
+    if (g_run == nullptr) return fail(warp_op_name(op), "called outside a kernel");
+    g_run->fibers[g_run->current].warp_op = op;
     wait_at(State::kAtWarpBarrier);
+}
+
+void sync_warp(unsigned mask) {
+    if (mask != kFullMask) fail("__syncwarp", "a partial lane mask is not emulated");
+    warp_barrier(WarpOp::kSyncwarp);
 }
 
 uint64_t shuffle_xor(uint64_t bits, int lane_mask, int width, unsigned mask) {
@@ -444,7 +496,7 @@ uint64_t shuffle_xor(uint64_t bits, int lane_mask, int width, unsigned mask) {
     const int set = static_cast<int>(n & 1);
     s.value[set][lane] = bits;
     s.generation[set][lane] = n;
-    wait_at(State::kAtWarpBarrier);
+    warp_barrier(WarpOp::kShuffle);
     int src = lane ^ lane_mask;
     if (width > 0 && (src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;  // outside its segment: own value
     uint64_t out = bits;
@@ -494,8 +546,10 @@ std::string launch_log() { return device().log; }
 
 // ---- runtime API ---------------------------------------------------------------------------------
 cudaError_t cudaGetLastError() {
-    const cudaError_t e = emu::device().last_error;
-    emu::device().last_error = cudaSuccess;
+    auto& d = emu::device();
+    const cudaError_t e = d.last_error;
+    d.last_error = cudaSuccess;
+    if (e == cudaSuccess) d.message_error = cudaSuccess;  // so a launcher's own later error is not described by an old message
     return e;
 }
 

@@ -101,6 +101,44 @@ __global__ void nonuniform_wmma_load(float* out) {
     out[threadIdx.x] = 0.f;
 }
 
+// Reads the WMMA result without the __syncwarp after store_matrix_sync: each lane has written
+// only its share of the tile when lane 0 reads it all.
+__global__ void read_tile_before_syncwarp(float* out) {
+    extern __shared__ float dyn[];
+    __half* a = reinterpret_cast<__half*>(dyn);
+    float* tile = dyn + 128;  // 512 bytes in: 32-byte aligned
+    for (int i = threadIdx.x; i < 256; i += 32) a[i] = __float2half_rn(1.f);
+    for (int i = threadIdx.x; i < 256; i += 32) tile[i] = 0.f;
+    __syncwarp();
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::row_major> fb;
+    nvcuda::wmma::fill_fragment(acc, 0.f);
+    nvcuda::wmma::load_matrix_sync(fa, a, 16);
+    nvcuda::wmma::load_matrix_sync(fb, a, 16);
+    nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+    nvcuda::wmma::store_matrix_sync(tile, acc, 16, nvcuda::wmma::mem_row_major);
+    if (threadIdx.x == 0)
+        for (int i = 0; i < 256; ++i) out[8 + i] = tile[i];
+}
+
+// Half of the warp at __syncwarp, the other half in a shuffle.
+__global__ void mismatched_warp_barriers(float* out) {
+    float v = 1.f;
+    if (threadIdx.x % 2)
+        __syncwarp();
+    else
+        v = __shfl_xor_sync(0xffffffffu, v, 2);
+    out[threadIdx.x] = v;
+}
+
+// An int32 index that overflows (in[2] = 2 added to INT_MAX - 1).
+__global__ void signed_overflow(const float* in, float* out) {
+    const int big = 2147483646 - static_cast<int>(threadIdx.x);
+    const int idx = big + static_cast<int>(in[2]);
+    out[threadIdx.x] = static_cast<float>(idx);
+}
+
 __global__ void plain(float* out) { out[threadIdx.x] = 1.f; }
 
 // Reads in[256..287], past the end of its 256 floats: silent in the plain build (a host read
@@ -110,6 +148,12 @@ __global__ void read_past_the_end(const float* in, float* out) { out[threadIdx.x
 }  // namespace
 
 namespace emu {
+
+bool selftest_exists(const char* name) {
+    for (const char* n : {"correct", "shuffle_after_exit", "divergent_barrier", "unsynced_shared_read", "misaligned_vector_load", "index_out_of_bounds", "misaligned_wmma_tile", "nonuniform_wmma_load", "read_tile_before_syncwarp", "mismatched_warp_barriers", "signed_overflow", "over_the_optin_limit", "too_much_shared_memory", "read_past_the_end", "empty_grid", "too_many_threads"})
+        if (!std::strcmp(name, n)) return true;
+    return false;
+}
 
 cudaError_t selftest(const char* name, const float* in, float* out) {
     cudaGetLastError();  // a clean slate
@@ -129,6 +173,14 @@ cudaError_t selftest(const char* name, const float* in, float* out) {
         misaligned_wmma_tile<<<1, 32, 1024>>>(out);
     } else if (!std::strcmp(name, "nonuniform_wmma_load")) {
         nonuniform_wmma_load<<<1, 32, 17 * 16 * sizeof(__half)>>>(out);
+    } else if (!std::strcmp(name, "read_tile_before_syncwarp")) {
+        read_tile_before_syncwarp<<<1, 32, 512 + 1024>>>(out);
+    } else if (!std::strcmp(name, "mismatched_warp_barriers")) {
+        mismatched_warp_barriers<<<1, 32>>>(out);
+    } else if (!std::strcmp(name, "signed_overflow")) {
+        signed_overflow<<<1, 32>>>(in, out);
+    } else if (!std::strcmp(name, "over_the_optin_limit")) {
+        return cudaFuncSetAttribute(plain, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_optin_bytes() + 1024);
     } else if (!std::strcmp(name, "too_much_shared_memory")) {
         plain<<<1, 32, 64 * 1024>>>(out);  // over 48 KB without cudaFuncSetAttribute
     } else if (!std::strcmp(name, "read_past_the_end")) {

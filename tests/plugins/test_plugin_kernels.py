@@ -77,10 +77,11 @@ class Device:
 
 
 REQUIRE_EMULATION = "EVENTSPD_REQUIRE_EMULATION"  # =1 (CI): a failed build fails instead of skipping
+SCHEDULE_ENV = "EVENTSPD_EMULATION_SCHEDULE_SEED"  # != 0: the emu cases interleave threads in shuffled orders
 
 
 def load_emulation():
-    """torch.ops.eventspd_emu, built on first use (plugins/emulation: about a minute); skips where
+    """torch.ops.eventspd_emu, built on first use (plugins/emulation: about 20 s); skips where
     it cannot build (no C++ compiler or ninja) unless $EVENTSPD_REQUIRE_EMULATION is set."""
     from plugins import emulation as emu
 
@@ -111,7 +112,7 @@ def device(request) -> Device:
         return Device("cuda", torch.device("cuda"), P)
     if request.param == "emu":
         ops = request.getfixturevalue("emulation")
-        ops.reset()
+        ops.reset(0, int(os.environ.get(SCHEDULE_ENV, "0")))
         # every tensor the front ends allocate starts as NaN (ints: their maximum), so an
         # output element a kernel forgets to write shows
         saved = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory

@@ -1,8 +1,9 @@
 // CPU emulation of the CUDA runtime API subset the EventSPD launchers call (plugins/emulation).
 // It stands in for the toolkit's header: this folder comes first on the include path of the
 // emulation build, so plugins/*/kernel.cu and cuda.cpp compile unchanged against it. "Device"
-// memory is host memory; a stream is only a token. Errors are kept as the real runtime keeps
-// them: a launch that fails records its error for the next cudaGetLastError().
+// memory is host memory; a stream is only a token. A launch that fails records its error for the
+// next cudaGetLastError(), like a launch-configuration error of the real runtime; a fault inside
+// a kernel is reported the same way (a GPU reports it asynchronously and loses the context).
 #pragma once
 
 #include <cstddef>

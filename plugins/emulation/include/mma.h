@@ -3,9 +3,11 @@
 //
 // The element-to-lane mapping of a real fragment is unspecified, so kernels may only treat
 // fragments as a whole (load, fill, mma, store); here every lane holds the whole tile and does
-// the whole operation. Each operation is warp-collective, as on the GPU: it is a barrier of the
-// warp before and after, so a divergent call deadlocks (reported), and it checks WMMA's
-// pointer (32-byte) and leading-dimension (16-byte multiple) requirements. mma_sync accumulates
+// the operation (mma_sync once per warp, see there), except store_matrix_sync, where each lane
+// writes only its share of the tile, so a reader that skips the __syncwarp after a store sees
+// unwritten elements. Each operation is warp-collective, as on the GPU: all 32 lanes must reach
+// it (a barrier of the warp before it; lanes elsewhere or exited are reported), and it checks
+// WMMA's pointer (32-byte) and leading-dimension (16-byte multiple) requirements. mma_sync accumulates
 // in fp32 in k order; tensor cores may round the partial sums differently (the GPU tests'
 // fp16 tolerance covers that).
 #pragma once
@@ -64,24 +66,22 @@ void check_tile(const T* p, unsigned ldm, const char* op) {
 
 template <class Use, int M, int N, int K, class T, class Layout>
 void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
-    ::emu::sync_warp(0xffffffffu);
+    ::emu::warp_barrier(::emu::WarpOp::kWmma);
     for (auto& e : f.x) e = detail::widen(v);
-    ::emu::sync_warp(0xffffffffu);
 }
 
 // A or B, row-major in memory: element (r, c) at p[r * ldm + c].
 template <class Use, int M, int N, int K, class T>
 void load_matrix_sync(fragment<Use, M, N, K, T, row_major>& f, const T* p, unsigned ldm) {
-    ::emu::sync_warp(0xffffffffu);
+    ::emu::warp_barrier(::emu::WarpOp::kWmma);
     detail::check_tile(p, ldm, "wmma::load_matrix_sync");
     using F = fragment<Use, M, N, K, T, row_major>;
     for (int r = 0; r < F::rows; ++r)
         for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = detail::widen(p[static_cast<size_t>(r) * ldm + c]);
-    ::emu::sync_warp(0xffffffffu);
 }
 
 // d = a b + c. Every lane holds the same fragments (the loads' arguments are warp-uniform), so the
-// first lane to get here computes the product into its warp's scratch and the others copy it,
+// first lane past the barrier computes the product into its warp's scratch and the others copy it,
 // after checking that their fragments are the ones it used (a lane with others is an error, the
 // lanes' loads were not uniform). out[i][j] = c[i][j] + a[i][0] b[0][j] + ... in k order, fp32.
 template <int M, int N, int K, class TC, class TA, class TB>
@@ -92,7 +92,7 @@ void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M,
         float a[M * K], b[K * N], c[M * N], d[M * N];
     };
     static_assert(sizeof(Shared) <= ::emu::kWarpScratchBytes, "WMMA tile too large for the warp scratch");
-    ::emu::sync_warp(0xffffffffu);
+    ::emu::warp_barrier(::emu::WarpOp::kWmma);
     auto* w = static_cast<Shared*>(::emu::warp_scratch());
     const uint64_t call = ::emu::next_collective();
     if (w->call != call) {
@@ -109,20 +109,19 @@ void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M,
         ::emu::fail("wmma::mma_sync", "the lanes' fragments differ (their loads' arguments were not warp-uniform)");
     }
     std::memcpy(d.x, w->d, sizeof(w->d));
-    ::emu::sync_warp(0xffffffffu);
 }
 
 template <int M, int N, int K, class T>
 void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
     static_assert(std::is_same_v<T, float>, "fp32 accumulators only (the kernels' WMMA)");
-    ::emu::sync_warp(0xffffffffu);
+    ::emu::warp_barrier(::emu::WarpOp::kWmma);
     detail::check_tile(p, ldm, "wmma::store_matrix_sync");
-    for (int r = 0; r < M; ++r)
-        for (int c = 0; c < N; ++c) {
-            const size_t at = layout == mem_row_major ? static_cast<size_t>(r) * ldm + c : static_cast<size_t>(c) * ldm + r;
-            p[at] = f.x[r * N + c];
-        }
-    ::emu::sync_warp(0xffffffffu);
+    const int lane = static_cast<int>(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+    for (int e = lane; e < M * N; e += 32) {  // this lane's share only (see above)
+        const int r = e / N, c = e % N;
+        const size_t at = layout == mem_row_major ? static_cast<size_t>(r) * ldm + c : static_cast<size_t>(c) * ldm + r;
+        p[at] = f.x[e];
+    }
 }
 
 }  // namespace wmma

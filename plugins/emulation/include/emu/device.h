@@ -1,14 +1,18 @@
 // CPU emulation of the CUDA device language the EventSPD kernels use (plugins/emulation).
 //
-// A launch runs its blocks one after another; each block's threads are fibers (ucontext) on one
-// OS thread, switched only at barriers: __syncthreads, __syncwarp and the warp-collective
-// operations (shuffles, WMMA), which are barriers of their warp here. So a kernel that relies on
-// lock-step execution without them, mixes barriers (some lanes at __syncwarp, others at
-// __syncthreads), shuffles with a lane that has exited, or hands WMMA a misaligned tile, is
-// reported as an error of its launch (cudaGetLastError / the op's RuntimeError) instead of
-// computing something plausible. Atomics are plain read-modify-writes (nothing runs between a
+// A launch runs its blocks one after another; each block's threads are fibers on one OS thread,
+// switched only at barriers: __syncthreads, __syncwarp and the warp-collective operations
+// (shuffles, WMMA), which are barriers of their warp here. A kernel that relies on lock-step
+// execution without them reads what its neighbours have not written yet (poison, see below: wrong
+// numbers, not an error message). A kernel that mixes barriers (lanes of one warp at different
+// ones), shuffles with a lane that has exited, runs WMMA with exited lanes, or hands WMMA a
+// misaligned tile is reported as an error of its launch (cudaGetLastError / the op's RuntimeError).
+// Unlike a GPU, where such faults surface asynchronously and poison the context, the error is
+// returned by the next cudaGetLastError and then cleared. Atomics are plain read-modify-writes (nothing runs between a
 // fiber's switches). Dynamic shared memory is allocated per block with exactly the launch's size
-// and filled with 0xFF bytes (NaN as float), so a read of an unwritten element shows.
+// and filled with the bytes of 0x7FA57FA5 (NaN as float and as half, a huge index as int32 or
+// int64), so a read of an unwritten element shows. Static __shared__ variables are statics: zero
+// once, then whatever the previous block left (not poisoned).
 //
 // What it cannot tell: timing, memory-model races between warps that a barrier would order on a
 // GPU anyway, the exact rounding of tensor-core accumulation (here fp32 in k order), rsqrtf's
@@ -65,6 +69,10 @@ extern dim3 g_block_dim, g_grid_dim;
 // the coordinates above after each of them.
 void sync_block();
 void sync_warp(unsigned mask);
+// A warp-collective operation's barrier: every live lane of the warp must reach the same kind
+// (a __syncwarp, a shuffle, a WMMA operation); WMMA also needs all 32 lanes live.
+enum class WarpOp : uint8_t { kSyncwarp, kShuffle, kWmma };
+void warp_barrier(WarpOp op);
 uint64_t shuffle_xor(uint64_t bits, int lane_mask, int width, unsigned mask);
 void* dynamic_shared();
 // For warp-collective operations that every lane would otherwise repeat (WMMA): a per-warp scratch
@@ -88,7 +96,8 @@ void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx);
 inline dim3 to_dim3(dim3 d) { return d; }
 template <class I, class = std::enable_if_t<std::is_integral_v<I>>>
 dim3 to_dim3(I n) {
-    // a negative or over-wide count becomes a size the launch rejects, as a GPU would
+    // a negative or over-wide count becomes a size the launch rejects (on a GPU an over-wide one
+    // would be truncated by dim3's conversion instead; the launchers check their counts first)
     return dim3(n < 0 || static_cast<uint64_t>(n) > 0xffffffffull ? 0u : static_cast<unsigned>(n));
 }
 
@@ -186,7 +195,7 @@ inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __ddiv_rn(double a, double b) { return a / b; }
-inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }  // the GPU's is within 2 ulp of this
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }  // rounded twice; the GPU's is within 2 ulp
 inline unsigned __float_as_uint(float x) {
     unsigned u;
     std::memcpy(&u, &x, sizeof(u));
