@@ -16,6 +16,18 @@ __device__ float warp_sum(float v) {
     return v;
 }
 
+// c[16, 16] = a[16, 16] b[16, 16] (row-major fp16, fp32 result) on the tensor cores; whole warp.
+__device__ void tile_product(const __half* a, const __half* b, float* c) {
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::row_major> fb;
+    nvcuda::wmma::fill_fragment(acc, 0.f);
+    nvcuda::wmma::load_matrix_sync(fa, a, 16);
+    nvcuda::wmma::load_matrix_sync(fb, b, 16);
+    nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+    nvcuda::wmma::store_matrix_sync(c, acc, 16, nvcuda::wmma::mem_row_major);
+}
+
 // Correct: out[0] = sum of 0..63 (shuffles + shared + barrier), out[8..263] = a 16x16x16 WMMA of
 // ones (every element 16; out + 8 is 32-byte aligned), out[264] = a float4 read of in[4..7] (4).
 __global__ void correct(const float* in, float* out) {
@@ -30,14 +42,7 @@ __global__ void correct(const float* in, float* out) {
         __half* a = reinterpret_cast<__half*>(dyn);  // 16 x 16 fp16 ones, 32-byte aligned
         for (int i = lane; i < 256; i += 32) a[i] = __float2half_rn(1.f);
         __syncwarp();
-        nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
-        nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa;
-        nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::row_major> fb;
-        nvcuda::wmma::fill_fragment(acc, 0.f);
-        nvcuda::wmma::load_matrix_sync(fa, a, 16);
-        nvcuda::wmma::load_matrix_sync(fb, a, 16);
-        nvcuda::wmma::mma_sync(acc, fa, fb, acc);
-        nvcuda::wmma::store_matrix_sync(out + 8, acc, 16, nvcuda::wmma::mem_row_major);
+        tile_product(a, a, out + 8);
     }
     if (t == 0) out[264] = (*reinterpret_cast<const float4*>(in + 4)).x;
 }
@@ -91,14 +96,7 @@ __global__ void nonuniform_wmma_load(float* out) {
     __half* a = reinterpret_cast<__half*>(dyn);  // 17 x 16 fp16: row r holds r
     for (int i = threadIdx.x; i < 17 * 16; i += 32) a[i] = __float2half_rn(static_cast<float>(i / 16));
     __syncwarp();
-    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa;
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::row_major> fb;
-    nvcuda::wmma::fill_fragment(acc, 0.f);
-    nvcuda::wmma::load_matrix_sync(fa, a + (threadIdx.x % 2) * 16, 16);
-    nvcuda::wmma::load_matrix_sync(fb, a, 16);
-    nvcuda::wmma::mma_sync(acc, fa, fb, acc);
-    out[threadIdx.x] = 0.f;
+    tile_product(a + (threadIdx.x % 2) * 16, a, out + 8);
 }
 
 // Reads the WMMA result without the __syncwarp after store_matrix_sync: each lane has written
@@ -110,14 +108,7 @@ __global__ void read_tile_before_syncwarp(float* out) {
     for (int i = threadIdx.x; i < 256; i += 32) a[i] = __float2half_rn(1.f);
     for (int i = threadIdx.x; i < 256; i += 32) tile[i] = 0.f;
     __syncwarp();
-    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa;
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::row_major> fb;
-    nvcuda::wmma::fill_fragment(acc, 0.f);
-    nvcuda::wmma::load_matrix_sync(fa, a, 16);
-    nvcuda::wmma::load_matrix_sync(fb, a, 16);
-    nvcuda::wmma::mma_sync(acc, fa, fb, acc);
-    nvcuda::wmma::store_matrix_sync(tile, acc, 16, nvcuda::wmma::mem_row_major);
+    tile_product(a, a, tile);
     if (threadIdx.x == 0)
         for (int i = 0; i < 256; ++i) out[8 + i] = tile[i];
 }
