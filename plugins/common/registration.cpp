@@ -12,10 +12,14 @@ using eventspd::trt::DeformReadCreator;
 using eventspd::trt::EventSplatCreator;
 using eventspd::trt::ToprRouteCreator;
 
+#if !defined(EVENTSPD_CUDA_EMULATION)
+// (The CPU emulation, plugins/emulation/plugin_runtime.cpp, links no TensorRT library and so has no
+// registry to register into; it finds the creators through getCreators, as loadLibrary does.)
 REGISTER_TENSORRT_PLUGIN(ToprRouteCreator);
 REGISTER_TENSORRT_PLUGIN(DeformReadCreator);
 REGISTER_TENSORRT_PLUGIN(EventSplatCreator);
 REGISTER_TENSORRT_PLUGIN(ConvNeXtBlockCreator);
+#endif
 
 extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
     static ToprRouteCreator sTopr;

@@ -42,6 +42,7 @@ _LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_]\w*(?:<[^<>;(){}]*>)?)\s*<<<(?P<confi
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?(?P<type>[A-Za-z_][\w ]*?)\s+"
                             r"(?P<name>\w+)\s*\[\s*\]\s*;")
 _ops = None
+_with_plugins = False  # load() built plugin_runtime.cpp and the plugins' glue
 
 
 class EmulationSourceError(RuntimeError):
@@ -91,13 +92,31 @@ def build_directory(asan: bool = False) -> Path:
     return Path(os.environ.get("EVENTSPD_EMULATION_BUILD", default))
 
 
+TENSORRT_INCLUDE_ENV = "TENSORRT_INCLUDE"
+
+
+def tensorrt_include() -> Path | None:
+    """The TensorRT (10.x/11.x) ``include/`` folder named by ``$TENSORRT_INCLUDE``, or None. With it,
+    ``load()`` also builds the TensorRT plugins' glue and ``plugin_run`` (plugin_runtime.cpp)."""
+    from plugins.trt_build import _HEADER
+
+    inc = os.environ.get(TENSORRT_INCLUDE_ENV)
+    return Path(inc) if inc and (Path(inc) / _HEADER).is_file() else None
+
+
+def has_plugin_runtime() -> bool:
+    """Whether the loaded emulation has ``plugin_run`` (it was built with TensorRT headers)."""
+    load()
+    return _with_plugins
+
+
 def load(verbose: bool = False, asan: bool | None = None):
     """Builds (first call) and loads the emulation; returns ``torch.ops.eventspd_emu``.
 
     ``asan`` (default: ``$EVENTSPD_EMULATION_ASAN``) takes the AddressSanitizer build, which also
     catches reads and writes past a tensor's end; it needs the ASan runtime preloaded
     (``LD_PRELOAD=$(c++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``)."""
-    global _ops
+    global _ops, _with_plugins
     if _ops is not None:
         return _ops
     import torch
@@ -127,8 +146,20 @@ def load(verbose: bool = False, asan: bool | None = None):
         out = generated / f"{op}_kernel.cpp"
         _write_if_changed(out, rewrite_kernel_source(kernel.read_text(), str(kernel)))
         sources.append(str(out))
-    cpp_extension.load(name=LIBRARY, sources=sources, extra_include_paths=[str(_HERE / "include"), str(_PLUGINS)],
+    includes = [str(_HERE / "include"), str(_PLUGINS)]
+    trt = tensorrt_include()
+    if trt is not None:
+        # the TensorRT plugins' glue, driven by plugin_runtime.cpp (no TensorRT library is linked)
+        for op in OPS:
+            glue = generated / f"{op}_plugin.cpp"
+            _write_if_changed(glue, f'// The CPU emulation\'s build of {op}\'s TensorRT plugin.\n#include "{op}/plugin.cpp"\n')
+            sources.append(str(glue))
+        sources += [str(_PLUGINS / "common" / "plugin_base.cpp"), str(_PLUGINS / "common" / "registration.cpp"),
+                    str(_HERE / "plugin_runtime.cpp")]
+        includes.append(str(trt))
+    cpp_extension.load(name=LIBRARY, sources=sources, extra_include_paths=includes,
                        extra_cflags=CFLAGS + (ASAN_CFLAGS if asan else []), build_directory=str(build),
                        is_python_module=False, verbose=verbose)
     _ops = getattr(torch.ops, LIBRARY)
+    _with_plugins = trt is not None
     return _ops

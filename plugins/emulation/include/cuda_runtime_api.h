@@ -22,6 +22,8 @@ using cudaError = cudaError_t;
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
+struct CUevent_st;  // only named by TensorRT's headers (plugin_runtime.cpp)
+using cudaEvent_t = CUevent_st*;
 
 enum cudaDeviceAttr : int { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };

@@ -1,0 +1,150 @@
+"""An exported ONNX graph with plugin nodes, run the way a TensorRT engine runs it, on the CPU.
+
+Every node of the plugin domain goes through ``plugin_run`` (``plugin_runtime.cpp``): our TensorRT
+plugin's IPluginV3 build and runtime phases, its ``enqueue`` and its CUDA kernels in the emulation.
+The other nodes run in ONNX Runtime, cut into segments between the plugin nodes (segment L holds
+every standard node whose inputs depend on at most L plugin nodes in a row). So the file TensorRT's
+parser reads executes with our plugins, not with the function bodies that ONNX Runtime would inline
+for them: that compares the plugins' glue (attributes -> fields, format and shape contract,
+workspace, pointer order) and kernels with PyTorch on whole graphs, which nothing else does without
+a GPU. It is not TensorRT: its layer fusions, reformatting and precision choices are not emulated,
+and each plugin's workspace is planned at the run's own shapes (``plugin_run``'s ``max_dims``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from model_def import ops
+
+# How TensorRT's ONNX parser turns node attributes into PluginFields (INT -> int32, ...); it
+# consumes plugin_version / plugin_namespace itself.
+_PARSER_ATTRIBUTES = ("plugin_version", "plugin_namespace")
+
+
+def node_fields(node) -> tuple[list[str], list]:
+    """(names, torch tensors) of ``node``'s attributes as TensorRT's parser passes them."""
+    import onnx
+    import torch
+
+    names, values = [], []
+    for a in node.attribute:
+        if a.name in _PARSER_ATTRIBUTES:
+            continue
+        v = onnx.helper.get_attribute_value(a)
+        if a.type in (onnx.AttributeProto.INT, onnx.AttributeProto.INTS):
+            t = torch.tensor(np.atleast_1d(np.asarray(v, dtype=np.int64)).astype(np.int32))
+        elif a.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS):
+            t = torch.tensor(np.atleast_1d(np.asarray(v, dtype=np.float32)))
+        elif a.type == onnx.AttributeProto.STRING:
+            t = torch.tensor(list(v), dtype=torch.uint8)
+        else:
+            raise ValueError(f"node {node.name!r}: attribute {a.name!r} has a type TensorRT's parser does not map")
+        names.append(a.name)
+        values.append(t)
+    return names, values
+
+
+def run_plugin_node(node, inputs: list, max_shapes: list[tuple[int, ...]] | None = None) -> list:
+    """Runs one plugin node of an exported graph on CPU tensors ``inputs`` (see plugin_runtime.cpp);
+    ``max_shapes``: each input's profile maximum (the workspace is planned for it), default its shape."""
+    from plugins import emulation
+
+    attrs = {a.name: a for a in node.attribute}
+    version = attrs["plugin_version"].s.decode() if "plugin_version" in attrs else "1"
+    namespace = attrs["plugin_namespace"].s.decode() if "plugin_namespace" in attrs else node.domain
+    names, values = node_fields(node)
+    max_dims = [int(d) for shape in (max_shapes or []) for d in shape]
+    return list(emulation.load().plugin_run(node.op_type, version, namespace, names, values, list(inputs),
+                                            max_dims, len(node.output)))
+
+
+@dataclass
+class _Segment:
+    nodes: list = field(default_factory=list)
+    session: object = None
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+class PluginGraph:
+    """``PluginGraph(model).run(feeds)`` -> the graph outputs (numpy), plugin nodes emulated."""
+
+    def __init__(self, model, threads: int | None = None):
+        import onnx
+        from onnx import numpy_helper
+
+        from eventspd_export.runtime.ort_pair import ort_session
+
+        if isinstance(model, (str, Path)):
+            model = onnx.load(str(model))
+        self.model = model
+        graph = model.graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.output_names = [o.name for o in graph.output]
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {v.name: v for v in list(inferred.graph.value_info) + list(graph.input) + list(graph.output)}
+
+        # levels: how many plugin nodes in a row a value depends on
+        level = {name: 0 for name in [i.name for i in graph.input] + list(self.initializers)}
+        self.plugin_stages: list[list] = []
+        segments: list[_Segment] = []
+        for node in graph.node:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                raise ValueError(f"node {node.name!r} ({node.op_type}) has a subgraph; PluginGraph cannot cut it")
+            depth = max((level.get(i, 0) for i in node.input if i), default=0)
+            if node.domain == ops.PLUGIN_DOMAIN:
+                while len(self.plugin_stages) <= depth:
+                    self.plugin_stages.append([])
+                self.plugin_stages[depth].append(node)
+                depth += 1
+            else:
+                while len(segments) <= depth:
+                    segments.append(_Segment())
+                segments[depth].nodes.append(node)
+            for o in node.output:
+                level[o] = depth
+
+        consumers: dict[str, set[int]] = {}
+        for s, seg in enumerate(segments):
+            for node in seg.nodes:
+                for i in node.input:
+                    consumers.setdefault(i, set()).add(s)
+        plugin_inputs = {i for stage in self.plugin_stages for n in stage for i in n.input}
+        for s, seg in enumerate(segments):
+            produced = {o for n in seg.nodes for o in n.output}
+            used = [i for n in seg.nodes for i in n.input if i]
+            seg.inputs = list(dict.fromkeys(i for i in used if i not in produced and i not in self.initializers))
+            seg.outputs = [o for n in seg.nodes for o in n.output
+                           if o in plugin_inputs or o in self.output_names or consumers.get(o, {s}) - {s}]
+            if not seg.nodes:
+                continue
+            sub = onnx.helper.make_graph(
+                seg.nodes, f"segment{s}",
+                [types[i] if i in types else onnx.helper.make_empty_tensor_value_info(i) for i in seg.inputs],
+                [types[o] for o in seg.outputs],
+                initializer=[self.initializers[i] for i in dict.fromkeys(used) if i in self.initializers])
+            seg.session = ort_session(onnx.helper.make_model(sub, ir_version=model.ir_version,
+                                                             opset_imports=list(model.opset_import)), threads=threads)
+        self.segments = segments
+        self._constants = {name: numpy_helper.to_array(t) for name, t in self.initializers.items()}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        values: dict[str, np.ndarray] = dict(feeds)
+        for s in range(max(len(self.segments), len(self.plugin_stages))):
+            seg = self.segments[s] if s < len(self.segments) else None
+            if seg is not None and seg.session is not None:
+                out = seg.session.run(seg.outputs, {i: values[i] for i in seg.inputs})
+                values.update(zip(seg.outputs, out))
+            for node in self.plugin_stages[s] if s < len(self.plugin_stages) else []:
+                args = [torch.from_numpy(np.ascontiguousarray(values[i] if i in values else self._constants[i]))
+                        for i in node.input]
+                for name, result in zip(node.output, run_plugin_node(node, args)):
+                    values[name] = result.contiguous().numpy()
+        return {name: values[name] for name in self.output_names}
