@@ -49,9 +49,11 @@ def node_fields(node) -> tuple[list[str], list]:
     return names, values
 
 
-def run_plugin_node(node, inputs: list, max_shapes: list[tuple[int, ...]] | None = None) -> list:
+def run_plugin_node(node, inputs: list, max_shapes: list[tuple[int, ...]] | None = None,
+                    workspace_shortfall: int = 0) -> list:
     """Runs one plugin node of an exported graph on CPU tensors ``inputs`` (see plugin_runtime.cpp);
-    ``max_shapes``: each input's profile maximum (the workspace is planned for it), default its shape."""
+    ``max_shapes``: each input's profile maximum (the workspace is planned for it), default its shape.
+    ``workspace_shortfall``: bytes withheld from the planned workspace (the ASan run's mutation)."""
     from plugins import emulation
 
     attrs = {a.name: a for a in node.attribute}
@@ -60,7 +62,7 @@ def run_plugin_node(node, inputs: list, max_shapes: list[tuple[int, ...]] | None
     names, values = node_fields(node)
     max_dims = [int(d) for shape in (max_shapes or []) for d in shape]
     return list(emulation.load().plugin_run(node.op_type, version, namespace, names, values, list(inputs),
-                                            max_dims, len(node.output)))
+                                            max_dims, len(node.output), workspace_shortfall))
 
 
 @dataclass
@@ -133,7 +135,8 @@ class PluginGraph:
         self.segments = segments
         self._constants = {name: numpy_helper.to_array(t) for name, t in self.initializers.items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The graph's outputs, or the named values (any node's outputs) for ``outputs``."""
         import torch
 
         values: dict[str, np.ndarray] = dict(feeds)
@@ -143,8 +146,9 @@ class PluginGraph:
                 out = seg.session.run(seg.outputs, {i: values[i] for i in seg.inputs})
                 values.update(zip(seg.outputs, out))
             for node in self.plugin_stages[s] if s < len(self.plugin_stages) else []:
-                args = [torch.from_numpy(np.ascontiguousarray(values[i] if i in values else self._constants[i]))
+                # a copy: the plugins read only, but torch wants writable memory under its tensors
+                args = [torch.from_numpy(np.array(values[i] if i in values else self._constants[i]))
                         for i in node.input]
                 for name, result in zip(node.output, run_plugin_node(node, args)):
                     values[name] = result.contiguous().numpy()
-        return {name: values[name] for name in self.output_names}
+        return {name: values[name] for name in (outputs or self.output_names)}

@@ -22,6 +22,7 @@
 #include <NvInferRuntime.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -246,7 +247,7 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
                                    std::vector<std::string> const& attribute_names,
                                    std::vector<at::Tensor> const& attribute_values,
                                    std::vector<at::Tensor> const& inputs, std::vector<int64_t> const& max_dims,
-                                   int64_t num_outputs) {
+                                   int64_t num_outputs, int64_t workspace_shortfall) {
     auto& log = loggerFinder().logger.lines;
     log.clear();
     std::string const label = name + " v" + version + " (namespace '" + ns + "')";
@@ -438,17 +439,20 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
         poison(outputs[o]);
         outPtrs[o] = outputs[o].numel() ? outputs[o].data_ptr() : nullptr;
     }
+    // exactly the planned bytes (less the test's shortfall), so the ASan build catches an enqueue
+    // that uses more workspace than getWorkspaceSize asked for
+    int64_t const given = std::max<int64_t>(0, static_cast<int64_t>(workspace_bytes) - workspace_shortfall);
     at::Tensor workspace;
-    if (workspace_bytes > 0) {
-        workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, at::kByte);
+    if (given > 0) {
+        workspace = at::empty({given}, at::kByte);
         auto* w = workspace.data_ptr<uint8_t>();
         static uint8_t const kPoison[4] = {0xA5, 0x7F, 0xA5, 0x7F};  // 0x7FA57FA5 little-endian
-        for (size_t b = 0; b < workspace_bytes; ++b) w[b] = kPoison[b % 4];
+        for (int64_t b = 0; b < given; ++b) w[b] = kPoison[b % 4];
     }
     log.push_back("[emulation] formats " + formats + "; workspace " + std::to_string(workspace_bytes) + " bytes");
     cudaGetLastError();  // a stale error must not be blamed on this plugin
     int32_t const status = runtime->enqueue(inDesc.data(), outDesc.data(), inPtrs.data(), outPtrs.data(),
-                                            workspace_bytes ? workspace.data_ptr() : nullptr, nullptr);
+                                            given > 0 ? workspace.data_ptr() : nullptr, nullptr);
     cudaError_t const pending = cudaGetLastError();
     if (status != 0) fail("enqueue returned " + std::to_string(status));
     if (pending != cudaSuccess) fail(std::string("enqueue returned 0 but left a CUDA error: ") + cudaGetErrorString(pending));
@@ -458,11 +462,12 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
 
 TORCH_LIBRARY_FRAGMENT(eventspd_emu, m) {
     m.def("plugin_run(str name, str version, str plugin_namespace, str[] attribute_names, Tensor[] attribute_values, "
-          "Tensor[] inputs, int[] max_dims, int num_outputs) -> Tensor[]",
+          "Tensor[] inputs, int[] max_dims, int num_outputs, int workspace_shortfall=0) -> Tensor[]",
           [](std::string name, std::string version, std::string ns, std::vector<std::string> attribute_names,
              std::vector<at::Tensor> attribute_values, std::vector<at::Tensor> inputs, std::vector<int64_t> max_dims,
-             int64_t num_outputs) {
-              return plugin_run(name, version, ns, attribute_names, attribute_values, inputs, max_dims, num_outputs);
+             int64_t num_outputs, int64_t workspace_shortfall) {
+              return plugin_run(name, version, ns, attribute_names, attribute_values, inputs, max_dims, num_outputs,
+                                workspace_shortfall);
           });
     m.def("plugin_log() -> str[]", &plugin_log);
 }

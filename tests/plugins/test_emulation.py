@@ -200,13 +200,34 @@ def test_asan_build_catches_a_read_past_the_end(emu):
         run.stderr[-2000:]
 
 
+def test_asan_build_catches_a_plugin_workspace_too_small(emu):
+    """The mutation for the workspace check: the splat plugin run with 4 bytes less workspace than
+    it planned must abort in the ASan build (its scratch grid fills the workspace exactly)."""
+    if emulation.tensorrt_include() is None:
+        kt.skip_emulation("no $TENSORRT_INCLUDE: the emulation is built without the TensorRT plugins")
+    code = ("import torch; from plugins.emulation.plugin_ops import plugin_node; "
+            "from plugins.emulation.graph import run_plugin_node; "
+            "node = plugin_node('event_splat', 2, 1, width=40, height=30, resolutions=[8, 8, 1], time_scale=0.4); "
+            "run_plugin_node(node, [torch.zeros(3, 4), torch.zeros(162, 2)], workspace_shortfall=4); print('ran')")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=asan_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode != 0 and "ran" not in run.stdout, run.stdout + run.stderr[-2000:]
+    assert "AddressSanitizer: heap-buffer-overflow" in run.stderr, run.stderr[-2000:]
+
+
 def test_kernel_cases_pass_under_asan(emu):
     """tests/plugins/test_plugin_kernels.py's emu cases again, with every tensor and shared-memory
     block bounded by AddressSanitizer and the threads in a shuffled order in every scheduling round
-    (about 15 s after a 40-second build)."""
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "emu",
-                          "tests/plugins/test_plugin_kernels.py"], cwd=REPO, env=asan_env(), capture_output=True,
-                         text=True, timeout=1500)
+    (about 15 s after a 40-second build); where the emulation has the TensorRT plugins
+    ($TENSORRT_INCLUDE), also test_plugin_runtime.py's single-node cases, whose workspace is exactly
+    what getWorkspaceSize planned: an enqueue using more is caught."""
+    tests = ["tests/plugins/test_plugin_kernels.py"]
+    select = "emu"
+    if emulation.tensorrt_include() is not None:
+        tests.append("tests/plugins/test_plugin_runtime.py")
+        select = "(emu or plugin_runtime) and not graph"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select, *tests],
+                         cwd=REPO, env=asan_env(), capture_output=True, text=True, timeout=1500)
     # an ASan report aborts the process: any finding is a non-zero exit with the report on stderr
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert re.search(r"[1-9]\d* passed", run.stdout) and "skipped" not in run.stdout, run.stdout[-500:]
