@@ -93,7 +93,7 @@ from model_def.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxrt", "trt")
+BACKENDS = ("onnxrt", "trt", "emulated")
 DEFAULT_KS = (1, 256, 4096)
 SMOKE = "smoke"  # --data: eventspd_export.data.synthetic windows
 
@@ -206,18 +206,44 @@ class Backend:
     limits: dict[str, int] = field(default_factory=dict)  # trt: profile maxima
 
 
-def onnxrt_backend(options: CheckOptions) -> Backend:
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
+def _onnx_files(options: CheckOptions) -> dict[str, Path]:
     files = {g: Path(options.onnx_dir) / onnx_file(g, options.precision) for g in GRAPHS}
     missing = [p.name for p in files.values() if not p.is_file()]
     if missing:
         how = ("`eventspd-export onnx`" if options.precision == "fp32" else
                f"`eventspd-export calibrate --precision {options.precision}`")
         raise UserError(f"{', '.join(missing)} not found in {options.onnx_dir}: create with {how}")
+    return files
+
+
+def onnxrt_backend(options: CheckOptions) -> Backend:
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    files = _onnx_files(options)
     name = f"onnxrt-{options.precision}"
     return Backend(name, lambda g: OnnxrtRunner(SessionFromOnnx(str(files[g]), providers=["cpu"]),
                                                 name=f"{name}-{g}"), files)
+
+
+def emulated_backend(options: CheckOptions) -> Backend:
+    """The precision's ONNX with every plugin node run by our TensorRT plugin code (IPluginV3 build
+    and runtime phases, enqueue) and its CUDA kernels in the CPU emulation, the other nodes in ONNX
+    Runtime (plugins/emulation/graph.py): the plugins' half of a TensorRT run, without TensorRT or
+    a GPU. Needs a C++ compiler, ninja and TensorRT headers ($TENSORRT_INCLUDE)."""
+    from plugins import emulation
+    from plugins.emulation.graph import polygraphy_runner
+
+    files = _onnx_files(options)
+    if emulation.tensorrt_include() is None:
+        raise UserError("--backend emulated builds our TensorRT plugins against TensorRT's headers: set "
+                        "TENSORRT_INCLUDE to a TensorRT 10/11 include/ folder (with NvInferRuntime.h)")
+    try:
+        emulation.load()
+    except Exception as exc:  # no compiler, no ninja, a failed build: say so in one sentence
+        raise UserError(f"--backend emulated: the CPU emulation of the plugins does not build here: "
+                        f"{str(exc).splitlines()[0]}") from None
+    name = f"emulated-{options.precision}"
+    return Backend(name, lambda g: polygraphy_runner(str(files[g]), f"{name}-{g}"), files)
 
 
 def trt_backend(options: CheckOptions, manifest: dict) -> Backend:
@@ -419,11 +445,13 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
     onnx_dir = Path(options.onnx_dir)
     # the folder, its manifest, the configuration, the sha256 of the fp32 graphs, readable ONNX
     # (the trt backend reads engines: only the fp32 export has to be there)
-    graphs_precision = options.precision if options.backend == "onnxrt" else "fp32"
+    graphs_precision = "fp32" if options.backend == "trt" else options.precision
     manifest = open_export(onnx_dir, graphs_precision, model.cfg, what="the reference model is").manifest
     if options.backend == "trt":
         engine_manifest = read_manifest(options.engine_dir) if options.engine_dir else manifest
         backend = trt_backend(options, engine_manifest)
+    elif options.backend == "emulated":
+        backend = emulated_backend(options)
     else:
         backend = onnxrt_backend(options)
     limits = backend.limits

@@ -78,6 +78,8 @@ def polygraphy_commands(onnx_dir: str | Path, precision: str, backend: str = "on
     """``polygraphy run`` lines that repeat the graph-alone comparisons of ``check`` with the
     files it saved (same inputs, same reference, same tolerances). TensorRT-RTX engines
     (``flavour``) need ``POLYGRAPHY_USE_TENSORRT_RTX=1`` for Polygraphy to load that flavour."""
+    if backend == "emulated":  # Polygraphy has no runner for it
+        return []
     onnx_dir = Path(onnx_dir)
     save = Path(save_dir) if save_dir else onnx_dir / "check"
     lines = []

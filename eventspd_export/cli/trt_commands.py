@@ -83,8 +83,10 @@ def trt(fp32, fp16, int8, runtime, compute_capability, onnx_dir, out_dir, k_min,
 
 
 @click.command("check")
-@click.option("--backend", type=click.Choice(["onnxrt", "trt"]), default="onnxrt", show_default=True,
-              help="onnxrt: the precision's ONNX in ONNX Runtime (CPU); trt: the built engines.")
+@click.option("--backend", type=click.Choice(["onnxrt", "trt", "emulated"]), default="onnxrt", show_default=True,
+              help="onnxrt: the precision's ONNX in ONNX Runtime (CPU); trt: the built engines; emulated: the "
+                   "precision's ONNX with its plugin nodes run by the TensorRT plugins' code and their CUDA kernels "
+                   "in a CPU emulation (no GPU; needs TENSORRT_INCLUDE), the rest in ONNX Runtime.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @onnx_dir_option
 @click.option("--engine-dir", type=click.Path(file_okay=False), default=None,
@@ -121,14 +123,16 @@ def check(backend, precision, onnx_dir, engine_dir, plugins, ks, data, windows, 
                             model_args.config_name, model_args.trusted)
     report = run_check(model, options, log_fn=click.echo)
     click.echo(format_table(report))
-    click.echo("The same comparisons with Polygraphy:")
     flavour = "tensorrt"
     if backend == "trt":
         from eventspd_export.runtime.trt_flavour import engine_runtime
 
         engines = read_manifest(engine_dir or onnx_dir).get("engines") or {}
         flavour = engine_runtime(engines.get("decoder", {}))["flavour"]
-    for line in polygraphy_commands(onnx_dir, precision, backend, options.save, engine_dir, plugins, flavour):
+    lines = polygraphy_commands(onnx_dir, precision, backend, options.save, engine_dir, plugins, flavour)
+    if lines:
+        click.echo("The same comparisons with Polygraphy:")
+    for line in lines:
         click.echo(f"  {line}")
     if not report.passed:
         worst = report.failures()[0]

@@ -152,3 +152,43 @@ class PluginGraph:
                 for name, result in zip(node.output, run_plugin_node(node, args)):
                     values[name] = result.contiguous().numpy()
         return {name: values[name] for name in (outputs or self.output_names)}
+
+
+def polygraphy_runner(model, name: str):
+    """A Polygraphy runner of ``PluginGraph(model)`` (``check --backend emulated``), so the check's
+    Comparator, data loader and tolerances treat it like ONNX Runtime's or TensorRT's runner."""
+    from polygraphy import util
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+    from polygraphy.datatype import DataType
+
+    class PluginGraphRunner(BaseRunner):
+        def __init__(self):
+            super().__init__(name=name, prefix="emulated-plugins-runner")
+
+        def activate_impl(self):
+            self.graph = PluginGraph(model)
+
+        def get_input_metadata_impl(self):
+            import onnx
+
+            meta = TensorMetadata()
+            for i in self.graph.model.graph.input:
+                dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim]
+                meta.add(i.name, dtype=DataType.from_dtype(onnx.helper.tensor_dtype_to_np_dtype(
+                    i.type.tensor_type.elem_type)), shape=dims)
+            return meta
+
+        def infer_impl(self, feed_dict):
+            import time
+
+            feeds = {k: util.array.to_numpy(v) for k, v in feed_dict.items()}
+            start = time.time()
+            out = self.graph.run(feeds)
+            self.inference_time = time.time() - start  # the Comparator sums it (meaningless here)
+            return out
+
+        def deactivate_impl(self):
+            del self.graph
+
+    return PluginGraphRunner()

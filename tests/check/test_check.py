@@ -152,8 +152,37 @@ def _shift_initializer(path: Path, name: str, delta: float) -> None:
     onnx.save(model, str(path))
 
 
+@pytest.fixture()
+def plugin_emulation(tensorrt_include):
+    """--backend emulated needs the CPU emulation with the TensorRT plugins (TENSORRT_INCLUDE)."""
+    from test_plugin_kernels import load_emulation
+
+    load_emulation()
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_check_fails_on_a_perturbed_graph_with_a_table(root, tmp_path, precision):
+def test_check_emulated_backend_runs_the_plugin_nodes_and_passes(root, plugin_emulation, precision):
+    """The graphs TensorRT's parser reads, with their plugin nodes executed by the TensorRT plugins'
+    code and emulated kernels (plugins/emulation/graph.py) instead of the function bodies ONNX
+    Runtime inlines: the same tolerances as the onnxrt backend hold."""
+    r = _check("--onnx-dir", str(root / "artifacts"), "--backend", "emulated", "--precision", precision,
+               "--save", str(root / f"emulated-{precision}"), *FAST)
+    assert r.exit_code == 0, r.output
+    assert f"emulated {precision} vs PyTorch fp32" in r.output and "PASSED:" in r.output
+    assert "polygraphy run" not in r.output  # Polygraphy has no runner for it: no line is printed
+
+
+def test_check_emulated_backend_without_tensorrt_headers_is_one_sentence(root, monkeypatch):
+    monkeypatch.delenv("TENSORRT_INCLUDE", raising=False)
+    r = _check("--onnx-dir", str(root / "artifacts"), "--backend", "emulated", "--save",
+               str(root / "emulated-no-headers"), *FAST)
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1].startswith("error: --backend emulated builds our TensorRT plugins")
+
+
+@pytest.mark.parametrize("precision,backend", [("fp32", "onnxrt"), ("fp16", "onnxrt"), ("int8", "onnxrt"),
+                                               ("fp32", "emulated")])
+def test_check_fails_on_a_perturbed_graph_with_a_table(root, tmp_path, request, precision, backend):
     bad = tmp_path / "perturbed"
     shutil.copytree(root / "artifacts", bad, ignore=shutil.ignore_patterns("check"))
     suffix = "" if precision == "fp32" else f".{precision}"
@@ -167,7 +196,9 @@ def test_check_fails_on_a_perturbed_graph_with_a_table(root, tmp_path, precision
     for g in ("precompute", "decoder"):
         manifest["graphs"][g]["sha256"] = hashlib.sha256((bad / f"{g}.onnx").read_bytes()).hexdigest()
     (bad / "eventspd.manifest.json").write_text(json.dumps(manifest))
-    r = _check("--onnx-dir", str(bad), "--precision", precision, *FAST)
+    if backend == "emulated":
+        request.getfixturevalue("plugin_emulation")
+    r = _check("--onnx-dir", str(bad), "--precision", precision, "--backend", backend, *FAST)
     assert r.exit_code == 1, r.output
     rows = [ln.split() for ln in r.output.splitlines() if ln.strip().split()[:1] in (["precompute"], ["decoder"], ["pipeline"])]
     failed = {(row[0], row[1]) for row in rows if row[-1] == "FAIL"}
