@@ -11,11 +11,17 @@ atomics and launch configurations execute for real, and what a GPU would reject 
 much shared memory, an invalid grid) fails the op with a message naming the kernel. See
 ``include/emu/device.h`` for what it cannot tell (timing, FMA contraction, tensor-core rounding).
 
+With TensorRT headers (``$TENSORRT_INCLUDE``) the library also holds the TensorRT plugins
+(``<op>/plugin.cpp``) and ``plugin_run``, which drives one through its IPluginV3 build and runtime
+phases as TensorRT would, ``enqueue`` on the emulated kernels (``graph.py`` runs whole exported
+graphs that way; ``check --backend emulated``).
+
 This is how the kernels' logic is tested where there is no GPU (CI): ``tests/plugins`` runs the
 same cases as its ``cuda`` ones on the ``emu`` device. It is not a GPU result: speed and the GPU's
 own rounding are measured only by ``pytest -m gpu`` and ``scripts/bench_gpu.sh`` on a GPU.
 
-The first ``load()`` compiles the library into ``build/emulation`` (about 20 s on two cores; later loads reuse it; the AddressSanitizer build, ``asan=True``, into ``build/emulation-asan``) with torch's JIT extension builder; set ``EVENTSPD_EMULATION_BUILD`` for
+The first ``load()`` compiles the library into ``build/emulation`` (about 20 s on two cores, about 60 s
+with ``$TENSORRT_INCLUDE``, which adds the TensorRT plugins and ``plugin_run``, see plugin_runtime.cpp; later loads reuse it; the AddressSanitizer build, ``asan=True``, into ``build/emulation-asan``) with torch's JIT extension builder; set ``EVENTSPD_EMULATION_BUILD`` for
 another folder. Only the kernels' ``<<<...>>>`` launches and ``extern __shared__`` declarations are
 rewritten on the way (``rewrite_kernel_source``); ``#line`` keeps compiler messages and sanitizer
 reports on the original ``kernel.cu`` lines.

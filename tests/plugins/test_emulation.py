@@ -218,7 +218,7 @@ def test_asan_build_catches_a_plugin_workspace_too_small(emu):
 def test_kernel_cases_pass_under_asan(emu):
     """tests/plugins/test_plugin_kernels.py's emu cases again, with every tensor and shared-memory
     block bounded by AddressSanitizer and the threads in a shuffled order in every scheduling round
-    (about 15 s after a 40-second build); where the emulation has the TensorRT plugins
+    (about 20 s after a 40- to 90-second build); where the emulation has the TensorRT plugins
     ($TENSORRT_INCLUDE), also test_plugin_runtime.py's single-node cases, whose workspace is exactly
     what getWorkspaceSize planned: an enqueue using more is caught."""
     tests = ["tests/plugins/test_plugin_kernels.py"]
