@@ -49,10 +49,16 @@ def node_fields(node) -> tuple[list[str], list]:
     return names, values
 
 
+class PluginRunError(RuntimeError):
+    """A plugin node that our TensorRT plugin refused or failed to run (the message says which)."""
+
+
 def run_plugin_node(node, inputs: list, max_shapes: list[tuple[int, ...]] | None = None,
-                    workspace_shortfall: int = 0) -> list:
+                    workspace_shortfall: int = 0, dynamic: list[tuple[bool, ...]] | None = None) -> list:
     """Runs one plugin node of an exported graph on CPU tensors ``inputs`` (see plugin_runtime.cpp);
-    ``max_shapes``: each input's profile maximum (the workspace is planned for it), default its shape.
+    ``max_shapes``: each input's profile maximum (the workspace is planned for it), default its shape;
+    ``dynamic``: per input, which dimensions the graph leaves open (TensorRT passes them as -1 and
+    as non-constant expressions), default those whose maximum differs.
     ``workspace_shortfall``: bytes withheld from the planned workspace (the ASan run's mutation)."""
     from plugins import emulation
 
@@ -61,8 +67,12 @@ def run_plugin_node(node, inputs: list, max_shapes: list[tuple[int, ...]] | None
     namespace = attrs["plugin_namespace"].s.decode() if "plugin_namespace" in attrs else node.domain
     names, values = node_fields(node)
     max_dims = [int(d) for shape in (max_shapes or []) for d in shape]
-    return list(emulation.load().plugin_run(node.op_type, version, namespace, names, values, list(inputs),
-                                            max_dims, len(node.output), workspace_shortfall))
+    dynamic_dims = [int(bool(d)) for flags in (dynamic or []) for d in flags]
+    try:
+        return list(emulation.load().plugin_run(node.op_type, version, namespace, names, values, list(inputs),
+                                                max_dims, dynamic_dims, len(node.output), workspace_shortfall))
+    except RuntimeError as exc:
+        raise PluginRunError(f"plugin node {node.name or node.op_type!r} ({node.op_type}): {exc}") from None
 
 
 @dataclass
@@ -71,6 +81,13 @@ class _Segment:
     session: object = None
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+
+
+def _open_dims(value_info) -> tuple[bool, ...] | None:
+    """For each dimension of a typed value: True when it has no fixed size (a dim_param or unknown)."""
+    if value_info is None or not value_info.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(not d.HasField("dim_value") for d in value_info.type.tensor_type.shape.dim)
 
 
 class PluginGraph:
@@ -100,6 +117,9 @@ class PluginGraph:
                 raise ValueError(f"node {node.name!r} ({node.op_type}) has a subgraph; PluginGraph cannot cut it")
             depth = max((level.get(i, 0) for i in node.input if i), default=0)
             if node.domain == ops.PLUGIN_DOMAIN:
+                if "" in node.input:
+                    raise ValueError(f"plugin node {node.name!r} ({node.op_type}) has an omitted optional input; "
+                                     "none of our plugins takes one")
                 while len(self.plugin_stages) <= depth:
                     self.plugin_stages.append([])
                 self.plugin_stages[depth].append(node)
@@ -125,15 +145,21 @@ class PluginGraph:
                            if o in plugin_inputs or o in self.output_names or consumers.get(o, {s}) - {s}]
             if not seg.nodes:
                 continue
+            untyped = [v for v in seg.inputs + seg.outputs if v not in types]
+            if untyped:
+                raise ValueError(f"ONNX shape inference gives no type for {untyped[0]!r}, where PluginGraph cuts the "
+                                 "graph between ONNX Runtime and a plugin node")
             sub = onnx.helper.make_graph(
-                seg.nodes, f"segment{s}",
-                [types[i] if i in types else onnx.helper.make_empty_tensor_value_info(i) for i in seg.inputs],
-                [types[o] for o in seg.outputs],
+                seg.nodes, f"segment{s}", [types[i] for i in seg.inputs], [types[o] for o in seg.outputs],
                 initializer=[self.initializers[i] for i in dict.fromkeys(used) if i in self.initializers])
             seg.session = ort_session(onnx.helper.make_model(sub, ir_version=model.ir_version,
                                                              opset_imports=list(model.opset_import)), threads=threads)
         self.segments = segments
         self._constants = {name: numpy_helper.to_array(t) for name, t in self.initializers.items()}
+        # which dimensions of each plugin input the graph leaves open (no fixed size after inference):
+        # TensorRT gives the plugin those as -1 and as non-constant expressions
+        self._dynamic = {id(n): [_open_dims(types.get(i)) if i not in self.initializers else None for i in n.input]
+                         for stage in self.plugin_stages for n in stage}
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """The graph's outputs, or the named values (any node's outputs) for ``outputs``."""
@@ -149,9 +175,11 @@ class PluginGraph:
                 # a copy: the plugins read only, but torch wants writable memory under its tensors
                 args = [torch.from_numpy(np.array(values[i] if i in values else self._constants[i]))
                         for i in node.input]
-                for name, result in zip(node.output, run_plugin_node(node, args)):
+                dynamic = [flags if flags is not None and len(flags) == a.dim() else (False,) * a.dim()
+                           for flags, a in zip(self._dynamic[id(node)], args)]
+                for name, result in zip(node.output, run_plugin_node(node, args, dynamic=dynamic)):
                     values[name] = result.contiguous().numpy()
-        return {name: values[name] for name in (outputs or self.output_names)}
+        return {name: values[name] if name in values else self._constants[name] for name in (outputs or self.output_names)}
 
 
 def polygraphy_runner(model, name: str):

@@ -1,7 +1,7 @@
 // The TensorRT plugins of plugins/ (<op>/plugin.cpp, common/plugin_base.cpp, common/registration.cpp)
 // driven through their IPluginV3 lifecycle the way TensorRT drives it, with their kernels in the
 // CPU emulation: torch.ops.eventspd_emu.plugin_run. Built into the emulation library only when
-// TensorRT 11 headers are given (plugins/emulation/__init__.py); no TensorRT library is linked, so
+// TensorRT 10/11 headers are given (plugins/emulation/__init__.py); no TensorRT library is linked, so
 // everything TensorRT itself would provide (the expression builder, the logger, the resource
 // context, format negotiation, the serialisation round trip, workspace planning) is done here.
 //
@@ -9,15 +9,18 @@
 //   build:   getCreators() -> the creator of (name, version, namespace); the node's attributes
 //            that the creator lists in getFieldNames() become PluginFields (as TensorRT's ONNX
 //            parser does); createPlugin(kBUILD); getNbOutputs, getOutputDataTypes,
-//            getOutputShapes (constant expressions at the run's shape and at the profile maximum);
-//            a format for every position (kLINEAR, else kHWC, else kHWC8: the first that
-//            supportsFormatCombination accepts, position by position); configurePlugin;
-//            getWorkspaceSize at the profile maximum; getFieldsToSerialize, copied byte for byte.
+//            getOutputShapes (folded expressions, the dynamic dimensions non-constant, evaluated at
+//            the run's shape and at the profile maximum); a format for every position (kLINEAR,
+//            else kHWC, else kHWC8 with padded channels: the first that supportsFormatCombination
+//            accepts, position by position; TensorRT would time the candidates instead);
+//            configurePlugin; getWorkspaceSize at the profile maximum; getFieldsToSerialize,
+//            copied byte for byte.
 //   runtime: createPlugin(kRUNTIME) from the copied fields; attachToContext; onShapeChange;
 //            enqueue with inputs in the negotiated formats, outputs filled with a poison value
 //            (NaN / 0x7FA57FA5) and a poisoned workspace of exactly the planned size.
-// Anything a TensorRT build or run would reject fails the op with a message naming the plugin, the
-// phase and what the plugin logged.
+// A refusal at any of these steps fails the op with a message naming the plugin, the phase and what
+// the plugin logged. Not emulated: TensorRT's tactic timing (setTactic, the build-phase
+// onShapeChange/enqueue), min/opt shapes (min = opt = the run's shape), INT8 scales.
 #include <ATen/ATen.h>
 #include <NvInferRuntime.h>
 #include <torch/library.h>
@@ -25,6 +28,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,45 +62,55 @@ LoggerFinder& loggerFinder() {
     return finder;
 }
 
-// Shapes are only ever constants here: the expression builder folds every operation.
-class ConstantExpr final : public IDimensionExpr {
+// A dimension expression: its value, and whether TensorRT would call it a build-time constant. A
+// dynamic axis is not one (getConstantValue() then returns INT64_MIN, as TensorRT's does), nor is
+// anything computed from one; the builder still folds every value, so the harness can read the
+// output shapes that the plugin's expressions stand for at a given shape.
+class Expr final : public IDimensionExpr {
 public:
-    explicit ConstantExpr(int64_t value) : mValueImpl(value) { mImpl = &mValueImpl; }
+    Expr(int64_t value, bool constant) : mState(value, constant) { mImpl = &mState; }
+    int64_t value() const { return mState.value; }
+    bool constant() const { return mState.constant; }
 
 private:
     struct Impl final : apiv::VDimensionExpr {
-        explicit Impl(int64_t v) : value(v) {}
-        bool isConstant() const override { return true; }
-        int64_t getConstantValue() const override { return value; }
+        Impl(int64_t v, bool c) : value(v), constant(c) {}
+        bool isConstant() const override { return constant; }
+        int64_t getConstantValue() const override { return constant ? value : std::numeric_limits<int64_t>::min(); }
         bool isSizeTensor() const override { return false; }
         int64_t value;
-    } mValueImpl;
+        bool constant;
+    } mState;
 };
 
-class ConstantBuilder final : public IExprBuilder {
+// Every IDimensionExpr a plugin sees here was made by this builder, so each is an Expr.
+Expr const& expr(IDimensionExpr const& e) { return static_cast<Expr const&>(e); }
+
+class FoldingBuilder final : public IExprBuilder {
 public:
-    ConstantBuilder() : mBuilderImpl(*this) { mImpl = &mBuilderImpl; }
-    IDimensionExpr const* make(int64_t v) {
-        mExprs.push_back(std::make_unique<ConstantExpr>(v));
+    FoldingBuilder() : mBuilderImpl(*this) { mImpl = &mBuilderImpl; }
+    IDimensionExpr const* make(int64_t v, bool constant) {
+        mExprs.push_back(std::make_unique<Expr>(v, constant));
         return mExprs.back().get();
     }
     std::string problem;  // set when a plugin asked for something TensorRT would reject
 
 private:
     struct Impl final : apiv::VExprBuilder {
-        explicit Impl(ConstantBuilder& b) : builder(b) {}
-        IDimensionExpr const* constant(int64_t value) override { return builder.make(value); }
+        explicit Impl(FoldingBuilder& b) : builder(b) {}
+        IDimensionExpr const* constant(int64_t value) override { return builder.make(value, true); }
         IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& first,
                                         IDimensionExpr const& second) override {
-            int64_t const a = first.getConstantValue(), b = second.getConstantValue();
+            int64_t const a = expr(first).value(), b = expr(second).value();
+            bool const c = expr(first).constant() && expr(second).constant();
             switch (op) {
-                case DimensionOperation::kSUM: return builder.make(a + b);
-                case DimensionOperation::kPROD: return builder.make(a * b);
-                case DimensionOperation::kMAX: return builder.make(a > b ? a : b);
-                case DimensionOperation::kMIN: return builder.make(a < b ? a : b);
-                case DimensionOperation::kSUB: return builder.make(a - b);
-                case DimensionOperation::kEQUAL: return builder.make(a == b);
-                case DimensionOperation::kLESS: return builder.make(a < b);
+                case DimensionOperation::kSUM: return builder.make(a + b, c);
+                case DimensionOperation::kPROD: return builder.make(a * b, c);
+                case DimensionOperation::kMAX: return builder.make(a > b ? a : b, c);
+                case DimensionOperation::kMIN: return builder.make(a < b ? a : b, c);
+                case DimensionOperation::kSUB: return builder.make(a - b, c);
+                case DimensionOperation::kEQUAL: return builder.make(a == b, c);
+                case DimensionOperation::kLESS: return builder.make(a < b, c);
                 case DimensionOperation::kFLOOR_DIV:
                 case DimensionOperation::kCEIL_DIV: {
                     if (b == 0) {
@@ -104,7 +118,7 @@ private:
                         return nullptr;
                     }
                     auto floorDiv = [](int64_t n, int64_t d) { return n / d - (n % d != 0 && (n < 0) != (d < 0)); };
-                    return builder.make(op == DimensionOperation::kFLOOR_DIV ? floorDiv(a, b) : -floorDiv(-a, b));
+                    return builder.make(op == DimensionOperation::kFLOOR_DIV ? floorDiv(a, b) : -floorDiv(-a, b), c);
                 }
             }
             return nullptr;
@@ -113,9 +127,9 @@ private:
             builder.problem = "size tensors are not emulated";
             return nullptr;
         }
-        ConstantBuilder& builder;
+        FoldingBuilder& builder;
     } mBuilderImpl;
-    std::deque<std::unique_ptr<ConstantExpr>> mExprs;
+    std::deque<std::unique_ptr<Expr>> mExprs;
 };
 
 class ResourceContext final : public IPluginResourceContext {
@@ -184,13 +198,35 @@ std::string dimsText(Dims const& d) {
     return s + "]";
 }
 
-// A format is only offered where the CPU tensor can be laid out in it without padding: kHWC for a
-// rank-4 tensor (channels-last), kHWC8 also needs fp16 and channels % 8 == 0.
-bool layable(TensorFormat f, DataType t, Dims const& d) {
+// The formats offered for a tensor, as TensorRT offers them: kHWC for a rank-4 fp32/fp16 tensor
+// (channels-last), kHWC8 for a rank-4 fp16 one (channels-last with the channels padded to a
+// multiple of 8; the padding is zero on input and cut off the output).
+bool offered(TensorFormat f, DataType t, Dims const& d) {
     if (f == TensorFormat::kLINEAR) return true;
     if (d.nbDims != 4) return false;
-    if (f == TensorFormat::kHWC) return true;
-    return f == TensorFormat::kHWC8 && t == DataType::kHALF && d.d[1] % 8 == 0;
+    if (f == TensorFormat::kHWC) return t == DataType::kFLOAT || t == DataType::kHALF;
+    return f == TensorFormat::kHWC8 && t == DataType::kHALF;
+}
+
+// The channel count a format's memory holds for C logical channels.
+int64_t paddedChannels(TensorFormat f, int64_t c) { return f == TensorFormat::kHWC8 ? (c + 7) / 8 * 8 : c; }
+
+// A tensor's memory in format f: contiguous (kLINEAR), or [N, H, W, C'] channels-last with C' padded.
+at::Tensor inFormat(at::Tensor const& t, TensorFormat f) {
+    if (f == TensorFormat::kLINEAR) return t.contiguous();
+    at::Tensor nhwc = t.permute({0, 2, 3, 1});
+    int64_t const c = t.size(1), cp = paddedChannels(f, c);
+    if (cp == c) return nhwc.contiguous();
+    at::Tensor out = at::zeros({t.size(0), t.size(2), t.size(3), cp}, t.options());
+    out.narrow(3, 0, c).copy_(nhwc);
+    return out;
+}
+
+// The logical [N, C, H, W] view of memory written in format f.
+at::Tensor fromFormat(at::Tensor const& memory, TensorFormat f, int64_t channels) {
+    if (f == TensorFormat::kLINEAR) return memory;
+    at::Tensor nchw = memory.narrow(3, 0, channels).permute({0, 3, 1, 2});
+    return nchw.is_contiguous(at::MemoryFormat::ChannelsLast) ? nchw : nchw.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 void poison(at::Tensor& t) {
@@ -213,6 +249,8 @@ struct FieldCopy {
     PluginFieldCollection collection{};
 };
 
+// Bytes per element of a field type, or 0 for the types this emulation does not copy (sub-byte,
+// fp8, bf16 and Dims fields: none of our plugins writes them).
 size_t fieldBytes(PluginFieldType t) {
     switch (t) {
         case PluginFieldType::kFLOAT16: return 2;
@@ -247,7 +285,8 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
                                    std::vector<std::string> const& attribute_names,
                                    std::vector<at::Tensor> const& attribute_values,
                                    std::vector<at::Tensor> const& inputs, std::vector<int64_t> const& max_dims,
-                                   int64_t num_outputs, int64_t workspace_shortfall) {
+                                   std::vector<int64_t> const& dynamic_dims, int64_t num_outputs,
+                                   int64_t workspace_shortfall) {
     auto& log = loggerFinder().logger.lines;
     log.clear();
     std::string const label = name + " v" + version + " (namespace '" + ns + "')";
@@ -327,16 +366,27 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
         }
     }
     TORCH_CHECK(max_dims.empty() || offset == max_dims.size(), label, ": max_dims holds more values than the inputs' ranks");
+    // a dynamic dimension: flagged by the caller (an axis the graph leaves open) or given a larger maximum
+    std::vector<std::vector<bool>> dynamic(nbIn);
+    size_t flat = 0;
+    for (int32_t i = 0; i < nbIn; ++i) {
+        dynamic[i].resize(inDims[i].nbDims);
+        for (int j = 0; j < inDims[i].nbDims; ++j, ++flat)
+            dynamic[i][j] = inMax[i].d[j] != inDims[i].d[j] || (flat < dynamic_dims.size() && dynamic_dims[flat] != 0);
+    }
+    TORCH_CHECK(dynamic_dims.empty() || flat == dynamic_dims.size(), label,
+                ": dynamic_dims must hold one flag per input dimension (", flat, "), not ", dynamic_dims.size());
     if (build->getOutputDataTypes(outTypes.data(), nbOut, inTypes.data(), nbIn) != 0)
         fail("getOutputDataTypes refused the input types");
 
-    // getOutputShapes over constant expressions, at the run's shape and at the profile maximum
+    // getOutputShapes over folded expressions (the dynamic dimensions non-constant, as TensorRT gives
+    // them), evaluated at the run's shape and at the profile maximum
     auto outputShapes = [&](std::vector<Dims> const& in) {
-        ConstantBuilder builder;
+        FoldingBuilder builder;
         std::vector<DimsExprs> inExprs(nbIn), outExprs(nbOut);
         for (int32_t i = 0; i < nbIn; ++i) {
             inExprs[i].nbDims = in[i].nbDims;
-            for (int j = 0; j < in[i].nbDims; ++j) inExprs[i].d[j] = builder.make(in[i].d[j]);
+            for (int j = 0; j < in[i].nbDims; ++j) inExprs[i].d[j] = builder.make(in[i].d[j], !dynamic[i][j]);
         }
         if (build->getOutputShapes(inExprs.data(), nbIn, nullptr, 0, outExprs.data(), nbOut, builder) != 0)
             fail("getOutputShapes refused input shapes " + dimsText(in[0]) + ", ...");
@@ -346,7 +396,7 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
             out[o].nbDims = outExprs[o].nbDims;
             for (int j = 0; j < out[o].nbDims; ++j) {
                 if (outExprs[o].d[j] == nullptr) fail("getOutputShapes left output " + std::to_string(o) + " dimension " + std::to_string(j) + " unset");
-                out[o].d[j] = outExprs[o].d[j]->getConstantValue();
+                out[o].d[j] = expr(*outExprs[o].d[j]).value();
                 if (out[o].d[j] < 0) fail("getOutputShapes gave output " + std::to_string(o) + " a negative dimension");
             }
         }
@@ -354,7 +404,9 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
     };
     std::vector<Dims> const outDims = outputShapes(inDims), outMax = outputShapes(inMax);
 
-    // descriptors: desc.dims -1 where the profile lets a dimension vary, as TensorRT passes them
+    // descriptors: desc.dims -1 for every dynamic dimension, as TensorRT passes them (an output
+    // dimension is dynamic when it differs between the run's shape and the maximum); min = opt =
+    // the run's shape (none of our plugins reads them)
     std::vector<DynamicPluginTensorDesc> dyn(nbIn + nbOut);
     for (int32_t p = 0; p < nbIn + nbOut; ++p) {
         Dims const& d = p < nbIn ? inDims[p] : outDims[p - nbIn];
@@ -364,7 +416,7 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
         dyn[p].desc.scale = 1.0f;
         dyn[p].desc.dims = d;
         for (int j = 0; j < d.nbDims; ++j)
-            if (d.d[j] != m.d[j]) dyn[p].desc.dims.d[j] = -1;
+            if (d.d[j] != m.d[j] || (p < nbIn && dynamic[p][j])) dyn[p].desc.dims.d[j] = -1;
         dyn[p].min = d;
         dyn[p].opt = d;
         dyn[p].max = m;
@@ -374,7 +426,7 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
     for (int32_t p = 0; p < nbIn + nbOut; ++p) {
         bool found = false;
         for (TensorFormat f : {TensorFormat::kLINEAR, TensorFormat::kHWC, TensorFormat::kHWC8}) {
-            if (!layable(f, dyn[p].desc.type, dyn[p].max)) continue;
+            if (!offered(f, dyn[p].desc.type, dyn[p].max)) continue;
             dyn[p].desc.format = f;
             if (build->supportsFormatCombination(p, dyn.data(), nbIn, nbOut)) {
                 found = true;
@@ -394,8 +446,12 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
     if (written == nullptr) fail("getFieldsToSerialize returned null");
     for (int32_t i = 0; i < written->nbFields; ++i) {
         PluginField const& f = written->fields[i];
+        if (f.name == nullptr) fail("getFieldsToSerialize wrote a field without a name");
+        if (fieldBytes(f.type) == 0)
+            fail(std::string("getFieldsToSerialize wrote field '") + f.name + "' of PluginFieldType " +
+                 std::to_string(static_cast<int>(f.type)) + ", which this emulation does not copy");
         size_t const bytes = fieldBytes(f.type) * static_cast<size_t>(f.length);
-        if (f.name == nullptr || (bytes > 0 && f.data == nullptr)) fail("getFieldsToSerialize wrote a field without name or data");
+        if (bytes > 0 && f.data == nullptr) fail(std::string("getFieldsToSerialize wrote field '") + f.name + "' without data");
         serial.names.emplace_back(f.name);
         auto const* src = static_cast<uint8_t const*>(f.data);
         serial.data.emplace_back(src, src + bytes);
@@ -423,21 +479,20 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
     }
     if (runtime->onShapeChange(inDesc.data(), nbIn, outDesc.data(), nbOut) != 0) fail("onShapeChange failed");
 
-    auto memoryFormat = [](TensorFormat f) {
-        return f == TensorFormat::kLINEAR ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
-    };
-    std::vector<at::Tensor> held(nbIn), outputs(nbOut);
+    std::vector<at::Tensor> held(nbIn), memory(nbOut);
     std::vector<void const*> inPtrs(nbIn);
     std::vector<void*> outPtrs(nbOut);
     for (int32_t i = 0; i < nbIn; ++i) {
-        held[i] = inputs[i].contiguous(memoryFormat(inDesc[i].format));
+        held[i] = inFormat(inputs[i], inDesc[i].format);
         inPtrs[i] = held[i].numel() ? held[i].data_ptr() : nullptr;
     }
     for (int32_t o = 0; o < nbOut; ++o) {
-        outputs[o] = at::empty(sizesOf(outDims[o]), at::TensorOptions().dtype(torchType(outTypes[o])),
-                               memoryFormat(outDesc[o].format));
-        poison(outputs[o]);
-        outPtrs[o] = outputs[o].numel() ? outputs[o].data_ptr() : nullptr;
+        std::vector<int64_t> sizes = sizesOf(outDims[o]);
+        if (outDesc[o].format != TensorFormat::kLINEAR)
+            sizes = {sizes[0], sizes[2], sizes[3], paddedChannels(outDesc[o].format, sizes[1])};
+        memory[o] = at::empty(sizes, at::TensorOptions().dtype(torchType(outTypes[o])));
+        poison(memory[o]);
+        outPtrs[o] = memory[o].numel() ? memory[o].data_ptr() : nullptr;
     }
     // exactly the planned bytes (less the test's shortfall), so the ASan build catches an enqueue
     // that uses more workspace than getWorkspaceSize asked for
@@ -456,18 +511,20 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
     cudaError_t const pending = cudaGetLastError();
     if (status != 0) fail("enqueue returned " + std::to_string(status));
     if (pending != cudaSuccess) fail(std::string("enqueue returned 0 but left a CUDA error: ") + cudaGetErrorString(pending));
+    std::vector<at::Tensor> outputs(nbOut);
+    for (int32_t o = 0; o < nbOut; ++o) outputs[o] = fromFormat(memory[o], outDesc[o].format, outDims[o].d[1]);
     return outputs;
 }
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(eventspd_emu, m) {
     m.def("plugin_run(str name, str version, str plugin_namespace, str[] attribute_names, Tensor[] attribute_values, "
-          "Tensor[] inputs, int[] max_dims, int num_outputs, int workspace_shortfall=0) -> Tensor[]",
+          "Tensor[] inputs, int[] max_dims, int[] dynamic_dims, int num_outputs, int workspace_shortfall=0) -> Tensor[]",
           [](std::string name, std::string version, std::string ns, std::vector<std::string> attribute_names,
              std::vector<at::Tensor> attribute_values, std::vector<at::Tensor> inputs, std::vector<int64_t> max_dims,
-             int64_t num_outputs, int64_t workspace_shortfall) {
-              return plugin_run(name, version, ns, attribute_names, attribute_values, inputs, max_dims, num_outputs,
-                                workspace_shortfall);
+             std::vector<int64_t> dynamic_dims, int64_t num_outputs, int64_t workspace_shortfall) {
+              return plugin_run(name, version, ns, attribute_names, attribute_values, inputs, max_dims, dynamic_dims,
+                                num_outputs, workspace_shortfall);
           });
     m.def("plugin_log() -> str[]", &plugin_log);
 }

@@ -13,7 +13,6 @@ kernels in the CPU emulation (``plugin_run``).
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -130,9 +129,11 @@ def test_a_missing_field_fails_in_create_plugin_with_the_plugins_message(plugin_
     from plugins.emulation.plugin_ops import plugin_node
 
     node = plugin_node("deform_read", 6, 1, strides=[8, 16, 32])
-    del node.attribute[:]  # no strides, no version: the parser's defaults
+    kept = [a for a in node.attribute if a.name != "strides"]  # plugin_version and plugin_namespace stay
+    del node.attribute[:]
+    node.attribute.extend(kept)
     vals, anchors, offsets, logits = kt.deform_inputs(1, 12, 6, 2, 3, 4, kt.SIZES_ODD, F32, seed=5)
-    with pytest.raises(RuntimeError, match=r"createPlugin\(kBUILD\) returned null[\s\S]*missing plugin field 'strides'"):
+    with pytest.raises(RuntimeError, match=r"EventSPDDeformRead v1 .*createPlugin\(kBUILD\) returned null[\s\S]*missing plugin field 'strides'"):
         _run_node(node, [*vals, anchors, offsets, logits])
 
 
@@ -203,15 +204,14 @@ def _decoder_errors(model, decoder: onnx.ModelProto | str, ks=(0, 1, 37)) -> dic
     compared as ``check`` compares ONNX Runtime's: a tied routing may differ), against PyTorch."""
     from plugins.emulation.graph import PluginGraph
 
-    from eventspd_export.check.ort_check import PLUGIN_OP_OUTPUTS, compare_plugin_ops, relative_error, torch_decode
+    from eventspd_export.check.ort_check import compare_plugin_ops, plugin_op_tensors, relative_error, torch_decode
     from eventspd_export.data.synthetic import random_queries, synthetic_window
     from eventspd_export.runtime.torch_pair import TorchPair
 
     torch_pair = TorchPair(model)
     pre = torch_pair.precompute(synthetic_window(model.cfg, 8000, seed=12).numpy(), torch_pair.initial_state())
     graph = PluginGraph(decoder)
-    op_values = {PLUGIN_OP_OUTPUTS[(n.op_type, i)]: name for stage in graph.plugin_stages for n in stage
-                 for i, name in enumerate(n.output) if (n.op_type, i) in PLUGIN_OP_OUTPUTS}
+    op_values = plugin_op_tensors(graph.model)
     assert len(op_values) == 3, op_values
     errors = {}
     for k in ks:
