@@ -92,15 +92,10 @@ PLUGIN_OP_OUTPUTS = {
 }
 
 
-def plugin_op_session(decoder_path: str | Path):
-    """An ONNX Runtime session of the decoder with its plugin nodes' outputs added to a copy of
-    the graph's outputs (in memory; the file is not changed), and {report name: tensor name}.
-    A decoder without plugin nodes (``--no-plugins``) gives (None, {})."""
-    import onnx
-
-    graph = onnx.load(str(decoder_path))
+def plugin_op_tensors(decoder, where: str = "the decoder") -> dict[str, str]:
+    """{report name: tensor name} of the plugin-op outputs in ``decoder`` (an onnx.ModelProto)."""
     names = {}
-    for node in graph.graph.node:
+    for node in decoder.graph.node:
         if node.domain != ops.PLUGIN_DOMAIN:
             continue
         for i, tensor in enumerate(node.output):
@@ -108,8 +103,19 @@ def plugin_op_session(decoder_path: str | Path):
             if name is None:
                 continue
             if name in names:
-                raise RuntimeError(f"{decoder_path}: more than one {node.op_type} node")
+                raise RuntimeError(f"{where}: more than one {node.op_type} node")
             names[name] = tensor
+    return names
+
+
+def plugin_op_session(decoder_path: str | Path):
+    """An ONNX Runtime session of the decoder with its plugin nodes' outputs added to a copy of
+    the graph's outputs (in memory; the file is not changed), and {report name: tensor name}.
+    A decoder without plugin nodes (``--no-plugins``) gives (None, {})."""
+    import onnx
+
+    graph = onnx.load(str(decoder_path))
+    names = plugin_op_tensors(graph, str(decoder_path))
     if not names:
         return None, {}
     present = {o.name for o in graph.graph.output}

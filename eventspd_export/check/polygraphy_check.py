@@ -79,55 +79,19 @@ from pathlib import Path
 
 import numpy as np
 
-from eventspd_export.artifacts import ENGINE_FILES, GRAPHS, PRECISIONS, onnx_file, open_export, read_manifest
+from eventspd_export.artifacts import open_export, read_manifest
+from eventspd_export.check.backends import Backend, emulated_backend, onnxrt_backend, trt_backend
+from eventspd_export.check.options import SMOKE, CheckOptions
 from eventspd_export.check.tolerances import Tolerance, tolerance_for
 from eventspd_export.data.synthetic import random_queries, synthetic_window
 from eventspd_export.runtime.pair import Stream, stream
 from eventspd_export.runtime.polygraphy_pair import RunnerPair
 from eventspd_export.runtime.torch_pair import TorchPair
-from eventspd_export.trt.plugin_library import resolve_plugin_library
-from model_def.checkpoint import sha256_file
 from model_def import EventSPD, contract
 from model_def.atomic import atomic_write_bytes
-from model_def.errors import UserError
+from model_def.errors import CheckFailed, UserError
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("onnxrt", "trt", "emulated")
-DEFAULT_KS = (1, 256, 4096)
-SMOKE = "smoke"  # --data: eventspd_export.data.synthetic windows
-
-
-@dataclass
-class CheckOptions:
-    onnx_dir: Path
-    backend: str = "onnxrt"
-    precision: str = "fp32"
-    ks: tuple[int, ...] = DEFAULT_KS
-    engine_dir: Path | None = None  # trt: where the engines are (default: onnx_dir)
-    plugins: Path | None = None  # trt: plugin library (default: next to the engines)
-    save_dir: Path | None = None  # default: onnx_dir / "check"
-    data: str = SMOKE
-    windows: int = 2
-    num_events: int = 20_000
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.backend not in BACKENDS:
-            raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if not self.ks or any(k < 1 for k in self.ks):
-            raise UserError(f"--k {','.join(map(str, self.ks))}: every K must be >= 1")
-        if self.windows < 1:
-            raise UserError(f"--windows {self.windows}: at least one window is needed")
-        if self.num_events < 0:
-            raise UserError(f"--events {self.num_events} must be >= 0")
-
-    @property
-    def save(self) -> Path:
-        return Path(self.save_dir) if self.save_dir else Path(self.onnx_dir) / "check"
-
 
 # ---- reference ----------------------------------------------------------------------------
 
@@ -194,112 +158,6 @@ def save_reference(ref: Reference, save_dir: Path) -> dict[str, dict[str, Path]]
         atomic_write_bytes(folder / "reference.json", to_json(results).encode())
         paths[graph] = {"inputs": folder / "inputs.json", "reference": folder / "reference.json"}
     return paths
-
-
-# ---- backends -----------------------------------------------------------------------------
-
-@dataclass
-class Backend:
-    name: str  # runner name prefix, e.g. "onnxrt-fp16"
-    make_runner: object  # graph -> fresh Polygraphy runner
-    files: dict[str, Path]
-    limits: dict[str, int] = field(default_factory=dict)  # trt: profile maxima
-
-
-def _onnx_files(options: CheckOptions) -> dict[str, Path]:
-    files = {g: Path(options.onnx_dir) / onnx_file(g, options.precision) for g in GRAPHS}
-    missing = [p.name for p in files.values() if not p.is_file()]
-    if missing:
-        how = ("`eventspd-export onnx`" if options.precision == "fp32" else
-               f"`eventspd-export calibrate --precision {options.precision}`")
-        raise UserError(f"{', '.join(missing)} not found in {options.onnx_dir}: create with {how}")
-    return files
-
-
-def onnxrt_backend(options: CheckOptions) -> Backend:
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-    files = _onnx_files(options)
-    name = f"onnxrt-{options.precision}"
-    return Backend(name, lambda g: OnnxrtRunner(SessionFromOnnx(str(files[g]), providers=["cpu"]),
-                                                name=f"{name}-{g}"), files)
-
-
-def emulated_backend(options: CheckOptions) -> Backend:
-    """The precision's ONNX with every plugin node run by our TensorRT plugin code (IPluginV3 build
-    and runtime phases, enqueue) and its CUDA kernels in the CPU emulation, the other nodes in ONNX
-    Runtime (plugins/emulation/graph.py): the plugins' half of a TensorRT run, without TensorRT or
-    a GPU. Needs a C++ compiler, ninja and TensorRT headers ($TENSORRT_INCLUDE)."""
-    from plugins import emulation
-    from plugins.emulation.graph import polygraphy_runner
-
-    files = _onnx_files(options)
-    if emulation.tensorrt_include() is None:
-        raise UserError("--backend emulated builds our TensorRT plugins against TensorRT's headers: set "
-                        "TENSORRT_INCLUDE to a TensorRT 10/11 include/ folder (with NvInferRuntime.h)")
-    try:
-        emulation.load()
-    except Exception as exc:  # no compiler, no ninja, a failed build: say so in one sentence
-        raise UserError(f"--backend emulated: the CPU emulation of the plugins does not build here: "
-                        f"{str(exc).splitlines()[0]}") from None
-    name = f"emulated-{options.precision}"
-    return Backend(name, lambda g: polygraphy_runner(str(files[g]), f"{name}-{g}"), files)
-
-
-def trt_backend(options: CheckOptions, manifest: dict) -> Backend:
-    from eventspd_export.runtime.trt_flavour import FLAVOURS, NoGpuError, engine_problems, engine_runtime, gpu_info, load_runtime
-
-    engine_dir = Path(options.engine_dir or options.onnx_dir)
-    engines = manifest.get("engines") or {}
-    files = {g: engine_dir / ENGINE_FILES[g] for g in GRAPHS}
-    missing = [p.name for g, p in files.items() if not p.is_file() or g not in engines]
-    if missing:
-        raise UserError(f"{', '.join(missing)} (with manifest entries) not found in {engine_dir}: build "
-                         f"them with `eventspd-export trt --{options.precision} --out {engine_dir}`")
-    for g in GRAPHS:
-        if engines[g].get("precision") != options.precision:
-            raise UserError(f"{files[g]} is a {engines[g].get('precision')} engine, --precision is "
-                             f"{options.precision}: rebuild with `eventspd-export trt --{options.precision}`")
-        if sha256_file(files[g]) != engines[g].get("sha256"):
-            raise UserError(f"{files[g]} does not match the sha256 in the manifest: rebuild with "
-                             "`eventspd-export trt`")
-    # The engines run on the flavour that built them (TensorRT or TensorRT-RTX); the guard then
-    # checks its version and this GPU against each engine's targets.
-    flavour = engine_runtime(engines["decoder"])["flavour"]
-    if flavour not in FLAVOURS:
-        raise UserError(f"{engine_dir / 'eventspd.manifest.json'} names an unknown TensorRT flavour {flavour!r} "
-                         f"for its engines (expected {' or '.join(FLAVOURS)}): rebuild them with `eventspd-export trt`")
-    runtime = load_runtime(flavour)
-    def refuse_if_any(gpu) -> None:
-        problems = [p for g in GRAPHS for p in engine_problems(engines[g], runtime.name, runtime.version, gpu)]
-        if problems:
-            raise UserError(problems[0])
-
-    refuse_if_any(None)  # flavour and version first: they need no GPU to be refused
-    try:
-        gpu = gpu_info()
-    except NoGpuError as exc:
-        targets = (engines["decoder"].get("target") or {}).get("compute_capabilities") or ["?"]
-        raise NoGpuError(f"running the engines needs an NVIDIA GPU among their targets (compute capability "
-                         f"{', '.join(map(str, targets))}), and {str(exc).split(';')[0]}") from None
-    refuse_if_any(gpu)
-    runtime.use_in_polygraphy()  # TrtRunner must load the flavour that built the engines
-    plugins = resolve_plugin_library(options.plugins, engine_dir)
-    want = engines["decoder"].get("plugin_library", {}).get("sha256")
-    if want and sha256_file(plugins) != want:
-        raise UserError(f"{plugins} is not the plugin library the engines were built with (sha256 "
-                         "differs): pass that one with --plugins, or rebuild the engines")
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
-
-    name = f"trt-{options.precision}"
-    axes = engines["decoder"].get("dynamic_axes", {})
-    limits = {"k_min": axes.get(contract.NUM_QUERIES, {}).get("min", 1),
-              "k_max": axes.get(contract.NUM_QUERIES, {}).get("max", 1 << 30),
-              "events_max": engines["precompute"].get("dynamic_axes", {}).get(contract.NUM_EVENTS, {}).get("max", 1 << 30)}
-    return Backend(name, lambda g: TrtRunner(LoadPlugins(plugins=[str(plugins)],
-                                                         obj=EngineFromBytes(BytesFromPath(str(files[g])))),
-                                             name=f"{name}-{g}"), files, limits)
 
 
 # ---- comparison ---------------------------------------------------------------------------
@@ -482,19 +340,28 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
     report.files = save_reference(ref, options.save)
     log_fn(f"saved Polygraphy inputs/reference under {options.save}")
 
+    try:
+        with _quiet_polygraphy():
+            _compare_all(backend, options, ref, report)
+    except backend.run_errors as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise CheckFailed(f"{backend.name} could not run a graph: {'; '.join(lines)}") from None
+    return report
+
+
+def _compare_all(backend: Backend, options: CheckOptions, ref: Reference, report: CheckReport) -> None:
+    """Each graph alone, then the pipeline; the rows go into ``report``."""
     pre_names = [list(o) for o in ref.precompute_outputs]
     dec_names = [list(o) for o in ref.decoder_outputs]
-    with _quiet_polygraphy():
-        got = _run_graph(backend, "precompute", ref.precompute_inputs)
-        report.rows += _rows("precompute", options.precision,
-                             _compare(options.precision, backend.name, got, ref.precompute_outputs),
-                             pre_names, [None] * len(got))
-        got = _run_graph(backend, "decoder", ref.decoder_inputs)
-        report.rows += _rows("decoder", options.precision,
-                             _compare(options.precision, backend.name, got, ref.decoder_outputs),
-                             dec_names, list(options.ks))
-        got = _run_pipeline(backend, ref)
-        report.rows += _rows("pipeline", options.precision,
-                             _compare(options.precision, backend.name + "-pipeline", got, ref.decoder_outputs),
-                             dec_names, list(options.ks))
-    return report
+    got = _run_graph(backend, "precompute", ref.precompute_inputs)
+    report.rows += _rows("precompute", options.precision,
+                         _compare(options.precision, backend.name, got, ref.precompute_outputs),
+                         pre_names, [None] * len(got))
+    got = _run_graph(backend, "decoder", ref.decoder_inputs)
+    report.rows += _rows("decoder", options.precision,
+                         _compare(options.precision, backend.name, got, ref.decoder_outputs),
+                         dec_names, list(options.ks))
+    got = _run_pipeline(backend, ref)
+    report.rows += _rows("pipeline", options.precision,
+                         _compare(options.precision, backend.name + "-pipeline", got, ref.decoder_outputs),
+                         dec_names, list(options.ks))

@@ -180,6 +180,55 @@ def test_check_emulated_backend_without_tensorrt_headers_is_one_sentence(root, m
     assert r.output.strip().splitlines()[-1].startswith("error: --backend emulated builds our TensorRT plugins")
 
 
+def _rehash(folder: Path) -> None:
+    """The manifest rewritten to match edited graphs (else the sha256 check refuses fp32 graphs
+    before any comparison): what the tests using it check is that the numerical check catches a
+    wrong graph."""
+    import hashlib
+
+    manifest = json.loads((folder / "eventspd.manifest.json").read_text())
+    for g in ("precompute", "decoder"):
+        manifest["graphs"][g]["sha256"] = hashlib.sha256((folder / f"{g}.onnx").read_bytes()).hexdigest()
+    (folder / "eventspd.manifest.json").write_text(json.dumps(manifest))
+
+
+def _edit_splat_attribute(folder: Path, name: str, edit) -> None:
+    path = folder / "precompute.onnx"
+    model = onnx.load(str(path))
+    (node,) = [n for n in model.graph.node if n.op_type == "EventSPDEventSplat"]
+    edit(next(a for a in node.attribute if a.name == name))
+    onnx.save(model, str(path))
+    _rehash(folder)
+
+
+def test_only_the_emulated_backend_sees_a_wrong_plugin_field(root, tmp_path, plugin_emulation):
+    """The mutation that tells the backends apart: the splat node's time_scale doubled. ONNX
+    Runtime runs the node's function body, which has the export's value baked in, and passes; the
+    emulated backend runs our plugin, which reads the field, and must fail on the precompute."""
+    bad = tmp_path / "wrong-field"
+    shutil.copytree(root / "artifacts", bad, ignore=shutil.ignore_patterns("check"))
+    _edit_splat_attribute(bad, "time_scale", lambda a: setattr(a, "f", 2 * a.f))
+    r = _check("--onnx-dir", str(bad), "--backend", "onnxrt", *FAST)
+    assert r.exit_code == 0, r.output
+    r = _check("--onnx-dir", str(bad), "--backend", "emulated", *FAST)
+    assert r.exit_code == 1, r.output
+    assert any(ln.split()[:1] == ["precompute"] and ln.split()[-1] == "FAIL" for ln in r.output.splitlines())
+
+
+def test_a_plugin_that_refuses_its_node_is_a_failed_check_in_one_line(root, tmp_path, plugin_emulation):
+    """A splat node whose resolutions do not match its table: the plugin refuses it in enqueue;
+    the check says so (exit 1, one error line naming the node and the plugin's message)."""
+    bad = tmp_path / "refused"
+    shutil.copytree(root / "artifacts", bad, ignore=shutil.ignore_patterns("check"))
+    _edit_splat_attribute(bad, "resolutions", lambda a: a.ints.__setitem__(0, a.ints[0] + 1))
+    r = _check("--onnx-dir", str(bad), "--backend", "emulated", *FAST)
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith("error: emulated-fp32 could not run a graph: plugin node") and "EventSPDEventSplat" in last
+    assert "enqueue returned -1" in last and "for these resolutions" in last
+
+
 @pytest.mark.parametrize("precision,backend", [("fp32", "onnxrt"), ("fp16", "onnxrt"), ("int8", "onnxrt"),
                                                ("fp32", "emulated")])
 def test_check_fails_on_a_perturbed_graph_with_a_table(root, tmp_path, request, precision, backend):
@@ -188,14 +237,7 @@ def test_check_fails_on_a_perturbed_graph_with_a_table(root, tmp_path, request, 
     suffix = "" if precision == "fp32" else f".{precision}"
     _perturb_last_weight(bad / f"precompute{suffix}.onnx")
     _shift_initializer(bad / f"decoder{suffix}.onnx", "model.b5.head.mlp.fc2.bias", 1.0)
-    # the manifest rewritten to match (else the sha256 check refuses fp32 graphs before any
-    # comparison): what is tested here is that the numerical check catches a wrong graph
-    import hashlib
-
-    manifest = json.loads((bad / "eventspd.manifest.json").read_text())
-    for g in ("precompute", "decoder"):
-        manifest["graphs"][g]["sha256"] = hashlib.sha256((bad / f"{g}.onnx").read_bytes()).hexdigest()
-    (bad / "eventspd.manifest.json").write_text(json.dumps(manifest))
+    _rehash(bad)
     if backend == "emulated":
         request.getfixturevalue("plugin_emulation")
     r = _check("--onnx-dir", str(bad), "--precision", precision, "--backend", backend, *FAST)
