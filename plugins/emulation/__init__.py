@@ -99,6 +99,9 @@ def build_directory(asan: bool = False) -> Path:
 
 
 TENSORRT_INCLUDE_ENV = "TENSORRT_INCLUDE"
+# another plugins/ tree to build from (an edited copy: tests/plugins/test_plugin_runtime.py builds a
+# deliberately broken plugin that way), with $EVENTSPD_EMULATION_BUILD naming a separate build folder
+SOURCES_ENV = "EVENTSPD_EMULATION_SOURCES"
 
 
 def tensorrt_include() -> Path | None:
@@ -133,26 +136,28 @@ def load(verbose: bool = False, asan: bool | None = None):
         raise RuntimeError(f"the AddressSanitizer build of the emulation needs LD_PRELOAD={asan_runtime()} "
                            "(and ASAN_OPTIONS=detect_leaks=0) in the environment of this process")
 
-    runtime = _HERE / "runtime.cpp"
+    root = Path(os.environ.get(SOURCES_ENV) or _PLUGINS)  # the plugins/ tree compiled
+    here = root / "emulation"
+    runtime = here / "runtime.cpp"
     if not runtime.exists():
         raise FileNotFoundError(f"the CPU emulation builds from a source checkout: {runtime} not found")
     build = build_directory(asan)
     generated = build / "src"
     generated.mkdir(parents=True, exist_ok=True)
-    sources = [str(runtime), str(_HERE / "module.cpp")]
+    sources = [str(runtime), str(here / "module.cpp")]
     selftest = generated / "selftest.cpp"
-    _write_if_changed(selftest, rewrite_kernel_source((_HERE / "selftest.cu").read_text(), str(_HERE / "selftest.cu")))
+    _write_if_changed(selftest, rewrite_kernel_source((here / "selftest.cu").read_text(), str(here / "selftest.cu")))
     sources.append(str(selftest))
     for op in OPS:
         # one object per file name in torch's build: every op's front end is called cuda.cpp
         front = generated / f"{op}_cuda.cpp"
         _write_if_changed(front, f'// The CPU emulation\'s build of {op}\'s CUDA front end.\n#include "{op}/cuda.cpp"\n')
         sources.append(str(front))
-        kernel = _PLUGINS / op / "kernel.cu"
+        kernel = root / op / "kernel.cu"
         out = generated / f"{op}_kernel.cpp"
         _write_if_changed(out, rewrite_kernel_source(kernel.read_text(), str(kernel)))
         sources.append(str(out))
-    includes = [str(_HERE / "include"), str(_PLUGINS)]
+    includes = [str(here / "include"), str(root)]
     trt = tensorrt_include()
     if trt is not None:
         # the TensorRT plugins' glue, driven by plugin_runtime.cpp (no TensorRT library is linked)
@@ -160,8 +165,8 @@ def load(verbose: bool = False, asan: bool | None = None):
             glue = generated / f"{op}_plugin.cpp"
             _write_if_changed(glue, f'// The CPU emulation\'s build of {op}\'s TensorRT plugin.\n#include "{op}/plugin.cpp"\n')
             sources.append(str(glue))
-        sources += [str(_PLUGINS / "common" / "plugin_base.cpp"), str(_PLUGINS / "common" / "registration.cpp"),
-                    str(_HERE / "plugin_runtime.cpp")]
+        sources += [str(root / "common" / "plugin_base.cpp"), str(root / "common" / "registration.cpp"),
+                    str(here / "plugin_runtime.cpp")]
         includes.append(str(trt))
     cpp_extension.load(name=LIBRARY, sources=sources, extra_include_paths=includes,
                        extra_cflags=CFLAGS + (ASAN_CFLAGS if asan else []), build_directory=str(build),

@@ -13,6 +13,12 @@ kernels in the CPU emulation (``plugin_run``).
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import onnx
 import pytest
 import torch
@@ -24,6 +30,7 @@ from model_def import ops as ref_ops
 F32, F16 = torch.float32, torch.float16
 TOL = kt.TOL["emu"]
 GRAPH_TOL = 1e-4  # eventspd_export.check.ort_check.DEFAULT_TOLERANCE: fp32 graphs against fp32 PyTorch
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +114,48 @@ def test_workspace_is_planned_at_the_profile_maximum(plugin_ops):
     assert planned > at_run
     want = ref_ops.deform_read_reference(*vals, anchors, offsets, logits, kt.STRIDES)
     assert kt.rel_err(got, want) <= TOL[F32]
+
+
+DEFORM_ERROR = """
+import sys; sys.path.insert(0, "tests/plugins")
+import test_plugin_kernels as kt
+from model_def import ops
+from plugins.emulation.plugin_ops import PluginOps
+vals, anchors, offsets, logits = kt.deform_inputs(1, 48, 6, 9, 7, 4, kt.SIZES_ODD, kt.F32, seed=8)
+got = PluginOps().deform_read(*vals, anchors, offsets, logits, kt.STRIDES)
+print(kt.rel_err(got, ops.deform_read_reference(*vals, anchors, offsets, logits, kt.STRIDES)))
+"""
+
+
+def _deform_error_built_from(tmp_path, edit=None) -> float:
+    """The deformable read plugin's error against the reference, in a fresh process whose
+    emulation is built from a copy of plugins/ (with ``edit(text) -> text`` applied to
+    deform_read/plugin.cpp) into its own folder."""
+    from plugins import emulation
+
+    src = tmp_path / "plugins"
+    shutil.copytree(REPO / "plugins", src, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    if edit is not None:
+        glue = src / "deform_read" / "plugin.cpp"
+        glue.write_text(edit(glue.read_text()))
+    env = {**os.environ, emulation.SOURCES_ENV: str(src), "EVENTSPD_EMULATION_BUILD": str(tmp_path / "build")}
+    run = subprocess.run([sys.executable, "-c", DEFORM_ERROR], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return float(run.stdout.split()[-1])
+
+
+def test_a_wrong_stride_in_the_plugins_own_code_is_rejected(plugin_ops, tmp_path):
+    """The mutation of the glue itself, not of its inputs: deform_read/plugin.cpp's fillArgs giving
+    every level L2's stride. Built from an edited copy of plugins/ (about a minute), the same
+    comparison as test_deform_read_plugin must fail."""
+    old = "a.stride[l] = strides[l];"
+
+    def edit(text: str) -> str:
+        assert text.count(old) == 1, "deform_read/plugin.cpp no longer sets the strides this way: update the mutation"
+        return text.replace(old, "a.stride[l] = strides[0];")
+
+    assert _deform_error_built_from(tmp_path, edit) > 100 * TOL[F32]
 
 
 # ---- what TensorRT would refuse ----------------------------------------------------------------------
