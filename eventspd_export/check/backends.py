@@ -51,14 +51,12 @@ def emulated_backend(options: CheckOptions) -> Backend:
     Runtime (plugins/emulation/graph.py): the plugins' half of a TensorRT run, without TensorRT or
     a GPU. Needs a C++ compiler, ninja and TensorRT headers ($TENSORRT_INCLUDE)."""
     from plugins import emulation
-    from plugins.emulation.graph import polygraphy_runner
+    from plugins.emulation.graph import PluginRunError, polygraphy_runner
 
     files = _onnx_files(options)
     if emulation.tensorrt_include() is None:
         raise UserError("--backend emulated builds our TensorRT plugins against TensorRT's headers: set "
                         "TENSORRT_INCLUDE to a TensorRT 10/11 include/ folder (with NvInferRuntime.h)")
-    from plugins.emulation.graph import PluginRunError
-
     try:
         emulation.load()
     except Exception as exc:  # no compiler, no ninja, a failed build: say so in one sentence

@@ -48,7 +48,6 @@ _LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_]\w*(?:<[^<>;(){}]*>)?)\s*<<<(?P<confi
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?(?P<type>[A-Za-z_][\w ]*?)\s+"
                             r"(?P<name>\w+)\s*\[\s*\]\s*;")
 _ops = None
-_with_plugins = False  # load() built plugin_runtime.cpp and the plugins' glue
 
 
 class EmulationSourceError(RuntimeError):
@@ -115,8 +114,7 @@ def tensorrt_include() -> Path | None:
 
 def has_plugin_runtime() -> bool:
     """Whether the loaded emulation has ``plugin_run`` (it was built with TensorRT headers)."""
-    load()
-    return _with_plugins
+    return hasattr(load(), "plugin_run")
 
 
 def load(verbose: bool = False, asan: bool | None = None):
@@ -125,7 +123,7 @@ def load(verbose: bool = False, asan: bool | None = None):
     ``asan`` (default: ``$EVENTSPD_EMULATION_ASAN``) takes the AddressSanitizer build, which also
     catches reads and writes past a tensor's end; it needs the ASan runtime preloaded
     (``LD_PRELOAD=$(c++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``)."""
-    global _ops, _with_plugins
+    global _ops
     if _ops is not None:
         return _ops
     import torch
@@ -172,5 +170,4 @@ def load(verbose: bool = False, asan: bool | None = None):
                        extra_cflags=CFLAGS + (ASAN_CFLAGS if asan else []), build_directory=str(build),
                        is_python_module=False, verbose=verbose)
     _ops = getattr(torch.ops, LIBRARY)
-    _with_plugins = trt is not None
     return _ops

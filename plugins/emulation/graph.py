@@ -155,11 +155,23 @@ class PluginGraph:
             seg.session = ort_session(onnx.helper.make_model(sub, ir_version=model.ir_version,
                                                              opset_imports=list(model.opset_import)), threads=threads)
         self.segments = segments
-        self._constants = {name: numpy_helper.to_array(t) for name, t in self.initializers.items()}
+        # the initializers this class hands out itself (plugin inputs, graph outputs), read once; the
+        # segments' own initializers live in their ONNX Runtime sessions
+        wanted = (plugin_inputs | set(self.output_names)) & set(self.initializers)
+        self._constants = {name: numpy_helper.to_array(self.initializers[name]) for name in wanted}
+        self._constant_tensors: dict = {}
         # which dimensions of each plugin input the graph leaves open (no fixed size after inference):
         # TensorRT gives the plugin those as -1 and as non-constant expressions
         self._dynamic = {id(n): [_open_dims(types.get(i)) if i not in self.initializers else None for i in n.input]
                          for stage in self.plugin_stages for n in stage}
+
+    def _constant_tensor(self, name: str):
+        """An initializer as a CPU tensor, made on first use and kept (initializers do not change)."""
+        import torch
+
+        if name not in self._constant_tensors:
+            self._constant_tensors[name] = torch.from_numpy(np.array(self._constants[name]))
+        return self._constant_tensors[name]
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """The graph's outputs, or the named values (any node's outputs) for ``outputs``."""
@@ -173,7 +185,7 @@ class PluginGraph:
                 values.update(zip(seg.outputs, out))
             for node in self.plugin_stages[s] if s < len(self.plugin_stages) else []:
                 # a copy: the plugins read only, but torch wants writable memory under its tensors
-                args = [torch.from_numpy(np.array(values[i] if i in values else self._constants[i]))
+                args = [torch.from_numpy(np.array(values[i])) if i in values else self._constant_tensor(i)
                         for i in node.input]
                 dynamic = [flags if flags is not None and len(flags) == a.dim() else (False,) * a.dim()
                            for flags, a in zip(self._dynamic[id(node)], args)]

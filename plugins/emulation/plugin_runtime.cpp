@@ -33,6 +33,8 @@
 #include <string>
 #include <vector>
 
+#include "emu/control.h"
+
 extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
 extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
 
@@ -229,15 +231,13 @@ at::Tensor fromFormat(at::Tensor const& memory, TensorFormat f, int64_t channels
     return nchw.is_contiguous(at::MemoryFormat::ChannelsLast) ? nchw : nchw.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// Outputs start as emu::poison's bytes (NaN as fp32, fp16 and bf16, a huge int32 / int64); a bool
+// has no poison value and starts true.
 void poison(at::Tensor& t) {
-    if (at::isFloatingType(t.scalar_type())) {
-        t.fill_(NAN);
-    } else if (t.scalar_type() == at::kInt) {
-        t.fill_(0x7FA57FA5);
-    } else if (t.scalar_type() == at::kLong) {
-        t.fill_(static_cast<int64_t>(0x7FA57FA57FA57FA5LL));
-    } else {
-        t.fill_(0x7F);
+    if (t.scalar_type() == at::kBool) {
+        t.fill_(true);
+    } else if (t.numel() > 0) {
+        emu::poison(t.data_ptr(), t.nbytes());
     }
 }
 
@@ -500,9 +500,7 @@ std::vector<at::Tensor> plugin_run(std::string const& name, std::string const& v
     at::Tensor workspace;
     if (given > 0) {
         workspace = at::empty({given}, at::kByte);
-        auto* w = workspace.data_ptr<uint8_t>();
-        static uint8_t const kPoison[4] = {0xA5, 0x7F, 0xA5, 0x7F};  // 0x7FA57FA5 little-endian
-        for (int64_t b = 0; b < given; ++b) w[b] = kPoison[b % 4];
+        emu::poison(workspace.data_ptr(), static_cast<size_t>(given));
     }
     log.push_back("[emulation] formats " + formats + "; workspace " + std::to_string(workspace_bytes) + " bytes");
     cudaGetLastError();  // a stale error must not be blamed on this plugin

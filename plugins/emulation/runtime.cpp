@@ -437,7 +437,7 @@ void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
                     r.error = std::string(cfg.name) + ": cannot allocate the block's shared memory";
                     break;
                 }
-                for (size_t i = 0; i < cfg.smem; ++i) static_cast<unsigned char*>(shared)[i] = kPoison[i % 4];
+                poison(shared, cfg.smem);
                 r.shared = shared;
                 run_block(r, rng);
                 r.shared = nullptr;
@@ -541,6 +541,11 @@ void reset(int shared_optin, uint64_t schedule_seed) {
 }
 
 std::string launch_log() { return device().log; }
+
+void poison(void* memory, size_t bytes) {
+    auto* b = static_cast<unsigned char*>(memory);
+    for (size_t i = 0; i < bytes; ++i) b[i] = kPoison[i % 4];
+}
 
 }  // namespace emu
 

@@ -26,6 +26,8 @@ import torch
 import test_plugin_kernels as kt
 from model_def import EventSPD, contract, get_config
 from model_def import ops as ref_ops
+from plugins.emulation.graph import run_plugin_node
+from plugins.emulation.plugin_ops import plugin_node
 
 F32, F16 = torch.float32, torch.float16
 TOL = kt.TOL["emu"]
@@ -159,31 +161,21 @@ def test_a_wrong_stride_in_the_plugins_own_code_is_rejected(plugin_ops, tmp_path
 
 
 # ---- what TensorRT would refuse ----------------------------------------------------------------------
-def _run_node(node, inputs, max_shapes=None):
-    from plugins.emulation.graph import run_plugin_node
-
-    return run_plugin_node(node, inputs, max_shapes)
-
-
 def test_an_unknown_plugin_version_finds_no_creator(plugin_ops):
-    from plugins.emulation.plugin_ops import plugin_node
-
     node = plugin_node("topr_route", 1, 2, top_r=4, grid_w=8, grid_h=5, stride=32)
     next(a for a in node.attribute if a.name == "plugin_version").s = b"9"
     with pytest.raises(RuntimeError, match=r"EventSPDTopRRoute v9 .*no creator .*EventSPDTopRRoute v1"):
-        _run_node(node, [torch.randn(1, 2, 6, 40)])
+        run_plugin_node(node, [torch.randn(1, 2, 6, 40)])
 
 
 def test_a_missing_field_fails_in_create_plugin_with_the_plugins_message(plugin_ops):
-    from plugins.emulation.plugin_ops import plugin_node
-
     node = plugin_node("deform_read", 6, 1, strides=[8, 16, 32])
     kept = [a for a in node.attribute if a.name != "strides"]  # plugin_version and plugin_namespace stay
     del node.attribute[:]
     node.attribute.extend(kept)
     vals, anchors, offsets, logits = kt.deform_inputs(1, 12, 6, 2, 3, 4, kt.SIZES_ODD, F32, seed=5)
     with pytest.raises(RuntimeError, match=r"EventSPDDeformRead v1 .*createPlugin\(kBUILD\) returned null[\s\S]*missing plugin field 'strides'"):
-        _run_node(node, [*vals, anchors, offsets, logits])
+        run_plugin_node(node, [*vals, anchors, offsets, logits])
 
 
 def test_a_format_the_plugin_does_not_take_is_refused(plugin_ops):

@@ -1,6 +1,7 @@
 // The CPU emulation's controls for its Python front end (plugins/emulation/module.cpp).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -11,4 +12,7 @@ namespace emu {
 void reset(int shared_optin_bytes, uint64_t schedule_seed);
 // One line per launch since reset(): "<kernel> grid=(x,y,z) block=(x,y,z) smem=<bytes>".
 std::string launch_log();
+// Fills memory with the bytes of 0x7FA57FA5, as fresh shared memory starts: NaN as float, half and
+// bfloat16, a huge index as int32 / int64 (a huge finite number as double).
+void poison(void* memory, size_t bytes);
 }  // namespace emu
