@@ -52,6 +52,20 @@ struct Maps {
     int32_t height[kDeformLevels], width[kDeformLevels], stride[kDeformLevels];
 };
 
+// a[l] for a level l known only at run time. Indexing the kernel's Maps parameter with such an l
+// makes nvcc copy the whole struct to local memory in every thread (a 64-byte stack frame and
+// local loads per sample; tests/plugins/test_kernel_resources.py rejects any); a select over the
+// unrolled levels keeps it in the parameter bank. The loops over levels are unrolled for the same
+// reason.
+template <class V>
+__device__ __forceinline__ V at_level(const V (&a)[kDeformLevels], int32_t l) {
+    V v = a[0];
+#pragma unroll
+    for (int32_t i = 1; i < kDeformLevels; ++i)
+        if (l == i) v = a[i];
+    return v;
+}
+
 // 16 bytes of T as one load: 4 fp32 or 8 fp16 channels.
 template <class T>
 struct Vec16;
@@ -107,9 +121,10 @@ __global__ void deform_read_kernel(Maps maps, const float* __restrict__ anchors,
         const auto st = softmax_stats<float>(LM, [&](int32_t i) { return Arith<P>::widen(lg[i]); });
         const float a = softmax_weight(Arith<P>::widen(lg[s - h * LM]), st);
         const P* off = offsets + (p * heads * LM + s) * 2;
-        const float x = level_coord(u, maps.stride[l], Arith<P>::widen(off[0]));
-        const float y = level_coord(v, maps.stride[l], Arith<P>::widen(off[1]));
-        const Corners<float> c = bilinear_corners(x, y, maps.height[l], maps.width[l]);
+        const int32_t stride = at_level(maps.stride, l);
+        const float x = level_coord(u, stride, Arith<P>::widen(off[0]));
+        const float y = level_coord(v, stride, Arith<P>::widen(off[1]));
+        const Corners<float> c = bilinear_corners(x, y, at_level(maps.height, l), at_level(maps.width, l));
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             s_index[s * 4 + k] = c.index[k];
@@ -125,6 +140,7 @@ __global__ void deform_read_kernel(Maps maps, const float* __restrict__ anchors,
         for (int32_t c0 = lane * V::kN; c0 < channels; c0 += kWarp * V::kN) {
             const int32_t h = c0 / ch;  // all kN channels are in this head (ch % kN == 0)
             float acc[V::kN] = {};
+#pragma unroll
             for (int32_t l = 0; l < L; ++l) {
                 const T* vl = static_cast<const T*>(maps.nhwc[l]) +
                               b * static_cast<int64_t>(maps.height[l]) * maps.width[l] * channels + c0;
@@ -145,6 +161,7 @@ __global__ void deform_read_kernel(Maps maps, const float* __restrict__ anchors,
         for (int32_t c = lane; c < channels; c += kWarp) {
             const int32_t h = c / ch;
             float acc = 0.0f;
+#pragma unroll
             for (int32_t l = 0; l < L; ++l) {
                 const T* vl = static_cast<const T*>(maps.nhwc[l]) +
                               b * static_cast<int64_t>(maps.height[l]) * maps.width[l] * channels + c;

@@ -1,0 +1,261 @@
+"""What each CUDA kernel of plugins/ costs a GPU, from ptxas (no GPU needed).
+
+``kernel_resources(cu, arch)`` compiles one ``kernel.cu`` with ``nvcc --resource-usage`` (the flags
+of the extension build, plus ``-Werror all-warnings``) and returns, per ``__global__`` function that
+nvcc instantiated, what ptxas reports: registers per thread, local memory (the stack frame: arrays
+indexed at run time and register spills, both in slow off-chip memory), static shared memory and
+barriers. Results are cached under ``build/kernel_resources`` by the hash of the compiler, the flags
+and every source the file can include.
+
+These numbers decide whether a launch can happen at all on a GPU, which the CPU emulation
+(plugins/emulation) cannot otherwise know: a function launches with at most ``max_threads_per_block``
+threads (its ``__launch_bounds__`` and ``Device.registers_per_block`` / registers per thread cap it;
+more gives "too many resources requested for launch"), and its static shared memory counts against
+the same per-block limit as the dynamic shared memory it is launched with. The emulation registers
+these figures for every kernel it compiles and rejects such launches as a GPU would;
+tests/plugins/test_kernel_resources.py holds the kernels to a local-memory budget.
+
+``python -m plugins.kernel_resources [--arch sm_90] [--json]`` prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from plugins import build_ext  # noqa: F401  (importing it points CUDA_HOME at the nvcc on PATH)
+
+PLUGINS = Path(__file__).resolve().parent
+ARCHS = ("sm_90", "sm_80")  # H100/H200 and A100: the GPUs the issues measure on
+# the extension's nvcc flags (build_ext) plus warnings as errors; the compile tests use the same command
+NVCC_FLAGS = ("-std=c++17", *build_ext._NVCC_FLAGS, "-Werror", "all-warnings")
+
+
+class NvccError(RuntimeError):
+    """nvcc could not compile a kernel source; the message holds the command and its output."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """Per-block and per-SM limits of a GPU architecture (CUDA C++ Programming Guide, "Compute
+    Capabilities"; the occupancy calculator's allocation rules)."""
+    arch: str
+    registers_per_block: int = 65536
+    register_unit: int = 256  # registers are given to a warp in units of 256
+    max_threads_per_block: int = 1024
+    max_warps_per_sm: int = 64
+    max_blocks_per_sm: int = 32
+    shared_per_sm: int = 233472          # 228 KB on sm_90
+    shared_optin_per_block: int = 232448  # 227 KB: cudaDevAttrMaxSharedMemoryPerBlockOptin
+    shared_reserved_per_block: int = 1024  # the driver keeps 1 KB of each block's shared memory
+    shared_unit: int = 128
+
+
+DEVICES = {"sm_90": Device("sm_90"),
+           "sm_80": Device("sm_80", shared_per_sm=167936, shared_optin_per_block=166912)}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelResources:
+    kernel: str  # demangled, e.g. "eventspd::cuda::(anonymous namespace)::block_pass1_tc<true>(...)"
+    source: str  # the kernel.cu it comes from, relative to plugins/
+    arch: str
+    registers: int
+    stack_frame: int  # bytes of local memory per thread (spills included)
+    spill_stores: int
+    spill_loads: int
+    static_shared: int  # bytes of __shared__ variables per block
+    barriers: int
+
+    @property
+    def qualified_name(self) -> str:
+        """The function's name with its namespaces and template arguments, without parameters (nor
+        the ``void`` c++filt writes before a function template's name: kernels return void)."""
+        name = _split_parameters(self.kernel)[0]
+        return name[len("void "):] if name.startswith("void ") else name
+
+    @property
+    def template_id(self) -> str:
+        """``block_pass1_tc<true>``: the name a launch spells, without namespaces."""
+        return scopes(self.qualified_name)[-1]
+
+    @property
+    def name(self) -> str:
+        """``block_pass1_tc``: without template arguments."""
+        return self.template_id.split("<", 1)[0]
+
+    def max_threads_per_block(self, device: Device, launch_bound: int = 0) -> int:
+        """cudaFuncGetAttributes' maxThreadsPerBlock: the launch bound (0: none) and the registers
+        a block of that many threads needs both cap it."""
+        per_warp = -(-self.registers * 32 // device.register_unit) * device.register_unit
+        by_registers = device.registers_per_block // per_warp * 32 if per_warp else device.max_threads_per_block
+        bound = launch_bound or device.max_threads_per_block
+        return min(device.max_threads_per_block, by_registers, bound)
+
+    def blocks_per_sm(self, device: Device, threads: int, dynamic_shared: int) -> tuple[int, str]:
+        """Resident blocks per SM at a launch of ``threads`` and ``dynamic_shared`` bytes, and the
+        limit that sets it (theoretical occupancy = blocks * warps / max_warps_per_sm)."""
+        warps = -(-threads // 32)
+        per_warp = -(-self.registers * 32 // device.register_unit) * device.register_unit
+        shared = -(-(self.static_shared + dynamic_shared) // device.shared_unit) * device.shared_unit
+        limits = {"blocks": device.max_blocks_per_sm,
+                  "warps": device.max_warps_per_sm // warps,
+                  "registers": device.registers_per_block // (per_warp * warps) if per_warp else device.max_blocks_per_sm,
+                  "shared memory": device.shared_per_sm // (shared + device.shared_reserved_per_block)}
+        limiter = min(limits, key=limits.get)
+        return limits[limiter], limiter
+
+
+def scopes(qualified: str) -> list[str]:
+    """``a::(anonymous namespace)::f<x::y>`` -> ``["a", "(anonymous namespace)", "f<x::y>"]``."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(qualified):
+        if qualified[i] in "<(":
+            depth += 1
+        elif qualified[i] in ">)":
+            depth -= 1
+        elif depth == 0 and qualified.startswith("::", i):
+            parts.append(qualified[start:i])
+            start = i = i + 2
+            continue
+        i += 1
+    return parts + [qualified[start:]]
+
+
+def _split_parameters(demangled: str) -> tuple[str, str]:
+    """``ns::f<a, b>(int, float*)`` -> (``ns::f<a, b>``, ``(int, float*)``); "(anonymous namespace)"
+    is a scope, not a parameter list."""
+    depth = 0
+    for i, c in enumerate(demangled):
+        if c == "<":
+            depth += 1
+        elif c == ">":
+            depth -= 1
+        elif c == "(" and depth == 0 and not demangled.startswith("(anonymous namespace)", i):
+            return demangled[:i], demangled[i:]
+    return demangled, ""
+
+
+def find_nvcc() -> str | None:
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    candidate = Path(cuda_home) / "bin" / "nvcc"
+    return str(candidate) if candidate.is_file() else shutil.which("nvcc")
+
+
+def nvcc_command(nvcc: str, cu: Path, arch: str, output: Path, include_dirs: tuple[Path, ...] = ()) -> list[str]:
+    """The one nvcc command for a kernel source: the compile tests and the resource figures share it."""
+    includes = [a for d in (cu.parent.parent, *include_dirs) for a in ("-I", str(d))]
+    return [nvcc, *NVCC_FLAGS, f"-arch={arch}", "--resource-usage", *includes, "-c", str(cu), "-o", str(output)]
+
+
+_ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>sm_\w+)'")
+_FRAME = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, (?P<loads>\d+) bytes spill loads")
+_USED = re.compile(r"Used (?P<regs>\d+) registers(?:, used (?P<barriers>\d+) barriers)?(?:, (?P<smem>\d+) bytes smem)?")
+
+
+def parse_ptxas(text: str, source: str) -> list[KernelResources]:
+    """The entries of ``nvcc --resource-usage`` output (mangled names, demangled here)."""
+    found, entry, frame = [], None, None
+    for line in text.splitlines():
+        if m := _ENTRY.search(line):
+            entry, frame = m, None
+        elif entry is not None and (m := _FRAME.search(line)):
+            frame = m
+        elif entry is not None and (m := _USED.search(line)):
+            found.append((entry["name"], entry["arch"], frame, m))
+            entry = None
+    names = demangle([name for name, *_ in found])
+    return [KernelResources(kernel=names[i], source=source, arch=arch, registers=int(used["regs"]),
+                            stack_frame=int(frame["stack"]) if frame else 0,
+                            spill_stores=int(frame["stores"]) if frame else 0,
+                            spill_loads=int(frame["loads"]) if frame else 0,
+                            static_shared=int(used["smem"] or 0), barriers=int(used["barriers"] or 0))
+            for i, (_, arch, frame, used) in enumerate(found)]
+
+
+def demangle(names: list[str]) -> list[str]:
+    cxxfilt = shutil.which("c++filt")
+    if not names or cxxfilt is None:
+        return list(names)
+    out = subprocess.run([cxxfilt], input="\n".join(names) + "\n", capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def _cache_key(nvcc: str, cu: Path, arch: str, include_dirs: tuple[Path, ...]) -> str:
+    h = hashlib.sha256(" ".join((os.path.realpath(nvcc), *NVCC_FLAGS, arch)).encode())
+    h.update(subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.encode())
+    h.update(cu.read_bytes())
+    for root in (cu.parent.parent, *include_dirs):  # every header the source can include
+        for header in sorted(root.rglob("*.h")):
+            h.update(str(header.relative_to(root)).encode() + b"\0" + header.read_bytes())
+    return h.hexdigest()[:24]
+
+
+def cache_directory() -> Path:
+    return PLUGINS.parent / "build" / "kernel_resources"
+
+
+def kernel_resources(cu: Path, arch: str = "sm_90", include_dirs: tuple[Path, ...] = (),
+                     source: str | None = None) -> list[KernelResources]:
+    """ptxas' figures for every kernel of ``cu`` on ``arch``; NvccError when it does not compile,
+    FileNotFoundError without nvcc."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise FileNotFoundError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    cu = Path(cu).resolve()
+    source = source or f"{cu.parent.name}/{cu.name}"
+    cached = cache_directory() / f"{_cache_key(nvcc, cu, arch, include_dirs)}.json"
+    if cached.is_file():
+        return [KernelResources(**row) for row in json.loads(cached.read_text())]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = nvcc_command(nvcc, cu, arch, Path(tmp) / "k.o", include_dirs)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NvccError(f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    found = parse_ptxas(proc.stdout + proc.stderr, source)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=cached.parent, suffix=".tmp", delete=False) as f:
+        f.write(json.dumps([dataclasses.asdict(r) for r in found], indent=1))
+    os.replace(f.name, cached)  # never a half-written entry, also with several processes at once
+    return found
+
+
+def kernel_sources() -> list[Path]:
+    return sorted(PLUGINS.glob("*/kernel.cu"))
+
+
+def _table(rows: list[KernelResources]) -> str:
+    head = f"{'kernel':58} {'arch':6} {'regs':>4} {'local B':>7} {'spill B':>7} {'static smem':>11} {'max thr':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.template_id[:58]:58} {r.arch:6} {r.registers:>4} {r.stack_frame:>7} "
+                     f"{r.spill_stores + r.spill_loads:>7} {r.static_shared:>11} "
+                     f"{r.max_threads_per_block(DEVICES[r.arch]):>7}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plugins.kernel_resources", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", action="append", choices=ARCHS, help="default: all of " + ", ".join(ARCHS))
+    parser.add_argument("--json", action="store_true", help="one JSON list instead of the table")
+    args = parser.parse_args(argv)
+    try:
+        rows = [r for arch in args.arch or ARCHS for cu in kernel_sources() for r in kernel_resources(cu, arch)]
+    except (FileNotFoundError, NvccError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # "max thr" ignores __launch_bounds__ (ptxas does not report it): the register cap only
+    print(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) if args.json else _table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""ptxas' figures for every CUDA kernel (plugins/kernel_resources.py; no GPU needed): each kernel
+is found, none keeps data in local memory beyond its budget, and the launch arithmetic (maximum
+threads per block, resident blocks per SM) follows the architecture's rules. A kernel that indexes
+its parameter struct at run time (the defect deform_read_kernel had: its Maps copied to a 64-byte
+stack frame in every thread) must be caught by the same budget check."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from plugins import kernel_resources as kr
+
+# Local memory (ptxas' stack frame: spilled registers and run-time-indexed arrays) is off-chip: every
+# kernel must keep it at 0 except these, whose small spills ptxas chooses at 56-72 registers
+# (measured 2026-12-03 with CUDA 13.0: 8 bytes on sm_90; 8-24 on sm_80). Whether they cost anything is
+# for a GPU profile to say; the budget keeps them from growing unnoticed.
+LOCAL_MEMORY_BUDGET = {"block_pass1_tc": 32, "block_pass2_tc": 32}
+
+_GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(?P<name>\w+)\s*\(")
+
+
+@pytest.fixture(scope="module", params=kr.ARCHS)
+def resources(request) -> list[kr.KernelResources]:
+    if kr.find_nvcc() is None:
+        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    return [r for cu in kr.kernel_sources() for r in kr.kernel_resources(cu, request.param)]
+
+
+def over_budget(rows: list[kr.KernelResources]) -> list[str]:
+    return [f"{r.arch} {r.template_id}: {r.stack_frame} bytes of local memory per thread "
+            f"({r.spill_stores} B spill stores, {r.spill_loads} B spill loads), budget {LOCAL_MEMORY_BUDGET.get(r.name, 0)}"
+            for r in rows if r.stack_frame > LOCAL_MEMORY_BUDGET.get(r.name, 0)]
+
+
+def test_every_global_function_is_reported(resources):
+    for cu in kr.kernel_sources():
+        declared = set(_GLOBAL.findall(cu.read_text()))
+        reported = {r.name for r in resources if r.source == f"{cu.parent.name}/kernel.cu"}
+        assert declared and reported == declared, cu
+    for r in resources:
+        assert r.registers > 0 and r.kernel.startswith(("eventspd::cuda::", "void eventspd::cuda::")), r
+
+
+def test_no_kernel_uses_local_memory_beyond_its_budget(resources):
+    assert over_budget(resources) == []
+
+
+def test_static_shared_memory_fits_the_fused_blocks_margin(resources):
+    # convnext_block's launchers give the dynamic part the opt-in limit minus 256 bytes (shared_limit)
+    for r in resources:
+        if r.source == "convnext_block/kernel.cu":
+            assert r.static_shared <= 256, r
+
+
+def test_a_parameter_array_indexed_at_run_time_is_over_budget(tmp_path: Path):
+    if kr.find_nvcc() is None:
+        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    cu = tmp_path / "mutant" / "kernel.cu"
+    cu.parent.mkdir()
+    levels = "struct Maps { const float* v[3]; int stride[3]; };\n"
+    body = "__global__ void read_levels(Maps m, const int* level, float* out) {{\n    const int l = level[threadIdx.x];\n    out[threadIdx.x] = {};\n}}\n"
+    cu.write_text(levels + body.format("m.v[l][threadIdx.x * m.stride[l]]"))
+    mutant = kr.kernel_resources(cu, "sm_90")
+    assert [r.template_id for r in mutant] == ["read_levels"] and mutant[0].stack_frame > 0
+    assert re.fullmatch(r"sm_90 read_levels: \d+ bytes of local memory per thread .*budget 0", over_budget(mutant)[0])
+    # the remedy deform_read_kernel now uses: select the level's entry instead of indexing
+    select = "(l == 0 ? m.v[0] : l == 1 ? m.v[1] : m.v[2])[threadIdx.x * (l == 0 ? m.stride[0] : l == 1 ? m.stride[1] : m.stride[2])]"
+    cu.write_text(levels + body.format(select))
+    assert over_budget(kr.kernel_resources(cu, "sm_90")) == []
+
+
+def _res(registers: int, static_shared: int = 0) -> kr.KernelResources:
+    return kr.KernelResources("k()", "x/kernel.cu", "sm_90", registers, 0, 0, 0, static_shared, 0)
+
+
+def test_launch_arithmetic():
+    h200, a100 = kr.DEVICES["sm_90"], kr.DEVICES["sm_80"]
+    # registers go to warps in units of 256, 65536 per block: 80 -> 25 warps, 133 -> 4352 per warp -> 15
+    assert [_res(n).max_threads_per_block(h200) for n in (32, 64, 80, 133, 255)] == [1024, 1024, 800, 480, 256]
+    assert _res(40).max_threads_per_block(h200, launch_bound=128) == 128
+    # 256 threads at 40 registers: 1280 per warp, 8 warps a block -> 6 blocks (48 of 64 warps)
+    assert _res(40).blocks_per_sm(h200, 256, 0) == (6, "registers")
+    assert _res(32).blocks_per_sm(h200, 128, 0) == (16, "warps")
+    assert _res(16).blocks_per_sm(h200, 32, 0) == (32, "blocks")
+    # 100 KB of shared memory (+ 1 KB reserved) a block: 2 fit in 228 KB, 1 in an A100's 164 KB
+    assert _res(32, 4096).blocks_per_sm(h200, 128, 96 * 1024) == (2, "shared memory")
+    assert _res(32, 4096).blocks_per_sm(a100, 128, 96 * 1024) == (1, "shared memory")
+
+
+SAMPLE = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_ZN8eventspd4cuda12_GLOBAL__N_11kILb1EEEvPf' for 'sm_90'
+ptxas info    : Function properties for _ZN8eventspd4cuda12_GLOBAL__N_11kILb1EEEvPf
+    24 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 56 registers, used 1 barriers, 24 bytes cumulative stack size
+ptxas info    : Compiling entry function '_ZN8eventspd4cuda12_GLOBAL__N_11gEPf' for 'sm_90'
+ptxas info    : Function properties for _ZN8eventspd4cuda12_GLOBAL__N_11gEPf
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 18 registers, used 1 barriers, 4224 bytes smem
+"""
+
+
+def test_parse_ptxas_output():
+    k, g = kr.parse_ptxas(SAMPLE, "x/kernel.cu")
+    assert (k.template_id, k.name, k.registers, k.stack_frame, k.spill_stores, k.spill_loads, k.static_shared) == \
+        ("k<true>", "k", 56, 24, 8, 12, 0)
+    assert k.qualified_name == "eventspd::cuda::(anonymous namespace)::k<true>"
+    assert (g.template_id, g.registers, g.static_shared, g.barriers) == ("g", 18, 4224, 1)
+    assert kr.scopes("a::(anonymous namespace)::f<x::y, 2>") == ["a", "(anonymous namespace)", "f<x::y, 2>"]
+
+
+def test_cli_prints_the_table_and_json(capsys, monkeypatch):
+    if kr.find_nvcc() is None:
+        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    assert kr.main(["--arch", "sm_90"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"deform_read_kernel<__half, __half, true>\s+sm_90\s+\d+\s+0\s+0\s+0\s+\d+", table), table
+    assert kr.main(["--arch", "sm_90", "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["arch"] for r in rows} == {"sm_90"} and any(r["kernel"].endswith("rearrange_weights(int, int, int, "
+                                                                               "float const*, float const*, float const*, "
+                                                                               "float*, float*, float*, __half*, __half*)")
+                                                          for r in rows)
+    monkeypatch.setattr(kr, "find_nvcc", lambda: None)
+    assert kr.main([]) == 2
+    assert capsys.readouterr().err.strip() == "error: nvcc not found (set CUDA_HOME or put nvcc on PATH)"
