@@ -54,10 +54,12 @@ class EmulationSourceError(RuntimeError):
     """A kernel source has a construct the rewrite does not handle."""
 
 
-def rewrite_kernel_source(text: str, path: str) -> str:
+def rewrite_kernel_source(text: str, path: str, resources=()) -> str:
     """kernel.cu -> C++ for the emulation: ``k<<<g, b, s, st>>>(args)`` ->
     ``::emu::launch("k", k, g, b, s, st)(args)`` and ``extern __shared__ T name[];`` -> a pointer to
-    the block's dynamic shared memory. Lines are kept, so ``#line`` maps every line back."""
+    the block's dynamic shared memory. Lines are kept, so ``#line`` maps every line back.
+    ``resources`` (plugins.kernel_resources.KernelResources of this file on sm_90) are registered
+    at the end, with each kernel's ``__launch_bounds__``, for the launch checks."""
     text = _EXTERN_SHARED.sub(
         lambda m: f"{m['type']}* const {m['name']} = ::emu::dynamic_shared_as<{m['type']}>();", text)
     text = _LAUNCH.sub(lambda m: f'::emu::launch("{m["kernel"]}", {m["kernel"]}, {m["config"]})(', text)
@@ -66,7 +68,66 @@ def rewrite_kernel_source(text: str, path: str) -> str:
             line = text[:text.index(left)].count("\n") + 1
             raise EmulationSourceError(f"{path}:{line}: '{left}' in a form the CPU emulation cannot rewrite")
     return (f"// Generated from {path} for the CPU emulation (plugins/emulation); do not edit.\n"
-            f'#include "emu/prelude.h"\n#line 1 "{path}"\n{text}')
+            f'#include "emu/prelude.h"\n#line 1 "{path}"\n{text}{_registration(text, path, resources)}')
+
+
+_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\s*\((?P<args>[^()]*(?:\([^()]*\)[^()]*)*)\)\s*(?P<name>[A-Za-z_]\w*)\s*\(")
+
+
+def launch_bounds(text: str) -> dict[str, str]:
+    """kernel name -> the C++ expression of its ``__launch_bounds__`` maxThreadsPerBlock."""
+    return {m["name"]: _top_level_split(m["args"])[0].strip() for m in _LAUNCH_BOUNDS.finditer(text)}
+
+
+def _top_level_split(args: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(args):
+        depth += (c in "(<") - (c in ")>")
+        if c == "," and depth == 0:
+            parts.append(args[start:i])
+            start = i + 1
+    return parts + [args[start:]]
+
+
+def _registration(text: str, path: str, resources) -> str:
+    """C++ that registers ptxas' figures for each kernel by its address (``emu::register_kernels``),
+    in the kernel's own namespace, where its name and its launch bound's constants are in scope."""
+    from plugins.kernel_resources import scopes
+
+    if not resources:
+        return ""
+    bounds = launch_bounds(text)
+    by_scope: dict[tuple[str, ...], list[str]] = {}
+    for r in resources:
+        *outer, template_id = scopes(r.qualified_name)
+        bound = bounds.get(r.name, "0")
+        by_scope.setdefault(tuple(outer), []).append(
+            f'    {{reinterpret_cast<const void*>(&{template_id}), "{template_id}", {r.registers}, {r.static_shared}, '
+            f"{r.stack_frame}, static_cast<int>({bound})}},")
+    out = [f"\n// ptxas --resource-usage of {path} on sm_90 (plugins/kernel_resources.py), for the launch checks"]
+    for i, (outer, rows) in enumerate(sorted(by_scope.items())):
+        opening = " ".join("namespace {" if s == "(anonymous namespace)" else f"namespace {s} {{" for s in outer)
+        out += [opening, f"[[maybe_unused]] const bool emu_kernels_registered_{i} = ::emu::register_kernels({{",
+                *rows, "});", "}" * len(outer)]
+    return "\n".join(out) + "\n"
+
+
+def _resources(cu: Path, generated: Path):
+    """ptxas' figures for ``cu`` on sm_90, the emulated device (none without nvcc: the launch checks
+    that need them are then off, and ``kernel_resources()`` of the loaded library is empty).
+    selftest.cu is compiled against a folder that holds only its emu/selftest.h, not the
+    emulation's stand-ins for the CUDA headers."""
+    from plugins import kernel_resources as kr
+
+    if kr.find_nvcc() is None:
+        return ()
+    extra: tuple[Path, ...] = ()
+    if cu.name == "selftest.cu":
+        only = generated / "selftest_include"
+        (only / "emu").mkdir(parents=True, exist_ok=True)
+        _write_if_changed(only / "emu" / "selftest.h", (cu.parent / "include" / "emu" / "selftest.h").read_text())
+        extra = (only,)
+    return kr.kernel_resources(cu, "sm_90", include_dirs=extra)
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -144,7 +205,8 @@ def load(verbose: bool = False, asan: bool | None = None):
     generated.mkdir(parents=True, exist_ok=True)
     sources = [str(runtime), str(here / "module.cpp")]
     selftest = generated / "selftest.cpp"
-    _write_if_changed(selftest, rewrite_kernel_source((here / "selftest.cu").read_text(), str(here / "selftest.cu")))
+    _write_if_changed(selftest, rewrite_kernel_source((here / "selftest.cu").read_text(), str(here / "selftest.cu"),
+                                                      _resources(here / "selftest.cu", generated)))
     sources.append(str(selftest))
     for op in OPS:
         # one object per file name in torch's build: every op's front end is called cuda.cpp
@@ -153,7 +215,7 @@ def load(verbose: bool = False, asan: bool | None = None):
         sources.append(str(front))
         kernel = root / op / "kernel.cu"
         out = generated / f"{op}_kernel.cpp"
-        _write_if_changed(out, rewrite_kernel_source(kernel.read_text(), str(kernel)))
+        _write_if_changed(out, rewrite_kernel_source(kernel.read_text(), str(kernel), _resources(kernel, generated)))
         sources.append(str(out))
     includes = [str(here / "include"), str(root)]
     trt = tensorrt_include()

@@ -20,6 +20,7 @@ void reset(int64_t shared_optin_bytes, int64_t schedule_seed) {
     emu::reset(static_cast<int>(shared_optin_bytes), static_cast<uint64_t>(schedule_seed));
 }
 std::string launch_log() { return emu::launch_log(); }
+std::string kernel_resources() { return emu::kernel_resources(); }
 
 // One of selftest.cu's kernels on in = 0, 1, ..., 255: its output [272] (NaN where it wrote
 // nothing), or the RuntimeError of its launch.
@@ -40,5 +41,6 @@ TORCH_LIBRARY(eventspd_emu, m) {
     m.def(eventspd::kConvNeXtBlockSchema);
     m.def("reset(int shared_optin_bytes=0, int schedule_seed=0) -> ()", &reset);
     m.def("launch_log() -> str", &launch_log);
+    m.def("kernel_resources() -> str", &kernel_resources);
     m.def("selftest(str name) -> Tensor", &selftest);
 }

@@ -99,6 +99,28 @@ DeviceState& device() {
     return d;
 }
 
+// Filled while the library loads (static initialisers of the rewritten kernel.cu files); kept by
+// reset(): it describes the compiled code, not the device's state.
+std::map<const void*, KernelResources>& kernel_registry() {
+    static std::map<const void*, KernelResources> r;
+    return r;
+}
+
+const KernelResources* resources_of(const void* func) {
+    const auto it = kernel_registry().find(func);
+    return it == kernel_registry().end() ? nullptr : &it->second;
+}
+
+// cudaFuncGetAttributes' maxThreadsPerBlock on sm_90: registers go to a warp in units of 256, 64K
+// per block; the launch bound caps it too.
+int max_threads_per_block(const KernelResources& k) {
+    const int per_warp = (k.registers * kWarpSize + 255) / 256 * 256;
+    int threads = per_warp > 0 ? 65536 / per_warp * kWarpSize : 1024;
+    if (threads > 1024) threads = 1024;
+    if (k.launch_bound > 0 && k.launch_bound < threads) threads = k.launch_bound;
+    return threads;
+}
+
 // The launch in flight.
 struct Run {
     const LaunchConfig* cfg = nullptr;
@@ -376,22 +398,33 @@ bool run_block(Run& r, uint64_t& rng) {
 bool valid_config(const LaunchConfig& c, std::string* why, cudaError_t* code) {
     *code = cudaErrorInvalidConfiguration;
     const uint64_t threads = static_cast<uint64_t>(c.block.x) * c.block.y * c.block.z;
-    char buf[256];
+    char buf[512];
     if (c.grid.x < 1 || c.grid.x > 0x7fffffffu || c.grid.y < 1 || c.grid.y > 65535 || c.grid.z < 1 || c.grid.z > 65535) {
         std::snprintf(buf, sizeof(buf), "%s: invalid grid (%u, %u, %u): x must be in [1, 2^31 - 1], y and z in [1, 65535]",
                       c.name, c.grid.x, c.grid.y, c.grid.z);
     } else if (threads < 1 || threads > 1024 || c.block.z > 64) {
         std::snprintf(buf, sizeof(buf), "%s: invalid block (%u, %u, %u): 1 to 1024 threads, z <= 64", c.name, c.block.x,
                       c.block.y, c.block.z);
+    } else if (const KernelResources* k = resources_of(c.func); k != nullptr && threads > static_cast<uint64_t>(max_threads_per_block(*k))) {
+        *code = cudaErrorLaunchOutOfResources;
+        std::snprintf(buf, sizeof(buf),
+                      "%s: too many resources requested for launch: %llu threads per block, at most %d for this "
+                      "kernel (%d registers per thread on sm_90%s)",
+                      c.name, static_cast<unsigned long long>(threads), max_threads_per_block(*k), k->registers,
+                      k->launch_bound > 0 ? (", __launch_bounds__(" + std::to_string(k->launch_bound) + ")").c_str() : "");
     } else {
+        // Without cudaFuncSetAttribute static and dynamic shared memory share the 48 KB default;
+        // with it the attribute bounds the dynamic part (and was checked against the opt-in limit
+        // minus the static part when it was set).
         const auto it = device().max_dynamic_shared.find(c.func);
-        const size_t limit = it == device().max_dynamic_shared.end() ? kDefaultDynamicShared : it->second;
+        const size_t fixed = k != nullptr ? static_cast<size_t>(k->static_shared) : 0;
+        const size_t limit = it != device().max_dynamic_shared.end() ? it->second : kDefaultDynamicShared - fixed;
         if (c.smem <= limit) return true;
         *code = cudaErrorInvalidValue;
         std::snprintf(buf, sizeof(buf),
-                      "%s: %zu bytes of dynamic shared memory requested, %zu allowed (cudaFuncSetAttribute("
-                      "cudaFuncAttributeMaxDynamicSharedMemorySize) raises the 48 KB default)",
-                      c.name, c.smem, limit);
+                      "%s: %zu bytes of dynamic shared memory requested, %zu allowed (%zu bytes of static __shared__; "
+                      "cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) raises the 48 KB default)",
+                      c.name, c.smem, limit, fixed);
     }
     *why = buf;
     return false;
@@ -520,9 +553,13 @@ int shared_optin_bytes() { return device().shared_optin; }
 void set_shared_optin_bytes(int bytes) { device().shared_optin = bytes; }
 
 cudaError_t func_set_max_dynamic_shared(const void* func, int bytes) {
-    if (bytes < 0 || bytes > device().shared_optin) {
+    const KernelResources* k = resources_of(func);
+    const int fixed = k != nullptr ? k->static_shared : 0;  // the kernel's static __shared__ counts too
+    if (bytes < 0 || bytes + fixed > device().shared_optin) {
         set_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: " + std::to_string(bytes) +
-                                             " bytes of dynamic shared memory exceed the device's opt-in limit of " +
+                                             " bytes of dynamic shared memory" +
+                                             (fixed ? " and " + std::to_string(fixed) + " of static __shared__" : "") +
+                                             " exceed the device's opt-in limit of " +
                                              std::to_string(device().shared_optin));
         return cudaErrorInvalidValue;
     }
@@ -541,6 +578,22 @@ void reset(int shared_optin, uint64_t schedule_seed) {
 }
 
 std::string launch_log() { return device().log; }
+
+bool register_kernels(std::initializer_list<KernelResources> kernels) {
+    for (const KernelResources& k : kernels) kernel_registry()[k.func] = k;
+    return true;
+}
+
+std::string kernel_resources() {
+    std::string out;
+    char line[256];
+    for (const auto& [func, k] : kernel_registry()) {
+        std::snprintf(line, sizeof(line), "%s registers=%d static_shared=%d local=%d launch_bound=%d max_threads=%d\n",
+                      k.name, k.registers, k.static_shared, k.local_bytes, k.launch_bound, max_threads_per_block(k));
+        out += line;
+    }
+    return out;
+}
 
 void poison(void* memory, size_t bytes) {
     auto* b = static_cast<unsigned char*>(memory);

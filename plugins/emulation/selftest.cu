@@ -132,6 +132,32 @@ __global__ void signed_overflow(const float* in, float* out) {
 
 __global__ void plain(float* out) { out[threadIdx.x] = 1.f; }
 
+// Launched with more threads than its __launch_bounds__ allow (ptxas caps its registers for 64).
+__global__ void __launch_bounds__(64) bounded(float* out) { out[threadIdx.x % 272] = 1.f; }
+
+// Computes 128 values in a chain and consumes them last to first, so all are live at once: more
+// registers per thread (ptxas: over 128) than a block of 1024 threads can have (64 each), so such a
+// launch fails on a GPU ("too many resources requested for launch").
+__global__ void register_hungry(const float* in, float* out) {
+    float v[128];
+    float x = in[threadIdx.x % 256];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) v[i] = x = x * 1.0001f + static_cast<float>(i);
+    float s = v[127];
+#pragma unroll
+    for (int i = 0; i < 127; ++i) s = s * v[126 - i] + v[i];
+    out[threadIdx.x % 272] = s;
+}
+
+// 32 KB of static shared memory: with 20 KB of dynamic shared memory it is over the 48 KB that a
+// launch without cudaFuncSetAttribute gets, and the opt-in limit itself is too much dynamic memory.
+__global__ void static_shared(float* out) {
+    __shared__ float big[8192];
+    big[threadIdx.x] = static_cast<float>(threadIdx.x);
+    __syncthreads();
+    out[threadIdx.x] = big[31 - threadIdx.x];
+}
+
 // Reads in[256..287], past the end of its 256 floats: silent in the plain build (a host read
 // past a tensor is not checked), a heap-buffer-overflow report in the AddressSanitizer build.
 __global__ void read_past_the_end(const float* in, float* out) { out[threadIdx.x] = in[256 + threadIdx.x]; }
@@ -141,7 +167,7 @@ __global__ void read_past_the_end(const float* in, float* out) { out[threadIdx.x
 namespace emu {
 
 bool selftest_exists(const char* name) {
-    for (const char* n : {"correct", "shuffle_after_exit", "divergent_barrier", "unsynced_shared_read", "misaligned_vector_load", "index_out_of_bounds", "misaligned_wmma_tile", "nonuniform_wmma_load", "read_tile_before_syncwarp", "mismatched_warp_barriers", "signed_overflow", "over_the_optin_limit", "too_much_shared_memory", "read_past_the_end", "empty_grid", "too_many_threads"})
+    for (const char* n : {"correct", "shuffle_after_exit", "divergent_barrier", "unsynced_shared_read", "misaligned_vector_load", "index_out_of_bounds", "misaligned_wmma_tile", "nonuniform_wmma_load", "read_tile_before_syncwarp", "mismatched_warp_barriers", "signed_overflow", "over_the_optin_limit", "too_much_shared_memory", "read_past_the_end", "empty_grid", "too_many_threads", "over_its_launch_bounds", "too_many_registers", "static_and_dynamic_shared", "static_shared_and_the_optin_limit", "within_their_resources"})
         if (!std::strcmp(name, n)) return true;
     return false;
 }
@@ -180,6 +206,23 @@ cudaError_t selftest(const char* name, const float* in, float* out) {
         plain<<<0, 32>>>(out);
     } else if (!std::strcmp(name, "too_many_threads")) {
         plain<<<1, 2048>>>(out);
+    } else if (!std::strcmp(name, "over_its_launch_bounds")) {
+        bounded<<<1, 128>>>(out);
+    } else if (!std::strcmp(name, "too_many_registers")) {
+        register_hungry<<<1, 1024>>>(in, out);
+    } else if (!std::strcmp(name, "static_and_dynamic_shared")) {
+        static_shared<<<1, 32, 20 * 1024>>>(out);
+    } else if (!std::strcmp(name, "within_their_resources")) {  // the three kernels above, launchable
+        bounded<<<1, 64>>>(out);
+        if (cudaGetLastError() != cudaSuccess) return cudaErrorLaunchFailure;
+        register_hungry<<<1, 256>>>(in, out);
+        if (cudaGetLastError() != cudaSuccess) return cudaErrorLaunchFailure;
+        cudaError_t err = cudaFuncSetAttribute(static_shared, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               shared_optin_bytes() - 32 * 1024);
+        if (err != cudaSuccess) return err;
+        static_shared<<<1, 32, 16 * 1024>>>(out);
+    } else if (!std::strcmp(name, "static_shared_and_the_optin_limit")) {
+        return cudaFuncSetAttribute(static_shared, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_optin_bytes());
     } else {
         return cudaErrorInvalidValue;
     }

@@ -86,6 +86,48 @@ def test_defective_kernel_is_rejected(emu, name, message):
         emu.selftest(name)
 
 
+def _needs_kernel_resources(ops) -> None:
+    from helpers import skip_or_fail
+
+    if not ops.kernel_resources():
+        skip_or_fail("the emulation was built without nvcc: no ptxas figures, no launch-resource checks")
+
+
+@pytest.mark.parametrize("name,message", [
+    ("over_its_launch_bounds", r"bounded: too many resources requested for launch: 128 threads per block, at most 64 "
+                               r"for this kernel \(10 registers per thread on sm_90, __launch_bounds__\(64\)\)"),
+    ("too_many_registers", r"register_hungry: too many resources requested for launch: 1024 threads per block, at "
+                           r"most \d+ for this kernel \(1[3-9]\d registers per thread on sm_90\)"),
+    ("static_and_dynamic_shared", r"static_shared: 20480 bytes of dynamic shared memory requested, 16384 allowed "
+                                  r"\(32768 bytes of static __shared__"),
+    ("static_shared_and_the_optin_limit", r"cudaFuncSetAttribute: 232448 bytes of dynamic shared memory and 32768 of "
+                                          r"static __shared__ exceed the device's opt-in limit of 232448"),
+])
+def test_launch_beyond_the_kernels_ptxas_resources_is_rejected(emu, name, message):
+    # registers, launch bounds and static shared memory as ptxas reports them for sm_90
+    # (plugins/kernel_resources.py, registered by the rewrite): what a GPU refuses at launch time
+    _needs_kernel_resources(emu)
+    emu.reset()
+    with pytest.raises(RuntimeError, match=message):
+        emu.selftest(name)
+    emu.reset()
+    out = emu.selftest("within_their_resources")  # the same kernels, launched within them
+    assert torch.equal(out[:32], torch.arange(31, -1, -1, dtype=torch.float32))
+
+
+def test_every_kernel_of_plugins_has_its_ptxas_figures_registered(emu):
+    from plugins import kernel_resources as kr
+
+    _needs_kernel_resources(emu)
+    registered = {m[1]: m[0] for m in re.finditer(r"^(.+?) registers=.*$", emu.kernel_resources(), re.M)}
+    for cu in kr.kernel_sources():
+        for r in kr.kernel_resources(cu, "sm_90"):
+            assert f"{r.template_id} registers={r.registers} static_shared={r.static_shared}" in registered[r.template_id]
+    # the launch bounds came from the source: the fused block's kernels run 8 and 4 warps
+    assert "launch_bound=256 max_threads=256" in registered["block_pass1<__half, true>"]
+    assert "launch_bound=128 max_threads=128" in registered["block_pass1_tc<true>"]
+
+
 def test_tile_read_before_the_syncwarp_after_a_wmma_store_is_incomplete(emu):
     # store_matrix_sync leaves the tile complete only after the warp's next barrier: lane 0 reading
     # it all straight away sees the other lanes' shares still 0 (a GPU gives no guarantee either)

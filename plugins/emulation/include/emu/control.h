@@ -12,6 +12,9 @@ namespace emu {
 void reset(int shared_optin_bytes, uint64_t schedule_seed);
 // One line per launch since reset(): "<kernel> grid=(x,y,z) block=(x,y,z) smem=<bytes>".
 std::string launch_log();
+// One line per kernel whose ptxas figures the library registered (none when it was built without
+// nvcc): "<template-id> registers=<n> static_shared=<bytes> local=<bytes> launch_bound=<n> max_threads=<n>".
+std::string kernel_resources();
 // Fills memory with the bytes of 0x7FA57FA5, as fresh shared memory starts: NaN as float, half and
 // bfloat16, a huge index as int32 / int64 (a huge finite number as double).
 void poison(void* memory, size_t bytes);

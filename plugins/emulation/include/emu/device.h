@@ -12,7 +12,9 @@
 // fiber's switches). Dynamic shared memory is allocated per block with exactly the launch's size
 // and filled with the bytes of 0x7FA57FA5 (NaN as float and as half, a huge index as int32 or
 // int64), so a read of an unwritten element shows. Static __shared__ variables are statics: zero
-// once, then whatever the previous block left (not poisoned).
+// once, then whatever the previous block left (not poisoned). With ptxas' figures registered
+// (register_kernels below) a launch is also held to the kernel's registers, launch bounds and
+// static shared memory, as a GPU holds it.
 //
 // What it cannot tell: timing, memory-model races between warps that a barrier would order on a
 // GPU anyway, the exact rounding of tensor-core accumulation (here fp32 in k order), rsqrtf's
@@ -25,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -92,6 +95,20 @@ struct LaunchConfig {
     const void* func;
 };
 void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx);
+
+// What ptxas reports for a kernel on sm_90 (plugins/kernel_resources.py), registered by the code
+// plugins/emulation/__init__.py appends to each rewritten kernel.cu (nothing without nvcc). With it
+// a launch is checked as a GPU checks it: threads within the function's maxThreadsPerBlock (its
+// __launch_bounds__ and its registers cap it), static plus dynamic shared memory within the limit.
+struct KernelResources {
+    const void* func;
+    const char* name;    // the template-id, e.g. "block_pass1_tc<true>"
+    int registers;       // per thread
+    int static_shared;   // bytes of __shared__ variables
+    int local_bytes;     // ptxas' stack frame (not checked here; tests/plugins/test_kernel_resources.py)
+    int launch_bound;    // __launch_bounds__' maxThreadsPerBlock, 0 for none
+};
+bool register_kernels(std::initializer_list<KernelResources> kernels);
 
 inline dim3 to_dim3(dim3 d) { return d; }
 template <class I, class = std::enable_if_t<std::is_integral_v<I>>>

@@ -8,4 +8,7 @@ namespace emu {
 // (cudaErrorInvalidValue for an unknown name).
 cudaError_t selftest(const char* name, const float* in, float* out);
 bool selftest_exists(const char* name);
+// The emulated device's opt-in shared memory per block (runtime.cpp; declared here too so that nvcc,
+// which compiles selftest.cu for plugins/kernel_resources.py, sees it).
+int shared_optin_bytes();
 }  // namespace emu
