@@ -47,6 +47,9 @@ CFLAGS = ["-O1", "-ffp-contract=off", "-DEVENTSPD_CUDA_EMULATION",
 _LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_]\w*(?:<[^<>;(){}]*>)?)\s*<<<(?P<config>.*?)>>>\s*\(", re.S)
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?(?P<type>[A-Za-z_][\w ]*?)\s+"
                             r"(?P<name>\w+)\s*\[\s*\]\s*;")
+# a static __shared__ declaration (the extern ones are rewritten first): `__shared__ T name[dims];`
+_STATIC_SHARED = re.compile(r"__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?[A-Za-z_][\w:<>, ]*?\s+(?P<name>\w+)\s*"
+                            r"(?:\[[^\]\n]+\]\s*)*;")
 _ops = None
 
 
@@ -56,12 +59,17 @@ class EmulationSourceError(RuntimeError):
 
 def rewrite_kernel_source(text: str, path: str, resources=()) -> str:
     """kernel.cu -> C++ for the emulation: ``k<<<g, b, s, st>>>(args)`` ->
-    ``::emu::launch("k", k, g, b, s, st)(args)`` and ``extern __shared__ T name[];`` -> a pointer to
-    the block's dynamic shared memory. Lines are kept, so ``#line`` maps every line back.
+    ``::emu::launch("k", k, g, b, s, st)(args)``, ``extern __shared__ T name[];`` -> a pointer to
+    the block's dynamic shared memory, and a static ``__shared__`` declaration is followed by
+    ``::emu::fresh_shared(&name, sizeof(name));`` on its line. Lines are kept, so ``#line`` maps
+    every line back.
     ``resources`` (plugins.kernel_resources.KernelResources of this file on sm_90) are registered
     at the end, with each kernel's ``__launch_bounds__``, for the launch checks."""
     text = _EXTERN_SHARED.sub(
         lambda m: f"{m['type']}* const {m['name']} = ::emu::dynamic_shared_as<{m['type']}>();", text)
+    # a static __shared__ variable is a C++ static here: fresh_shared poisons it when the first of a
+    # block's threads reaches its declaration, so each block starts with unwritten shared memory
+    text = _STATIC_SHARED.sub(lambda m: f"{m[0]} ::emu::fresh_shared(&{m['name']}, sizeof({m['name']}));", text)
     text = _LAUNCH.sub(lambda m: f'::emu::launch("{m["kernel"]}", {m["kernel"]}, {m["config"]})(', text)
     for left in ("<<<", "extern __shared__"):
         if left in text:

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -132,6 +133,7 @@ struct Run {
     std::vector<WarpSlots> warps;
     Context scheduler{};
     void* shared = nullptr;
+    std::set<void*> fresh_statics;  // the static __shared__ variables this block has poisoned
     std::string error;  // the first violation
 };
 Run* g_run = nullptr;
@@ -472,6 +474,7 @@ void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
                 }
                 poison(shared, cfg.smem);
                 r.shared = shared;
+                r.fresh_statics.clear();
                 run_block(r, rng);
                 r.shared = nullptr;
                 std::free(shared);
@@ -486,6 +489,11 @@ void* dynamic_shared() {
         return nullptr;
     }
     return g_run->shared;
+}
+
+void fresh_shared(void* variable, size_t bytes) {
+    if (g_run == nullptr) return fail("__shared__", "declared outside a kernel");
+    if (g_run->fresh_statics.insert(variable).second) poison(variable, bytes);
 }
 
 void* warp_scratch() {

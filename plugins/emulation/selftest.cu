@@ -132,6 +132,18 @@ __global__ void signed_overflow(const float* in, float* out) {
 
 __global__ void plain(float* out) { out[threadIdx.x] = 1.f; }
 
+// Thread 0 of each block reads a static __shared__ variable before writing it: block 1 would see
+// what block 0 left (a static is zero once, then keeps its value) where a GPU gives each block fresh,
+// undefined shared memory; the emulation poisons it per block, so both reads give NaN.
+__global__ void static_shared_read_before_write(float* out) {
+    __shared__ float slot;
+    if (threadIdx.x == 0) {
+        out[blockIdx.x] = slot;
+        slot = static_cast<float>(blockIdx.x + 1);
+        out[2 + blockIdx.x] = slot;
+    }
+}
+
 // Launched with more threads than its __launch_bounds__ allow (ptxas caps its registers for 64).
 __global__ void __launch_bounds__(64) bounded(float* out) { out[threadIdx.x % 272] = 1.f; }
 
@@ -167,7 +179,7 @@ __global__ void read_past_the_end(const float* in, float* out) { out[threadIdx.x
 namespace emu {
 
 bool selftest_exists(const char* name) {
-    for (const char* n : {"correct", "shuffle_after_exit", "divergent_barrier", "unsynced_shared_read", "misaligned_vector_load", "index_out_of_bounds", "misaligned_wmma_tile", "nonuniform_wmma_load", "read_tile_before_syncwarp", "mismatched_warp_barriers", "signed_overflow", "over_the_optin_limit", "too_much_shared_memory", "read_past_the_end", "empty_grid", "too_many_threads", "over_its_launch_bounds", "too_many_registers", "static_and_dynamic_shared", "static_shared_and_the_optin_limit", "within_their_resources"})
+    for (const char* n : {"correct", "shuffle_after_exit", "divergent_barrier", "unsynced_shared_read", "misaligned_vector_load", "index_out_of_bounds", "misaligned_wmma_tile", "nonuniform_wmma_load", "read_tile_before_syncwarp", "mismatched_warp_barriers", "signed_overflow", "over_the_optin_limit", "too_much_shared_memory", "read_past_the_end", "empty_grid", "too_many_threads", "over_its_launch_bounds", "too_many_registers", "static_and_dynamic_shared", "static_shared_and_the_optin_limit", "within_their_resources", "static_shared_read_before_write"})
         if (!std::strcmp(name, n)) return true;
     return false;
 }
@@ -206,6 +218,8 @@ cudaError_t selftest(const char* name, const float* in, float* out) {
         plain<<<0, 32>>>(out);
     } else if (!std::strcmp(name, "too_many_threads")) {
         plain<<<1, 2048>>>(out);
+    } else if (!std::strcmp(name, "static_shared_read_before_write")) {
+        static_shared_read_before_write<<<2, 32>>>(out);
     } else if (!std::strcmp(name, "over_its_launch_bounds")) {
         bounded<<<1, 128>>>(out);
     } else if (!std::strcmp(name, "too_many_registers")) {

@@ -47,6 +47,8 @@ def test_rewrite_of_launches_and_dynamic_shared_memory_keeps_every_line():
     assert "unsigned char* const buf = ::emu::dynamic_shared_as<unsigned char>();" in body
     assert '::emu::launch("k", k, dim3(2, 3), 64, 128, st)(p);' in body
     assert '::emu::launch("pass<T, true>", pass<T, true>, static_cast<unsigned>(n), 32)(p);' in body
+    shared = emulation.rewrite_kernel_source("__global__ void t() {\n    __shared__ __align__(16) U tile[32][33];\n}\n", "t.cu")
+    assert "    __shared__ __align__(16) U tile[32][33]; ::emu::fresh_shared(&tile, sizeof(tile));\n" in shared
 
 
 def test_rewrite_refuses_what_it_cannot_rewrite():
@@ -142,6 +144,14 @@ def test_read_before_the_writer_synchronised_sees_poisoned_shared_memory(emu):
     emu.reset()
     out = emu.selftest("unsynced_shared_read")
     assert torch.isnan(out[:31]).all() and out[31].item() == 0.0
+
+
+def test_each_block_starts_with_poisoned_static_shared_memory(emu):
+    # a static __shared__ variable read before its block wrote it: NaN in both blocks (as a C++
+    # static it would be 0 in block 0 and block 0's leftover 1 in block 1)
+    emu.reset()
+    out = emu.selftest("static_shared_read_before_write")
+    assert torch.isnan(out[:2]).all() and out[2:4].tolist() == [1.0, 2.0]
 
 
 # ---- the kernels' launch paths on the emulated devices ---------------------------------------------

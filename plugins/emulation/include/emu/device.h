@@ -11,8 +11,8 @@
 // returned by the next cudaGetLastError and then cleared. Atomics are plain read-modify-writes (nothing runs between a
 // fiber's switches). Dynamic shared memory is allocated per block with exactly the launch's size
 // and filled with the bytes of 0x7FA57FA5 (NaN as float and as half, a huge index as int32 or
-// int64), so a read of an unwritten element shows. Static __shared__ variables are statics: zero
-// once, then whatever the previous block left (not poisoned). With ptxas' figures registered
+// int64), so a read of an unwritten element shows. Static __shared__ variables are statics, poisoned
+// the same way when the first of a block's threads reaches their declaration. With ptxas' figures registered
 // (register_kernels below) a launch is also held to the kernel's registers, launch bounds and
 // static shared memory, as a GPU holds it.
 //
@@ -78,6 +78,9 @@ enum class WarpOp : uint8_t { kSyncwarp, kShuffle, kWmma };
 void warp_barrier(WarpOp op);
 uint64_t shuffle_xor(uint64_t bits, int lane_mask, int width, unsigned mask);
 void* dynamic_shared();
+// Poisons a static __shared__ variable (a C++ static here) the first time one of the running
+// block's threads reaches its declaration; the rewrite calls it right after every one.
+void fresh_shared(void* variable, size_t bytes);
 // For warp-collective operations that every lane would otherwise repeat (WMMA): a per-warp scratch
 // of kWarpScratchBytes (zeroed when a block starts) and the running thread's count of such calls.
 constexpr size_t kWarpScratchBytes = 8192;
