@@ -32,6 +32,7 @@ PLUGINS_DIR = Path(__file__).resolve().parent
 LIBRARY_NAME = "libeventspd_plugins.so"
 COMMON_ROOTS = ("/usr/local/tensorrt", "/opt/tensorrt", "/usr/lib/x86_64-linux-gnu", "/usr")
 _HEADER = "NvInferRuntime.h"
+TENSORRT_INCLUDE_ENV = "TENSORRT_INCLUDE"  # TensorRT's include/ folder, for builds without a TensorRT root
 _INCLUDE_SUFFIXES = ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu")
 _LIB_SUFFIXES = ("lib", "lib64", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu", "targets/x86_64-linux/lib", "")
 
@@ -112,7 +113,7 @@ def find_tensorrt_rtx(include_dir: str | os.PathLike | None = None,
     if libs is None or not (libs / RTX_LIBRARY).is_file():
         raise TensorRTNotFoundError("TensorRT-RTX is not installed for this Python (no tensorrt_rtx_libs/"
                                     f"{RTX_LIBRARY}): install it with `pip install -e .[tensorrt-rtx]`")
-    candidates = [Path(p) for p in (include_dir, os.environ.get("TENSORRT_INCLUDE")) if p]
+    candidates = [Path(p) for p in (include_dir, os.environ.get(TENSORRT_INCLUDE_ENV)) if p]
     if tensorrt_root:
         candidates.append(Path(tensorrt_root) / "include")
     inc = next((c for c in candidates if (c / _HEADER).is_file()), None)
@@ -125,10 +126,31 @@ def find_tensorrt_rtx(include_dir: str | os.PathLike | None = None,
     return inc, libs / RTX_LIBRARY
 
 
+def header_problem(inc: Path, majors: tuple[int, ...], purpose: str) -> str | None:
+    """Why ``inc`` is not the include/ folder of a TensorRT whose major version is one of ``majors``
+    (None when it is). The one test of "TensorRT headers" that the build, the CPU emulation
+    (plugins/emulation) and the tests' fixture share; ``purpose`` says who needs them."""
+    if not (inc / _HEADER).is_file():
+        return f"{inc} has no {_HEADER}: pass TensorRT's include/ folder"
+    if _header_major(inc) not in majors:
+        wanted = " or ".join(f"{m}.x" for m in majors)
+        return f"{inc} holds TensorRT {tensorrt_version(inc)} headers; {purpose} needs TensorRT {wanted} headers"
+    return None
+
+
+def include_from_env(majors: tuple[int, ...], purpose: str) -> tuple[Path | None, str | None]:
+    """($TENSORRT_INCLUDE as a Path, None) when it names headers of one of ``majors``, else (None, why)."""
+    inc = os.environ.get(TENSORRT_INCLUDE_ENV)
+    if not inc:
+        return None, f"{TENSORRT_INCLUDE_ENV} is not set"
+    why = header_problem(Path(inc), majors, purpose)
+    return (None, f"{TENSORRT_INCLUDE_ENV}={why}") if why else (Path(inc), None)
+
+
 def _require_11_headers(inc: Path) -> None:
-    if _header_major(inc) != 11:
-        raise TensorRTNotFoundError(f"{inc} holds TensorRT {tensorrt_version(inc)} headers; a plugin library for "
-                                    "TensorRT-RTX 1.7 needs TensorRT 11.x headers (10.x ones crash at load)")
+    why = header_problem(inc, (11,), "a plugin library for TensorRT-RTX 1.7")
+    if why is not None:
+        raise TensorRTNotFoundError(f"{why} (10.x ones crash at load)")
 
 
 def _given_headers(include_dir: str | os.PathLike) -> Path:
@@ -144,7 +166,7 @@ def resolve_build_inputs(runtime: str = "auto", tensorrt_root=None, include_dir=
     if runtime not in ("auto", "tensorrt", "tensorrt-rtx"):
         raise PluginBuildError(f"--runtime {runtime!r}: choose auto, tensorrt or tensorrt-rtx")
     if library is not None:  # exactly the given library, with the given (or $TENSORRT_INCLUDE) headers
-        include_dir = include_dir or os.environ.get("TENSORRT_INCLUDE")
+        include_dir = include_dir or os.environ.get(TENSORRT_INCLUDE_ENV)
         if include_dir is None:
             raise PluginBuildError("--tensorrt-library needs --tensorrt-include (or TENSORRT_INCLUDE): the header "
                                    "folder to compile against")

@@ -61,19 +61,14 @@ def rtx_runtime():
 
 @pytest.fixture(scope="session")
 def tensorrt_include():
-    import os
-    from pathlib import Path
+    from plugins.trt_build import include_from_env
 
-    from plugins.trt_build import tensorrt_version
-
-    inc = os.environ.get("TENSORRT_INCLUDE")
-    if not inc or not (Path(inc) / "NvInferRuntime.h").is_file():
-        skip_or_fail("set TENSORRT_INCLUDE to TensorRT 11.x's include/ folder (`make test` uses "
+    # TensorRT-RTX 1.7 loads only plugins built against TensorRT 11 headers
+    inc, why = include_from_env((11,), "these tests (TensorRT-RTX 1.7 loads only plugins built against them)")
+    if inc is None:
+        skip_or_fail(f"{why}: set it to TensorRT 11.x's include/ folder (`make test` uses "
                      "../shared/third_party/tensorrt-11.1/include)")
-    if not tensorrt_version(Path(inc)).startswith("11."):
-        skip_or_fail(f"TENSORRT_INCLUDE={inc} holds TensorRT {tensorrt_version(Path(inc))} headers; these tests "
-                     "need TensorRT 11.x's (TensorRT-RTX 1.7 loads only plugins built against them)")
-    return Path(inc)
+    return inc
 
 
 @pytest.fixture(scope="session")

@@ -54,14 +54,15 @@ def emulated_backend(options: CheckOptions) -> Backend:
     from plugins.emulation.graph import PluginRunError, polygraphy_runner
 
     files = _onnx_files(options)
-    if emulation.tensorrt_include() is None:
-        raise UserError("--backend emulated builds our TensorRT plugins against TensorRT's headers: set "
+    headers, why = emulation.tensorrt_headers()
+    if headers is None:
+        raise UserError(f"--backend emulated builds our TensorRT plugins against TensorRT's headers ({why}): set "
                         "TENSORRT_INCLUDE to a TensorRT 10/11 include/ folder (with NvInferRuntime.h)")
     try:
         emulation.load()
     except Exception as exc:  # no compiler, no ninja, a failed build: say so in one sentence
         raise UserError(f"--backend emulated: the CPU emulation of the plugins does not build here "
-                        f"(headers {emulation.tensorrt_include()}): {_first_error(str(exc))}") from None
+                        f"(headers {headers}): {_first_error(str(exc))}") from None
     name = f"emulated-{options.precision}"
     return Backend(name, lambda g: polygraphy_runner(str(files[g]), f"{name}-{g}"), files,
                    run_errors=(PluginRunError,))

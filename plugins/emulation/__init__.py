@@ -166,19 +166,26 @@ def build_directory(asan: bool = False) -> Path:
     return Path(os.environ.get("EVENTSPD_EMULATION_BUILD", default))
 
 
-TENSORRT_INCLUDE_ENV = "TENSORRT_INCLUDE"
 # another plugins/ tree to build from (an edited copy: tests/plugins/test_plugin_runtime.py builds a
 # deliberately broken plugin that way), with $EVENTSPD_EMULATION_BUILD naming a separate build folder
 SOURCES_ENV = "EVENTSPD_EMULATION_SOURCES"
 
 
-def tensorrt_include() -> Path | None:
-    """The TensorRT (10.x/11.x) ``include/`` folder named by ``$TENSORRT_INCLUDE``, or None. With it,
-    ``load()`` also builds the TensorRT plugins' glue and ``plugin_run`` (plugin_runtime.cpp)."""
-    from plugins.trt_build import _HEADER
+TENSORRT_PURPOSE = "the CPU emulation's TensorRT plugin runtime"
 
-    inc = os.environ.get(TENSORRT_INCLUDE_ENV)
-    return Path(inc) if inc and (Path(inc) / _HEADER).is_file() else None
+
+def tensorrt_headers() -> tuple[Path | None, str | None]:
+    """(the TensorRT 10.x/11.x ``include/`` folder ``$TENSORRT_INCLUDE`` names, None), or (None, why
+    not). With it, ``load()`` also builds the TensorRT plugins' glue and ``plugin_run``
+    (plugin_runtime.cpp)."""
+    from plugins.trt_build import include_from_env
+
+    return include_from_env((10, 11), TENSORRT_PURPOSE)
+
+
+def tensorrt_include() -> Path | None:
+    """The folder of ``tensorrt_headers()``, or None."""
+    return tensorrt_headers()[0]
 
 
 def has_plugin_runtime() -> bool:

@@ -127,6 +127,22 @@ def _fake_headers(folder: Path, major: int) -> Path:
     return folder
 
 
+def test_one_test_of_tensorrt_headers_for_the_build_the_emulation_and_the_tests(tmp_path: Path, monkeypatch):
+    from plugins import emulation, trt_build
+
+    monkeypatch.delenv("TENSORRT_INCLUDE", raising=False)
+    assert trt_build.include_from_env((11,), "x") == (None, "TENSORRT_INCLUDE is not set")
+    old, new = _fake_headers(tmp_path / "trt10", 10), _fake_headers(tmp_path / "trt11", 11)
+    assert trt_build.header_problem(tmp_path, (11,), "x") == f"{tmp_path} has no NvInferRuntime.h: pass TensorRT's include/ folder"
+    assert trt_build.header_problem(old, (11,), "the tests") == \
+        f"{old} holds TensorRT 10.0.0 headers; the tests needs TensorRT 11.x headers"
+    monkeypatch.setenv("TENSORRT_INCLUDE", str(old))
+    assert trt_build.include_from_env((11,), "x")[1].startswith(f"TENSORRT_INCLUDE={old} holds TensorRT 10.0.0")
+    assert emulation.tensorrt_headers() == (old, None)  # the emulation's plugin runtime takes 10.x and 11.x
+    monkeypatch.setenv("TENSORRT_INCLUDE", str(new))
+    assert trt_build.include_from_env((11,), "x") == (new, None)
+
+
 def test_trt_build_inputs_for_tensorrt_rtx(tmp_path: Path, monkeypatch, rtx_runtime):
     """build-plugins against TensorRT-RTX: which headers and library, and each refusal."""
     from plugins import trt_build
