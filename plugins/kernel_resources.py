@@ -228,6 +228,70 @@ def kernel_resources(cu: Path, arch: str = "sm_90", include_dirs: tuple[Path, ..
     return found
 
 
+_LAUNCH_LINE = re.compile(r"^(?P<text>.+?) grid=\((?P<grid>[\d,]+)\) block=\((?P<block>[\d,]+)\) smem=(?P<smem>\d+)"
+                          r"(?: kernel=(?P<kernel>.+?) registers=(?P<regs>\d+) static_shared=(?P<static>\d+))?$", re.M)
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchOccupancy:
+    """One distinct launch configuration of a kernel and what it gets of an SM."""
+    kernel: str  # the template-id, or the launch's text where ptxas' figures were not registered
+    grid: tuple[int, int, int]
+    threads: int
+    dynamic_shared: int
+    registers: int | None
+    static_shared: int | None
+    launches: int  # how many launches in the log had this configuration
+    blocks_per_sm: int | None = None
+    limiter: str | None = None
+
+    def occupancy(self, device: Device) -> float | None:
+        """Theoretical occupancy: resident warps over the SM's maximum."""
+        if self.blocks_per_sm is None:
+            return None
+        return self.blocks_per_sm * -(-self.threads // 32) / device.max_warps_per_sm
+
+
+def launch_occupancy(log: str, device: Device, resources: dict[str, KernelResources] | None = None) -> list[LaunchOccupancy]:
+    """The CPU emulation's launch log (``emu.launch_log()``) as distinct launch configurations with
+    their resident blocks per SM on ``device``. The log carries sm_90's figures; ``resources``
+    (template-id -> KernelResources) replaces them, e.g. with another architecture's."""
+    counts: dict[tuple, int] = {}
+    for m in _LAUNCH_LINE.finditer(log):
+        key = (m["kernel"] or m["text"], tuple(int(v) for v in m["grid"].split(",")),
+               _product(m["block"]), int(m["smem"]), m["regs"], m["static"])
+        counts[key] = counts.get(key, 0) + 1
+    rows = []
+    for (kernel, grid, threads, smem, regs, static), n in counts.items():
+        r = (resources or {}).get(kernel)
+        if r is None and regs is not None:
+            r = KernelResources(kernel, "", device.arch, int(regs), 0, 0, 0, int(static), 0)
+        blocks, limiter = r.blocks_per_sm(device, threads, smem) if r else (None, None)
+        rows.append(LaunchOccupancy(kernel, grid, threads, smem, r.registers if r else None,
+                                    r.static_shared if r else None, n, blocks, limiter))
+    return rows
+
+
+def _product(dims: str) -> int:
+    out = 1
+    for v in dims.split(","):
+        out *= int(v)
+    return out
+
+
+def occupancy_table(rows: list[LaunchOccupancy], device: Device) -> str:
+    head = (f"{'kernel':44} {'launches':>8} {'grid':>14} {'threads':>7} {'dyn smem':>8} {'regs':>4} "
+            f"{'blocks/SM':>9} {'occupancy':>9}  limited by")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        occ = r.occupancy(device)
+        lines.append(f"{r.kernel[:44]:44} {r.launches:>8} {'x'.join(map(str, r.grid)):>14} {r.threads:>7} "
+                     f"{r.dynamic_shared:>8} {r.registers if r.registers is not None else '?':>4} "
+                     f"{r.blocks_per_sm if r.blocks_per_sm is not None else '?':>9} "
+                     f"{f'{occ:.0%}' if occ is not None else '?':>9}  {r.limiter or 'no ptxas figures'}")
+    return "\n".join(lines)
+
+
 def kernel_sources() -> list[Path]:
     return sorted(PLUGINS.glob("*/kernel.cu"))
 

@@ -437,10 +437,16 @@ bool valid_config(const LaunchConfig& c, std::string* why, cudaError_t* code) {
 void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
     DeviceState& d = device();
     d.message_error = cudaSuccess;  // a message describes the launch that failed, not an older one
-    char line[200];
-    std::snprintf(line, sizeof(line), "%s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu\n", cfg.name, cfg.grid.x, cfg.grid.y,
+    char line[400];
+    std::snprintf(line, sizeof(line), "%s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu", cfg.name, cfg.grid.x, cfg.grid.y,
                   cfg.grid.z, cfg.block.x, cfg.block.y, cfg.block.z, cfg.smem);
     d.log += line;
+    if (const KernelResources* k = resources_of(cfg.func)) {  // the instantiation, for plugins/kernel_resources.py
+        std::snprintf(line, sizeof(line), " kernel=%s registers=%d static_shared=%d", k->name, k->registers,
+                      k->static_shared);
+        d.log += line;
+    }
+    d.log += '\n';
     if (g_run != nullptr) {
         set_error(cudaErrorLaunchFailure, std::string(cfg.name) + ": launched from inside a kernel (not emulated)");
         return;

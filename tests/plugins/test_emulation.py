@@ -33,7 +33,7 @@ def emu():
 def launches(ops) -> list[tuple[str, int]]:
     """(kernel, dynamic shared bytes) of each launch since the last reset."""
     return [(m["name"], int(m["smem"])) for m in
-            re.finditer(r"^(?P<name>.+?) grid=\S+ block=\S+ smem=(?P<smem>\d+)$", ops.launch_log(), re.M)]
+            re.finditer(r"^(?P<name>.+?) grid=\S+ block=\S+ smem=(?P<smem>\d+)(?: kernel=.*)?$", ops.launch_log(), re.M)]
 
 
 # ---- the rewrite of kernel.cu -------------------------------------------------------------------
@@ -327,3 +327,6 @@ def test_tiny_model_on_emulated_kernels_equals_reference_ops(emu, monkeypatch, c
     assert counts.get("topr_route_kernel<T, true>", 0) + counts.get("topr_route_kernel<T, false>", 0) >= 1, counts
     assert counts.get("kernel", 0) >= 1, counts  # deform_read_kernel
     assert ("nchw_to_nhwc<uint32_t>" in counts) != channels_last_maps, counts
+    if emu.kernel_resources():  # every launch the model made is of a kernel whose ptxas figures are registered
+        unregistered = [line for line in emu.launch_log().splitlines() if " kernel=" not in line]
+        assert unregistered == []

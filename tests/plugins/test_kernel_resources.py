@@ -127,3 +127,54 @@ def test_cli_prints_the_table_and_json(capsys, monkeypatch):
     monkeypatch.setattr(kr, "find_nvcc", lambda: None)
     assert kr.main([]) == 2
     assert capsys.readouterr().err.strip() == "error: nvcc not found (set CUDA_HOME or put nvcc on PATH)"
+
+
+LOG = """block_pass1_tc<kSharedW> grid=(160,1,1) block=(128,1,1) smem=41728 kernel=block_pass1_tc<true> registers=56 static_shared=0
+block_pass1_tc<kSharedW> grid=(160,1,1) block=(128,1,1) smem=41728 kernel=block_pass1_tc<true> registers=56 static_shared=0
+kernel grid=(128,1,1) block=(128,1,1) smem=9216 kernel=deform_read_kernel<__half, __half, true> registers=40 static_shared=0
+nchw_to_nhwc<uint16_t> grid=(20,6,1) block=(32,8,1) smem=0
+"""
+
+
+def test_launch_occupancy_from_the_emulations_log():
+    h200 = kr.DEVICES["sm_90"]
+    tc, deform, unknown = kr.launch_occupancy(LOG, h200)
+    # 41728 + 1024 reserved bytes a block: 5 blocks in 228 KB, 5 x 4 warps of 64
+    assert (tc.kernel, tc.launches, tc.grid, tc.threads, tc.blocks_per_sm, tc.limiter) == \
+        ("block_pass1_tc<true>", 2, (160, 1, 1), 128, 5, "shared memory")
+    assert tc.occupancy(h200) == 20 / 64
+    assert (deform.blocks_per_sm, deform.limiter, deform.occupancy(h200)) == (12, "registers", 0.75)
+    # a launch without registered figures (the emulation built without nvcc) is listed, not guessed
+    assert (unknown.kernel, unknown.threads, unknown.registers, unknown.blocks_per_sm) == ("nchw_to_nhwc<uint16_t>", 256, None, None)
+    table = kr.occupancy_table([tc, deform, unknown], h200)
+    assert re.search(r"block_pass1_tc<true>\s+2\s+160x1x1\s+128\s+41728\s+56\s+5\s+31%\s+shared memory", table), table
+    assert "no ptxas figures" in table.splitlines()[-1]
+    # another architecture's figures replace the log's: an A100 has 164 KB per SM -> 3 blocks
+    a100 = kr.DEVICES["sm_80"]
+    other = {"block_pass1_tc<true>": kr.KernelResources("k", "", "sm_80", 56, 24, 8, 12, 0, 1)}
+    assert kr.launch_occupancy(LOG, a100, other)[0].blocks_per_sm == 3
+
+
+@pytest.mark.slow
+def test_occupancy_script_covers_every_stage_that_launches_kernels(tmp_path, monkeypatch, capsys):
+    """scripts/kernel_occupancy.py on the tiny model in fp16 (the emulated launches, ~20 s): every
+    launch has ptxas figures and an occupancy, and the stages are the model's own."""
+    import json
+    import runpy
+
+    from helpers import skip_or_fail
+
+    if kr.find_nvcc() is None:
+        skip_or_fail("nvcc not found: no ptxas figures")
+    out = tmp_path / "occupancy.json"
+    monkeypatch.setattr("sys.argv", ["kernel_occupancy.py", "--k", "1", "--events", "2000", "--json", str(out)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(Path(kr.PLUGINS).parent / "scripts" / "kernel_occupancy.py"), run_name="__main__")
+    assert exit_.value.code == 0
+    data = json.loads(out.read_text())
+    stages = {row["stage"] for row in data["launches"]}
+    assert {"f3_encode_splat", "f3_convs", "stem_l1", "l2", "decoder b3", "decoder b4"} <= stages, stages
+    assert all(0 < row["occupancy"] <= 1 and row["limiter"] for row in data["launches"])
+    f3 = [row for row in data["launches"] if row["stage"] == "f3_convs" and row["kernel"].startswith("block_pass1")]
+    assert [row["kernel"] for row in f3] == ["block_pass1_tc<true>"] and f3[0]["launches"] == 6  # fp16: tensor cores
+    assert "[f3_convs]" in capsys.readouterr().out

@@ -10,7 +10,8 @@ namespace emu {
 // opt-in shared memory per block (<= 0: an H100/H200's 227 KB) and the fiber interleaving
 // (0: threads in order; else a seed for another order in every scheduling round).
 void reset(int shared_optin_bytes, uint64_t schedule_seed);
-// One line per launch since reset(): "<kernel> grid=(x,y,z) block=(x,y,z) smem=<bytes>".
+// One line per launch since reset(): "<kernel> grid=(x,y,z) block=(x,y,z) smem=<bytes>", followed, for a
+// kernel with registered ptxas figures, by " kernel=<template-id> registers=<n> static_shared=<bytes>".
 std::string launch_log();
 // One line per kernel whose ptxas figures the library registered (none when it was built without
 // nvcc): "<template-id> registers=<n> static_shared=<bytes> local=<bytes> launch_bound=<n> max_threads=<n>".
