@@ -9,11 +9,13 @@ and every source the file can include.
 
 These numbers decide whether a launch can happen at all on a GPU, which the CPU emulation
 (plugins/emulation) cannot otherwise know: a function launches with at most ``max_threads_per_block``
-threads (its ``__launch_bounds__`` and ``Device.registers_per_block`` / registers per thread cap it;
-more gives "too many resources requested for launch"), and its static shared memory counts against
-the same per-block limit as the dynamic shared memory it is launched with. The emulation registers
-these figures for every kernel it compiles and rejects such launches as a GPU would;
-tests/plugins/test_kernel_resources.py holds the kernels to a local-memory budget.
+threads (its ``__launch_bounds__``, read from the PTX, and its registers cap it; more gives "too many
+resources requested for launch"), and its static shared memory counts against the same per-block
+limit as the dynamic shared memory it is launched with. The emulation registers these figures for
+every kernel it compiles and rejects such launches as a GPU would;
+tests/plugins/test_kernel_resources.py holds the kernels to a local-memory budget. ``Device`` holds
+the architecture's allocation rules, once: ``blocks_per_sm`` gives the theoretical occupancy of a
+launch (scripts/kernel_occupancy.py).
 
 ``python -m plugins.kernel_resources [--arch sm_90] [--json]`` prints the table.
 """
@@ -45,11 +47,14 @@ class NvccError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Device:
-    """Per-block and per-SM limits of a GPU architecture (CUDA C++ Programming Guide, "Compute
-    Capabilities"; the occupancy calculator's allocation rules)."""
+    """Per-block and per-SM limits of a GPU architecture and its allocation rules, as CUDA's
+    occupancy calculator (cuda_occupancy.h) applies them."""
     arch: str
     registers_per_block: int = 65536
+    registers_per_sm: int = 65536
     register_unit: int = 256  # registers are given to a warp in units of 256
+    sub_partitions: int = 4   # an SM's register file is split four ways; see registers_per_warp
+    max_registers_per_thread: int = 255
     max_threads_per_block: int = 1024
     max_warps_per_sm: int = 64
     max_blocks_per_sm: int = 32
@@ -57,6 +62,21 @@ class Device:
     shared_optin_per_block: int = 232448  # 227 KB: cudaDevAttrMaxSharedMemoryPerBlockOptin
     shared_reserved_per_block: int = 1024  # the driver keeps 1 KB of each block's shared memory
     shared_unit: int = 128
+
+    def registers_per_warp(self, registers: int) -> int:
+        return -(-registers * 32 // self.register_unit) * self.register_unit
+
+    def launchable_warps(self, registers: int) -> int:
+        """The most warps a block of a kernel with ``registers`` per thread can launch with: the
+        hardware counts a block's warps rounded up to a multiple of the sub-partitions against the
+        per-block registers ("too many resources requested for launch" beyond)."""
+        if registers > self.max_registers_per_thread:
+            return 0
+        per_warp = self.registers_per_warp(registers)
+        if per_warp == 0:
+            return self.max_threads_per_block // 32
+        return min(self.max_threads_per_block // 32,
+                   self.registers_per_block // (per_warp * self.sub_partitions) * self.sub_partitions)
 
 
 DEVICES = {"sm_90": Device("sm_90"),
@@ -74,6 +94,7 @@ class KernelResources:
     spill_loads: int
     static_shared: int  # bytes of __shared__ variables per block
     barriers: int
+    launch_bound: int = 0  # __launch_bounds__' maxThreadsPerBlock (the PTX's .maxntid), 0 for none
 
     @property
     def qualified_name(self) -> str:
@@ -92,23 +113,28 @@ class KernelResources:
         """``block_pass1_tc``: without template arguments."""
         return self.template_id.split("<", 1)[0]
 
-    def max_threads_per_block(self, device: Device, launch_bound: int = 0) -> int:
-        """cudaFuncGetAttributes' maxThreadsPerBlock: the launch bound (0: none) and the registers
-        a block of that many threads needs both cap it."""
-        per_warp = -(-self.registers * 32 // device.register_unit) * device.register_unit
-        by_registers = device.registers_per_block // per_warp * 32 if per_warp else device.max_threads_per_block
-        bound = launch_bound or device.max_threads_per_block
-        return min(device.max_threads_per_block, by_registers, bound)
+    def max_threads_per_block(self, device: Device) -> int:
+        """cudaFuncGetAttributes' maxThreadsPerBlock: the launch bound and the registers cap it."""
+        by_registers = device.launchable_warps(self.registers) * 32
+        return min(by_registers, self.launch_bound) if self.launch_bound else by_registers
 
     def blocks_per_sm(self, device: Device, threads: int, dynamic_shared: int) -> tuple[int, str]:
         """Resident blocks per SM at a launch of ``threads`` and ``dynamic_shared`` bytes, and the
-        limit that sets it (theoretical occupancy = blocks * warps / max_warps_per_sm)."""
+        limit that sets it (theoretical occupancy = blocks * warps / max_warps_per_sm); 0 blocks
+        for a launch the GPU refuses."""
         warps = -(-threads // 32)
-        per_warp = -(-self.registers * 32 // device.register_unit) * device.register_unit
+        per_warp = device.registers_per_warp(self.registers)
         shared = -(-(self.static_shared + dynamic_shared) // device.shared_unit) * device.shared_unit
+        if threads > self.max_threads_per_block(device):
+            return 0, "registers or launch bounds: cannot launch"
+        if self.static_shared + dynamic_shared > device.shared_optin_per_block:
+            return 0, "shared memory: cannot launch"
+        # registers are allocated per sub-partition: whole warps of each quarter of the register file
+        by_registers = (device.registers_per_sm // device.sub_partitions // per_warp * device.sub_partitions // warps
+                        if per_warp else device.max_blocks_per_sm)
         limits = {"blocks": device.max_blocks_per_sm,
                   "warps": device.max_warps_per_sm // warps,
-                  "registers": device.registers_per_block // (per_warp * warps) if per_warp else device.max_blocks_per_sm,
+                  "registers": by_registers,
                   "shared memory": device.shared_per_sm // (shared + device.shared_reserved_per_block)}
         limiter = min(limits, key=limits.get)
         return limits[limiter], limiter
@@ -161,8 +187,22 @@ _FRAME = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes sp
 _USED = re.compile(r"Used (?P<regs>\d+) registers(?:, used (?P<barriers>\d+) barriers)?(?:, (?P<smem>\d+) bytes smem)?")
 
 
-def parse_ptxas(text: str, source: str) -> list[KernelResources]:
-    """The entries of ``nvcc --resource-usage`` output (mangled names, demangled here)."""
+_PTX_ENTRY = re.compile(r"\.entry\s+(?P<name>[\w$]+)\s*\((?P<params>[^{]*)\{", re.S)
+_MAXNTID = re.compile(r"\.maxntid\s+(\d+)\s*,\s*(\d+)\s*,\s*(\d+)")
+
+
+def parse_launch_bounds(ptx: str) -> dict[str, int]:
+    """Mangled entry name -> its ``.maxntid`` thread count (``__launch_bounds__``), for those that have one."""
+    bounds = {}
+    for m in _PTX_ENTRY.finditer(ptx):
+        if n := _MAXNTID.search(m["params"]):
+            bounds[m["name"]] = int(n[1]) * int(n[2]) * int(n[3])
+    return bounds
+
+
+def parse_ptxas(text: str, source: str, launch_bounds: dict[str, int] | None = None) -> list[KernelResources]:
+    """The entries of ``nvcc --resource-usage`` output (mangled names, demangled here), with the
+    launch bounds of ``parse_launch_bounds`` by mangled name."""
     found, entry, frame = [], None, None
     for line in text.splitlines():
         if m := _ENTRY.search(line):
@@ -177,20 +217,27 @@ def parse_ptxas(text: str, source: str) -> list[KernelResources]:
                             stack_frame=int(frame["stack"]) if frame else 0,
                             spill_stores=int(frame["stores"]) if frame else 0,
                             spill_loads=int(frame["loads"]) if frame else 0,
-                            static_shared=int(used["smem"] or 0), barriers=int(used["barriers"] or 0))
-            for i, (_, arch, frame, used) in enumerate(found)]
+                            static_shared=int(used["smem"] or 0), barriers=int(used["barriers"] or 0),
+                            launch_bound=(launch_bounds or {}).get(mangled, 0))
+            for i, (mangled, arch, frame, used) in enumerate(found)]
 
 
 def demangle(names: list[str]) -> list[str]:
+    """C++ names from mangled ones (binutils' c++filt, which nvcc's entry names follow)."""
+    if not names:
+        return []
     cxxfilt = shutil.which("c++filt")
-    if not names or cxxfilt is None:
-        return list(names)
+    if cxxfilt is None:
+        raise FileNotFoundError("c++filt (binutils) not found: it turns ptxas' mangled kernel names into C++ names")
     out = subprocess.run([cxxfilt], input="\n".join(names) + "\n", capture_output=True, text=True, check=True)
     return out.stdout.splitlines()
 
 
+_CACHE_SCHEMA = "2"  # bump when KernelResources' fields change
+
+
 def _cache_key(nvcc: str, cu: Path, arch: str, include_dirs: tuple[Path, ...]) -> str:
-    h = hashlib.sha256(" ".join((os.path.realpath(nvcc), *NVCC_FLAGS, arch)).encode())
+    h = hashlib.sha256(" ".join((_CACHE_SCHEMA, os.path.realpath(nvcc), *NVCC_FLAGS, arch)).encode())
     h.update(subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.encode())
     h.update(cu.read_bytes())
     for root in (cu.parent.parent, *include_dirs):  # every header the source can include
@@ -216,11 +263,13 @@ def kernel_resources(cu: Path, arch: str = "sm_90", include_dirs: tuple[Path, ..
     if cached.is_file():
         return [KernelResources(**row) for row in json.loads(cached.read_text())]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = nvcc_command(nvcc, cu, arch, Path(tmp) / "k.o", include_dirs)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise NvccError(f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    found = parse_ptxas(proc.stdout + proc.stderr, source)
+        # --keep leaves the PTX, whose .maxntid lines carry the launch bounds ptxas does not report
+        cmd = nvcc_command(nvcc, cu, arch, Path(tmp) / "k.o", include_dirs) + ["--keep", "--keep-dir", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        if proc.returncode != 0:
+            raise NvccError(f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+        bounds = {k: v for ptx in Path(tmp).glob("*.ptx") for k, v in parse_launch_bounds(ptx.read_text()).items()}
+    found = parse_ptxas(proc.stdout + proc.stderr, source, bounds)
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=cached.parent, suffix=".tmp", delete=False) as f:
         f.write(json.dumps([dataclasses.asdict(r) for r in found], indent=1))
@@ -254,8 +303,8 @@ class LaunchOccupancy:
 
 def launch_occupancy(log: str, device: Device, resources: dict[str, KernelResources] | None = None) -> list[LaunchOccupancy]:
     """The CPU emulation's launch log (``emu.launch_log()``) as distinct launch configurations with
-    their resident blocks per SM on ``device``. The log carries sm_90's figures; ``resources``
-    (template-id -> KernelResources) replaces them, e.g. with another architecture's."""
+    their resident blocks per SM on ``device``. Without ``resources`` (template-id ->
+    KernelResources of ``device``'s architecture) the log's own figures are used: sm_90's."""
     counts: dict[tuple, int] = {}
     for m in _LAUNCH_LINE.finditer(log):
         key = (m["kernel"] or m["text"], tuple(int(v) for v in m["grid"].split(",")),
@@ -263,9 +312,12 @@ def launch_occupancy(log: str, device: Device, resources: dict[str, KernelResour
         counts[key] = counts.get(key, 0) + 1
     rows = []
     for (kernel, grid, threads, smem, regs, static), n in counts.items():
-        r = (resources or {}).get(kernel)
-        if r is None and regs is not None:
+        if resources is not None:
+            r = resources.get(kernel)
+        elif regs is not None and device.arch == "sm_90":
             r = KernelResources(kernel, "", device.arch, int(regs), 0, 0, 0, int(static), 0)
+        else:
+            r = None
         blocks, limiter = r.blocks_per_sm(device, threads, smem) if r else (None, None)
         rows.append(LaunchOccupancy(kernel, grid, threads, smem, r.registers if r else None,
                                     r.static_shared if r else None, n, blocks, limiter))
@@ -297,11 +349,12 @@ def kernel_sources() -> list[Path]:
 
 
 def _table(rows: list[KernelResources]) -> str:
-    head = f"{'kernel':58} {'arch':6} {'regs':>4} {'local B':>7} {'spill B':>7} {'static smem':>11} {'max thr':>7}"
+    head = (f"{'kernel':58} {'arch':6} {'regs':>4} {'local B':>7} {'spill B':>7} {'static smem':>11} "
+            f"{'bound':>5} {'max thr':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.template_id[:58]:58} {r.arch:6} {r.registers:>4} {r.stack_frame:>7} "
-                     f"{r.spill_stores + r.spill_loads:>7} {r.static_shared:>11} "
+                     f"{r.spill_stores + r.spill_loads:>7} {r.static_shared:>11} {r.launch_bound or '-':>5} "
                      f"{r.max_threads_per_block(DEVICES[r.arch]):>7}")
     return "\n".join(lines)
 
@@ -316,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NvccError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # "max thr" ignores __launch_bounds__ (ptxas does not report it): the register cap only
     print(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) if args.json else _table(rows))
     return 0
 

@@ -116,7 +116,7 @@ def find_tensorrt_rtx(include_dir: str | os.PathLike | None = None,
     candidates = [Path(p) for p in (include_dir, os.environ.get(TENSORRT_INCLUDE_ENV)) if p]
     if tensorrt_root:
         candidates.append(Path(tensorrt_root) / "include")
-    inc = next((c for c in candidates if (c / _HEADER).is_file()), None)
+    inc = next((c for c in candidates if header_problem(c, None, "") is None), None)
     if inc is None:
         looked = ", ".join(map(str, candidates)) or "nowhere: none given"
         raise TensorRTNotFoundError(
@@ -126,15 +126,15 @@ def find_tensorrt_rtx(include_dir: str | os.PathLike | None = None,
     return inc, libs / RTX_LIBRARY
 
 
-def header_problem(inc: Path, majors: tuple[int, ...], purpose: str) -> str | None:
+def header_problem(inc: Path, majors: tuple[int, ...] | None, purpose: str) -> str | None:
     """Why ``inc`` is not the include/ folder of a TensorRT whose major version is one of ``majors``
-    (None when it is). The one test of "TensorRT headers" that the build, the CPU emulation
-    (plugins/emulation) and the tests' fixture share; ``purpose`` says who needs them."""
+    (any version for None); None when it is. The one test of "TensorRT headers" that the build, the
+    CPU emulation (plugins/emulation) and the tests' fixture share; ``purpose`` says who needs them."""
     if not (inc / _HEADER).is_file():
-        return f"{inc} has no {_HEADER}: pass TensorRT's include/ folder"
-    if _header_major(inc) not in majors:
+        return f"{inc} has no {_HEADER}"
+    if majors is not None and _header_major(inc) not in majors:
         wanted = " or ".join(f"{m}.x" for m in majors)
-        return f"{inc} holds TensorRT {tensorrt_version(inc)} headers; {purpose} needs TensorRT {wanted} headers"
+        return f"{inc} holds TensorRT {tensorrt_version(inc)} headers; TensorRT {wanted} headers are needed for {purpose}"
     return None
 
 
@@ -148,15 +148,16 @@ def include_from_env(majors: tuple[int, ...], purpose: str) -> tuple[Path | None
 
 
 def _require_11_headers(inc: Path) -> None:
-    why = header_problem(inc, (11,), "a plugin library for TensorRT-RTX 1.7")
+    why = header_problem(inc, (11,), "a plugin library for TensorRT-RTX 1.7 (10.x ones crash at load)")
     if why is not None:
-        raise TensorRTNotFoundError(f"{why} (10.x ones crash at load)")
+        raise TensorRTNotFoundError(why)
 
 
 def _given_headers(include_dir: str | os.PathLike) -> Path:
     inc = Path(include_dir)
-    if not (inc / _HEADER).is_file():
-        raise TensorRTNotFoundError(f"{inc} has no {_HEADER}: pass TensorRT's include/ folder")
+    why = header_problem(inc, None, "")
+    if why is not None:
+        raise TensorRTNotFoundError(f"{why}: pass TensorRT's include/ folder")
     return inc
 
 

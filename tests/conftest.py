@@ -63,8 +63,8 @@ def rtx_runtime():
 def tensorrt_include():
     from plugins.trt_build import include_from_env
 
-    # TensorRT-RTX 1.7 loads only plugins built against TensorRT 11 headers
-    inc, why = include_from_env((11,), "these tests (TensorRT-RTX 1.7 loads only plugins built against them)")
+    inc, why = include_from_env((11,), "the TensorRT-RTX tests (TensorRT-RTX 1.7 loads only plugins built against "
+                                       "TensorRT 11 headers)")
     if inc is None:
         skip_or_fail(f"{why}: set it to TensorRT 11.x's include/ folder (`make test` uses "
                      "../shared/third_party/tensorrt-11.1/include)")

@@ -48,8 +48,8 @@ _LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_]\w*(?:<[^<>;(){}]*>)?)\s*<<<(?P<confi
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?(?P<type>[A-Za-z_][\w ]*?)\s+"
                             r"(?P<name>\w+)\s*\[\s*\]\s*;")
 # a static __shared__ declaration (the extern ones are rewritten first): `__shared__ T name[dims];`
-_STATIC_SHARED = re.compile(r"__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?[A-Za-z_][\w:<>, ]*?\s+(?P<name>\w+)\s*"
-                            r"(?:\[[^\]\n]+\]\s*)*;")
+_STATIC_SHARED = re.compile(r"__shared__\s+(?:(?:__align__|alignas)\(\s*\d+\s*\)\s+)?(?:(?:const|volatile)\s+)*"
+                            r"[A-Za-z_][\w:]*(?:\s*<[^<>;]*>)?\s+(?P<name>\w+)\s*(?:\[[^\]\n]+\]\s*)*;")
 _ops = None
 
 
@@ -70,6 +70,14 @@ def rewrite_kernel_source(text: str, path: str, resources=()) -> str:
     # a static __shared__ variable is a C++ static here: fresh_shared poisons it when the first of a
     # block's threads reaches its declaration, so each block starts with unwritten shared memory
     text = _STATIC_SHARED.sub(lambda m: f"{m[0]} ::emu::fresh_shared(&{m['name']}, sizeof({m['name']}));", text)
+    for m in re.finditer(r"__shared__", text):  # one the pattern missed would go unpoisoned: refuse it
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        if "//" in text[line_start:m.start()]:
+            continue  # in a comment
+        if "::emu::fresh_shared(" not in text[m.end():text.find("\n", m.end())]:
+            line = text[:m.start()].count("\n") + 1
+            raise EmulationSourceError(f"{path}:{line}: a __shared__ declaration the CPU emulation cannot rewrite "
+                                       "(one variable per declaration: [__align__(n)] T name[dims];)")
     text = _LAUNCH.sub(lambda m: f'::emu::launch("{m["kernel"]}", {m["kernel"]}, {m["config"]})(', text)
     for left in ("<<<", "extern __shared__"):
         if left in text:
@@ -79,40 +87,22 @@ def rewrite_kernel_source(text: str, path: str, resources=()) -> str:
             f'#include "emu/prelude.h"\n#line 1 "{path}"\n{text}{_registration(text, path, resources)}')
 
 
-_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\s*\((?P<args>[^()]*(?:\([^()]*\)[^()]*)*)\)\s*(?P<name>[A-Za-z_]\w*)\s*\(")
-
-
-def launch_bounds(text: str) -> dict[str, str]:
-    """kernel name -> the C++ expression of its ``__launch_bounds__`` maxThreadsPerBlock."""
-    return {m["name"]: _top_level_split(m["args"])[0].strip() for m in _LAUNCH_BOUNDS.finditer(text)}
-
-
-def _top_level_split(args: str) -> list[str]:
-    parts, depth, start = [], 0, 0
-    for i, c in enumerate(args):
-        depth += (c in "(<") - (c in ")>")
-        if c == "," and depth == 0:
-            parts.append(args[start:i])
-            start = i + 1
-    return parts + [args[start:]]
-
-
 def _registration(text: str, path: str, resources) -> str:
     """C++ that registers ptxas' figures for each kernel by its address (``emu::register_kernels``),
-    in the kernel's own namespace, where its name and its launch bound's constants are in scope."""
-    from plugins.kernel_resources import scopes
+    in the kernel's own namespace, where its name is in scope. The most threads a block may have
+    (registers and launch bounds, plugins.kernel_resources on sm_90) is computed there, once."""
+    from plugins.kernel_resources import DEVICES, scopes
 
     if not resources:
         return ""
-    bounds = launch_bounds(text)
     by_scope: dict[tuple[str, ...], list[str]] = {}
     for r in resources:
         *outer, template_id = scopes(r.qualified_name)
-        bound = bounds.get(r.name, "0")
         by_scope.setdefault(tuple(outer), []).append(
             f'    {{reinterpret_cast<const void*>(&{template_id}), "{template_id}", {r.registers}, {r.static_shared}, '
-            f"{r.stack_frame}, static_cast<int>({bound})}},")
-    out = [f"\n// ptxas --resource-usage of {path} on sm_90 (plugins/kernel_resources.py), for the launch checks"]
+            f"{r.stack_frame}, {r.launch_bound}, {r.max_threads_per_block(DEVICES['sm_90'])}}},")
+    out = [f'\n#line 1 "{path} (figures registered by plugins/emulation/__init__.py)"',
+           f"// ptxas --resource-usage of {path} on sm_90 (plugins/kernel_resources.py), for the launch checks"]
     for i, (outer, rows) in enumerate(sorted(by_scope.items())):
         opening = " ".join("namespace {" if s == "(anonymous namespace)" else f"namespace {s} {{" for s in outer)
         out += [opening, f"[[maybe_unused]] const bool emu_kernels_registered_{i} = ::emu::register_kernels({{",
@@ -125,6 +115,8 @@ def _resources(cu: Path, generated: Path):
     that need them are then off, and ``kernel_resources()`` of the loaded library is empty).
     selftest.cu is compiled against a folder that holds only its emu/selftest.h, not the
     emulation's stand-ins for the CUDA headers."""
+    import warnings
+
     from plugins import kernel_resources as kr
 
     if kr.find_nvcc() is None:
@@ -135,7 +127,13 @@ def _resources(cu: Path, generated: Path):
         (only / "emu").mkdir(parents=True, exist_ok=True)
         _write_if_changed(only / "emu" / "selftest.h", (cu.parent / "include" / "emu" / "selftest.h").read_text())
         extra = (only,)
-    return kr.kernel_resources(cu, "sm_90", include_dirs=extra)
+    try:
+        return kr.kernel_resources(cu, "sm_90", include_dirs=extra)
+    except (kr.NvccError, FileNotFoundError) as exc:
+        # the emulation still builds (its own C++ compile decides); its launch checks lack the figures
+        # (tests/plugins/test_emulation.py and test_plugins_compile.py fail on this in CI)
+        warnings.warn(f"no ptxas figures for {cu}: {str(exc).splitlines()[0]}", stacklevel=2)
+        return ()
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -171,16 +169,13 @@ def build_directory(asan: bool = False) -> Path:
 SOURCES_ENV = "EVENTSPD_EMULATION_SOURCES"
 
 
-TENSORRT_PURPOSE = "the CPU emulation's TensorRT plugin runtime"
-
-
 def tensorrt_headers() -> tuple[Path | None, str | None]:
     """(the TensorRT 10.x/11.x ``include/`` folder ``$TENSORRT_INCLUDE`` names, None), or (None, why
     not). With it, ``load()`` also builds the TensorRT plugins' glue and ``plugin_run``
     (plugin_runtime.cpp)."""
     from plugins.trt_build import include_from_env
 
-    return include_from_env((10, 11), TENSORRT_PURPOSE)
+    return include_from_env((10, 11), "the CPU emulation's TensorRT plugin runtime")
 
 
 def tensorrt_include() -> Path | None:

@@ -112,15 +112,6 @@ const KernelResources* resources_of(const void* func) {
     return it == kernel_registry().end() ? nullptr : &it->second;
 }
 
-// cudaFuncGetAttributes' maxThreadsPerBlock on sm_90: registers go to a warp in units of 256, 64K
-// per block; the launch bound caps it too.
-int max_threads_per_block(const KernelResources& k) {
-    const int per_warp = (k.registers * kWarpSize + 255) / 256 * 256;
-    int threads = per_warp > 0 ? 65536 / per_warp * kWarpSize : 1024;
-    if (threads > 1024) threads = 1024;
-    if (k.launch_bound > 0 && k.launch_bound < threads) threads = k.launch_bound;
-    return threads;
-}
 
 // The launch in flight.
 struct Run {
@@ -407,12 +398,12 @@ bool valid_config(const LaunchConfig& c, std::string* why, cudaError_t* code) {
     } else if (threads < 1 || threads > 1024 || c.block.z > 64) {
         std::snprintf(buf, sizeof(buf), "%s: invalid block (%u, %u, %u): 1 to 1024 threads, z <= 64", c.name, c.block.x,
                       c.block.y, c.block.z);
-    } else if (const KernelResources* k = resources_of(c.func); k != nullptr && threads > static_cast<uint64_t>(max_threads_per_block(*k))) {
+    } else if (const KernelResources* k = resources_of(c.func); k != nullptr && threads > static_cast<uint64_t>(k->max_threads)) {
         *code = cudaErrorLaunchOutOfResources;
         std::snprintf(buf, sizeof(buf),
                       "%s: too many resources requested for launch: %llu threads per block, at most %d for this "
                       "kernel (%d registers per thread on sm_90%s)",
-                      c.name, static_cast<unsigned long long>(threads), max_threads_per_block(*k), k->registers,
+                      c.name, static_cast<unsigned long long>(threads), k->max_threads, k->registers,
                       k->launch_bound > 0 ? (", __launch_bounds__(" + std::to_string(k->launch_bound) + ")").c_str() : "");
     } else {
         // Without cudaFuncSetAttribute static and dynamic shared memory share the 48 KB default;
@@ -603,7 +594,7 @@ std::string kernel_resources() {
     char line[256];
     for (const auto& [func, k] : kernel_registry()) {
         std::snprintf(line, sizeof(line), "%s registers=%d static_shared=%d local=%d launch_bound=%d max_threads=%d\n",
-                      k.name, k.registers, k.static_shared, k.local_bytes, k.launch_bound, max_threads_per_block(k));
+                      k.name, k.registers, k.static_shared, k.local_bytes, k.launch_bound, k.max_threads);
         out += line;
     }
     return out;

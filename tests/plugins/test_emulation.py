@@ -49,6 +49,8 @@ def test_rewrite_of_launches_and_dynamic_shared_memory_keeps_every_line():
     assert '::emu::launch("pass<T, true>", pass<T, true>, static_cast<unsigned>(n), 32)(p);' in body
     shared = emulation.rewrite_kernel_source("__global__ void t() {\n    __shared__ __align__(16) U tile[32][33];\n}\n", "t.cu")
     assert "    __shared__ __align__(16) U tile[32][33]; ::emu::fresh_shared(&tile, sizeof(tile));\n" in shared
+    with pytest.raises(emulation.EmulationSourceError, match=r"t.cu:2: a __shared__ declaration .* cannot rewrite"):
+        emulation.rewrite_kernel_source("__global__ void t() {\n    __shared__ float a, b;\n}\n", "t.cu")
 
 
 def test_rewrite_refuses_what_it_cannot_rewrite():
@@ -97,9 +99,9 @@ def _needs_kernel_resources(ops) -> None:
 
 @pytest.mark.parametrize("name,message", [
     ("over_its_launch_bounds", r"bounded: too many resources requested for launch: 128 threads per block, at most 64 "
-                               r"for this kernel \(10 registers per thread on sm_90, __launch_bounds__\(64\)\)"),
+                               r"for this kernel \(\d+ registers per thread on sm_90, __launch_bounds__\(64\)\)"),
     ("too_many_registers", r"register_hungry: too many resources requested for launch: 1024 threads per block, at "
-                           r"most \d+ for this kernel \(1[3-9]\d registers per thread on sm_90\)"),
+                           r"most \d+ for this kernel \(\d+ registers per thread on sm_90\)"),
     ("static_and_dynamic_shared", r"static_shared: 20480 bytes of dynamic shared memory requested, 16384 allowed "
                                   r"\(32768 bytes of static __shared__"),
     ("static_shared_and_the_optin_limit", r"cudaFuncSetAttribute: 232448 bytes of dynamic shared memory and 32768 of "
@@ -115,6 +117,18 @@ def test_launch_beyond_the_kernels_ptxas_resources_is_rejected(emu, name, messag
     emu.reset()
     out = emu.selftest("within_their_resources")  # the same kernels, launched within them
     assert torch.equal(out[:32], torch.arange(31, -1, -1, dtype=torch.float32))
+
+
+def test_a_kernel_nvcc_refuses_leaves_the_emulation_without_its_figures_and_says_so(monkeypatch, tmp_path):
+    from plugins import kernel_resources as kr
+
+    def refuse(*args, **kwargs):
+        raise kr.NvccError("nvcc -c kernel.cu\nkernel.cu(3): error: something nvcc refuses")
+
+    monkeypatch.setattr(kr, "find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")
+    monkeypatch.setattr(kr, "kernel_resources", refuse)
+    with pytest.warns(UserWarning, match=r"no ptxas figures for .*kernel.cu: nvcc -c kernel.cu$"):
+        assert emulation._resources(REPO / "plugins" / "deform_read" / "kernel.cu", tmp_path) == ()
 
 
 def test_every_kernel_of_plugins_has_its_ptxas_figures_registered(emu):

@@ -133,9 +133,10 @@ def test_one_test_of_tensorrt_headers_for_the_build_the_emulation_and_the_tests(
     monkeypatch.delenv("TENSORRT_INCLUDE", raising=False)
     assert trt_build.include_from_env((11,), "x") == (None, "TENSORRT_INCLUDE is not set")
     old, new = _fake_headers(tmp_path / "trt10", 10), _fake_headers(tmp_path / "trt11", 11)
-    assert trt_build.header_problem(tmp_path, (11,), "x") == f"{tmp_path} has no NvInferRuntime.h: pass TensorRT's include/ folder"
+    assert trt_build.header_problem(tmp_path, (11,), "x") == f"{tmp_path} has no NvInferRuntime.h"
     assert trt_build.header_problem(old, (11,), "the tests") == \
-        f"{old} holds TensorRT 10.0.0 headers; the tests needs TensorRT 11.x headers"
+        f"{old} holds TensorRT 10.0.0 headers; TensorRT 11.x headers are needed for the tests"
+    assert trt_build.header_problem(old, None, "any") is None
     monkeypatch.setenv("TENSORRT_INCLUDE", str(old))
     assert trt_build.include_from_env((11,), "x")[1].startswith(f"TENSORRT_INCLUDE={old} holds TensorRT 10.0.0")
     assert emulation.tensorrt_headers() == (old, None)  # the emulation's plugin runtime takes 10.x and 11.x
@@ -152,7 +153,7 @@ def test_trt_build_inputs_for_tensorrt_rtx(tmp_path: Path, monkeypatch, rtx_runt
         trt_build.resolve_build_inputs("tensorrt-rtx")
     old = _fake_headers(tmp_path / "trt10", 10)
     monkeypatch.setenv("TENSORRT_INCLUDE", str(old))
-    with pytest.raises(trt_build.TensorRTNotFoundError, match="TensorRT 10.0.0 headers; .*needs TensorRT 11.x headers"):
+    with pytest.raises(trt_build.TensorRTNotFoundError, match="TensorRT 10.0.0 headers; TensorRT 11.x headers are needed for a plugin library for TensorRT-RTX"):
         trt_build.resolve_build_inputs("tensorrt-rtx")
     new = _fake_headers(tmp_path / "trt11", 11)
     monkeypatch.setenv("TENSORRT_INCLUDE", str(new))

@@ -110,6 +110,7 @@ struct KernelResources {
     int static_shared;   // bytes of __shared__ variables
     int local_bytes;     // ptxas' stack frame (not checked here; tests/plugins/test_kernel_resources.py)
     int launch_bound;    // __launch_bounds__' maxThreadsPerBlock, 0 for none
+    int max_threads;     // cudaFuncGetAttributes' maxThreadsPerBlock (registers and launch bound)
 };
 bool register_kernels(std::initializer_list<KernelResources> kernels);
 
