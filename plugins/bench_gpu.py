@@ -8,8 +8,10 @@ bandwidth (bytes the op must move / kernel time) and the ratio to the bandwidth 
 (those bytes at the measured device-to-device copy bandwidth). The deformable read reports
 two byte counts: "unique" (value maps, inputs and output once) and "gathered" (every bilinear
 corner read); `deform_read_channels_last` is the same read on channels-last maps (no per-call
-copy), as the graphed model benchmark feeds it. The fused ConvNeXt-V2 block (convnext_block) is timed at the F^3 map size against
-the PyTorch block. Writes everything as JSON to the given path.
+copy), as the graphed model benchmark feeds it. The fused ConvNeXt-V2 block (convnext_block) is timed
+against the PyTorch block for each of the model's block shapes (F^3's, L1's, L2's, at their map
+sizes), in fp16 also with its tensor-core kernels forced to 4 and to 8 warps a block. Writes
+everything as JSON to the given path.
 """
 from __future__ import annotations
 
@@ -134,35 +136,60 @@ def bench(config: str, ks: list[int], iters: int, n_events: int, log=print) -> d
             "iters": iters, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": rows}
 
 
+# the model's ConvNeXt-V2 blocks: (row name, map size, channels, depthwise kernel, hidden / channels)
+def _convnext_blocks(cfg) -> list[tuple[str, tuple[int, int], int, int, int]]:
+    return [("convnext_blk", cfg.f3_hw, cfg.f3_dim, cfg.f3_kernel, cfg.f3_bottleneck),
+            ("convnext_blk_l1", cfg.level_hw(1), cfg.dims[0], cfg.l1_kernel, cfg.convnext_expansion),
+            ("convnext_blk_l2", cfg.level_hw(2), cfg.dims[1], cfg.l2_kernel, cfg.convnext_expansion)]
+
+
+TC_WARPS_ENV = "EVENTSPD_CONVNEXT_TC_WARPS"  # kernel.cu's tc_warps: 4 or 8 warps per tensor-core block
+
+
 def bench_convnext_block(cfg, iters: int, peak: float, report) -> None:
-    """One F^3 ConvNeXt-V2 block at the F^3 map size (H/2 x W/2 x f3_dim), channels-last: the
-    fused op (plugins/convnext_block) against the PyTorch block, eager, in fp32 and fp16 (the
-    block's own dtype: .half() weights and data, not autocast). The bytes are the floor of the
-    two-pass design: x read twice, out written once, the hidden map written and read once."""
+    """The model's ConvNeXt-V2 blocks (one of F^3's six, L1's, L2's) at their map sizes,
+    channels-last: the fused op (plugins/convnext_block) against the PyTorch block, eager, in fp32
+    and fp16 (the block's own dtype: .half() weights and data, not autocast). In fp16 also the A/B
+    of the tensor-core kernels' warps per block (rows <op>_tc4 / _tc8, forced through
+    $EVENTSPD_CONVNEXT_TC_WARPS; the plain row is kernel.cu's own choice). The bytes are the floor
+    of the two-pass design: x read twice, out written once, the hidden map written and read once."""
+    import os
+
     from model_def import ops as ref_ops
     from model_def.layers import ConvNeXtV2Block
 
     dev = torch.device("cuda")
-    h, w, c = cfg.height // 2, cfg.width // 2, cfg.f3_dim
-    block = ConvNeXtV2Block(c, cfg.f3_kernel, cfg.f3_bottleneck).to(dev).eval()
-    with torch.no_grad():
-        for prm in block.parameters():  # GRN's zero init would make it the identity
-            prm.normal_(0, 0.05)
-    block = block.to(memory_format=torch.channels_last)
-    e = block.pwconv1.out_features
-    for dtype in (torch.float32, torch.float16):
-        blk = block.to(dtype)
-        x = torch.randn(1, c, h, w, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            tr = _timer(lambda: blk(x), iters)
-            with ref_ops.use_backend("plugin"):
-                got = blk(x)
-                tk = _timer(lambda: blk(x), iters)
-            want = blk(x)
-        esize = torch.finfo(dtype).bits // 8
-        nbytes = (3 * c + 2 * e) * h * w * esize
-        err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
-        report(_row("convnext_blk", 0, dtype, tk, tr, nbytes, peak, {"map": [h, w, c], "max_rel_vs_torch": err}))
+    for op, (h, w), c, k, expansion in _convnext_blocks(cfg):
+        block = ConvNeXtV2Block(c, k, expansion).to(dev).eval()
+        with torch.no_grad():
+            for prm in block.parameters():  # GRN's zero init would make it the identity
+                prm.normal_(0, 0.05)
+        block = block.to(memory_format=torch.channels_last)
+        e = block.pwconv1.out_features
+        for dtype in (torch.float32, torch.float16):
+            blk = block.to(dtype)
+            x = torch.randn(1, c, h, w, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            esize = torch.finfo(dtype).bits // 8
+            nbytes = (3 * c + 2 * e) * h * w * esize
+            variants = [(op, None)] + ([(f"{op}_tc4", "4"), (f"{op}_tc8", "8")] if dtype == torch.float16 else [])
+            with torch.inference_mode():
+                tr = _timer(lambda: blk(x), iters)
+                want = blk(x)
+                for name, warps in variants:
+                    saved = os.environ.pop(TC_WARPS_ENV, None)
+                    if warps is not None:
+                        os.environ[TC_WARPS_ENV] = warps
+                    try:
+                        with ref_ops.use_backend("plugin"):
+                            got = blk(x)
+                            tk = _timer(lambda: blk(x), iters)
+                    finally:
+                        os.environ.pop(TC_WARPS_ENV, None)
+                        if saved is not None:
+                            os.environ[TC_WARPS_ENV] = saved
+                    err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+                    report(_row(name, 0, dtype, tk, tr, nbytes, peak, {"map": [h, w, c], "kernel": k,
+                                                                        "hidden": e, "max_rel_vs_torch": err}))
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,8 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "convnext_block/arith.h"
 #include "convnext_block/launch.h"
@@ -223,22 +225,24 @@ __global__ void __launch_bounds__(kWarps * 32) block_pass2(const T* __restrict__
 // ---- tensor-core kernels (fp16 data) --------------------------------------------------------
 namespace wmma = nvcuda::wmma;
 constexpr int kTile = 16;  // pixels per warp tile = the WMMA M, N and K
-constexpr int kTcWarps = 4;
+// Warps per block of a tensor-core pass: 4 or 8 (tc_warps below picks one per pass and shape).
+constexpr int kTcWarpsFew = 4, kTcWarpsMany = 8;
 
 // Byte offsets in the dynamic shared memory of the tensor-core passes (each a multiple of 32, as
-// WMMA needs); W1 / W2 take no room when they are read from global memory (shared_w false).
+// WMMA needs) for blocks of `warps` warps; W1 / W2 take no room when they are read from global
+// memory (shared_w false).
 struct TcLayout1 {
     size_t w1, dw, sq, a, acc, total;
-    __host__ __device__ TcLayout1(const Shape& s, bool shared_w)
+    __host__ __device__ TcLayout1(const Shape& s, bool shared_w, int warps)
         : w1(0), dw(w1 + (shared_w ? sizeof(__half) * s.C * s.E : 0)), sq(dw + sizeof(float) * s.k * s.k * s.C),
-          a(sq + sizeof(float) * s.E), acc(a + sizeof(__half) * kTcWarps * kTile * s.C),
-          total(acc + sizeof(float) * kTcWarps * kTile * kTile) {}
+          a(sq + sizeof(float) * s.E), acc(a + sizeof(__half) * warps * kTile * s.C),
+          total(acc + sizeof(float) * warps * kTile * kTile) {}
 };
 struct TcLayout2 {
     size_t w2, nx, g, acc, total;
-    __host__ __device__ TcLayout2(const Shape& s, bool shared_w)
+    __host__ __device__ TcLayout2(const Shape& s, bool shared_w, int warps)
         : w2(0), nx(w2 + (shared_w ? sizeof(__half) * s.E * s.C : 0)), g(nx + sizeof(float) * s.E),
-          acc(g + sizeof(__half) * kTcWarps * kTile * s.E), total(acc + sizeof(float) * kTcWarps * kTile * kTile) {}
+          acc(g + sizeof(__half) * warps * kTile * s.E), total(acc + sizeof(float) * warps * kTile * kTile) {}
 };
 
 // acc_tile[16, 16] = A[16, K] x B[K, 16 columns from nt * 16] on the tensor cores (fp16 in, fp32
@@ -256,7 +260,7 @@ __device__ __forceinline__ void tile_gemm(const __half* a, const __half* b, int 
     wmma::store_matrix_sync(acc_tile, acc, kTile, wmma::mem_row_major);
 }
 
-template <bool kSharedW>
+template <bool kSharedW, int kTcWarps>
 __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __restrict__ x, Shape s,
                                                                 const float* __restrict__ dw,
                                                                 const float* __restrict__ dw_bias,
@@ -266,7 +270,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __
                                                                 const float* __restrict__ b1, __half* __restrict__ hidden,
                                                                 float* __restrict__ sumsq) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    const TcLayout1 L(s, kSharedW);
+    const TcLayout1 L(s, kSharedW, kTcWarps);
     const int C = s.C, E = s.E, kk = s.k * s.k;
     __half* s_w1 = reinterpret_cast<__half*>(tc_smem + L.w1);  // [C, E] row-major (kSharedW)
     float* s_dw = reinterpret_cast<float*>(tc_smem + L.dw);     // [k*k, C]
@@ -320,7 +324,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass1_tc(const __half* __
     for (int e = threadIdx.x; e < E; e += blockDim.x) atomicAdd(sumsq + b * E + e, s_sq[e]);
 }
 
-template <bool kSharedW>
+template <bool kSharedW, int kTcWarps>
 __global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __restrict__ x, Shape s,
                                                                 const __half* __restrict__ hidden,
                                                                 const float* __restrict__ sumsq,
@@ -329,7 +333,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) block_pass2_tc(const __half* __
                                                                 const __half* __restrict__ w2t,
                                                                 const float* __restrict__ b2, __half* __restrict__ out) {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    const TcLayout2 L(s, kSharedW);
+    const TcLayout2 L(s, kSharedW, kTcWarps);
     const int C = s.C, E = s.E;
     __half* s_w2 = reinterpret_cast<__half*>(tc_smem + L.w2);  // [E, C] row-major (kSharedW)
     float* s_nx = reinterpret_cast<float*>(tc_smem + L.nx);     // [E]
@@ -404,37 +408,99 @@ int tc_variant(const ConvNeXtBlockArgs& a) {
     // WMMA reads W1/W2 in 32-byte pieces (straight from them when they stay in global memory)
     if (reinterpret_cast<uintptr_t>(a.w1t_half) % 32 != 0 || reinterpret_cast<uintptr_t>(a.w2t_half) % 32 != 0) return 0;
     const size_t limit = shared_limit();
-    if (TcLayout1(s, true).total <= limit && TcLayout2(s, true).total <= limit) return 2;
-    if (TcLayout1(s, false).total <= limit && TcLayout2(s, false).total <= limit) return 1;
+    for (const bool shared_w : {true, false})  // the smaller blocks must fit
+        if (TcLayout1(s, shared_w, kTcWarpsFew).total <= limit && TcLayout2(s, shared_w, kTcWarpsFew).total <= limit)
+            return shared_w ? 2 : 1;
     return 0;
+}
+
+// Warps resident per SM for blocks of `warps` warps and `smem` bytes of dynamic shared memory, as
+// far as shared memory decides it (CUDA's occupancy rules: 128-byte units, 1 KB reserved a block,
+// at most 32 blocks and 64 warps an SM on sm_80/sm_90).
+int resident_warps(size_t smem, int warps) {
+    int device = 0, per_sm = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess)
+        return warps;
+    const size_t per_block = (smem + 127) / 128 * 128 + 1024;
+    const int blocks = std::min<int>(static_cast<int>(static_cast<size_t>(per_sm) / per_block), 32);
+    return std::min(blocks * warps, 64);
+}
+
+// Warps per block of one tensor-core pass. Each block loads the weights it keeps in shared memory
+// (W1 or W2 where shared_w, the depthwise taps) once for all its warps, so where shared memory is
+// what limits residency, blocks of 8 warps keep more warps resident per SM than blocks of 4:
+// theoretically 32 instead of 20 of 64 for F^3's pass 1 on sm_90, 24 instead of 12 for L1's
+// (results/cpu-kernel-occupancy-2026-12-03; scripts/kernel_occupancy.py). Takes 8 only when it keeps
+// more warps resident (4 on a tie: more, smaller blocks spread better over the SMs).
+// EVENTSPD_CONVNEXT_TC_WARPS=4 or 8 forces one where it fits (plugins/bench_gpu.py's A/B; anything
+// else is ignored). Whether more resident warps make the pass faster is for a GPU to measure.
+template <class Layout>
+int tc_warps(const Shape& s, bool shared_w) {
+    const size_t few = Layout(s, shared_w, kTcWarpsFew).total, many = Layout(s, shared_w, kTcWarpsMany).total;
+    const bool many_fits = many <= shared_limit();
+    if (const char* forced = std::getenv("EVENTSPD_CONVNEXT_TC_WARPS")) {
+        if (!std::strcmp(forced, "4")) return kTcWarpsFew;
+        if (!std::strcmp(forced, "8") && many_fits) return kTcWarpsMany;
+    }
+    return many_fits && resident_warps(many, kTcWarpsMany) > resident_warps(few, kTcWarpsFew) ? kTcWarpsMany
+                                                                                                : kTcWarpsFew;
+}
+
+template <bool kSharedW, int kTcWarps>
+cudaError_t allow_pass1_tc(const Shape& s) {
+    return cudaFuncSetAttribute(block_pass1_tc<kSharedW, kTcWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(TcLayout1(s, kSharedW, kTcWarps).total));
+}
+template <bool kSharedW, int kTcWarps>
+cudaError_t allow_pass2_tc(const Shape& s) {
+    return cudaFuncSetAttribute(block_pass2_tc<kSharedW, kTcWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(TcLayout2(s, kSharedW, kTcWarps).total));
+}
+
+dim3 tc_grid(int64_t hw, int batch, int warps) {
+    const int64_t tiles = (hw + kTile - 1) / kTile;
+    return dim3(static_cast<unsigned>(std::min<int64_t>((tiles + warps - 1) / warps, 1024)), batch);
+}
+
+template <bool kSharedW, int kTcWarps>
+void run_pass1_tc(const ConvNeXtBlockArgs& a, const Shape& s, int64_t hw, cudaStream_t stream) {
+    block_pass1_tc<kSharedW, kTcWarps><<<tc_grid(hw, a.batch, kTcWarps), kTcWarps * 32,
+                                         TcLayout1(s, kSharedW, kTcWarps).total, stream>>>(
+        static_cast<const __half*>(a.x), s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias,
+        static_cast<const __half*>(a.w1t_half), a.b1, static_cast<__half*>(a.hidden), a.sumsq);
+}
+template <bool kSharedW, int kTcWarps>
+void run_pass2_tc(const ConvNeXtBlockArgs& a, const Shape& s, int64_t hw, cudaStream_t stream) {
+    block_pass2_tc<kSharedW, kTcWarps><<<tc_grid(hw, a.batch, kTcWarps), kTcWarps * 32,
+                                         TcLayout2(s, kSharedW, kTcWarps).total, stream>>>(
+        static_cast<const __half*>(a.x), s, static_cast<const __half*>(a.hidden), a.sumsq, a.gamma, a.beta,
+        static_cast<const __half*>(a.w2t_half), a.b2, static_cast<__half*>(a.out));
 }
 
 template <bool kSharedW>
 cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
     const int64_t hw = static_cast<int64_t>(a.height) * a.width;
-    const size_t smem1 = TcLayout1(s, kSharedW).total, smem2 = TcLayout2(s, kSharedW).total;
-    cudaError_t err = cudaFuncSetAttribute(block_pass1_tc<kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem1));
+    const bool many1 = tc_warps<TcLayout1>(s, kSharedW) == kTcWarpsMany;
+    const bool many2 = tc_warps<TcLayout2>(s, kSharedW) == kTcWarpsMany;
+    cudaError_t err = many1 ? allow_pass1_tc<kSharedW, kTcWarpsMany>(s) : allow_pass1_tc<kSharedW, kTcWarpsFew>(s);
     if (err != cudaSuccess) return err;
-    err = cudaFuncSetAttribute(block_pass2_tc<kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem2));
+    err = many2 ? allow_pass2_tc<kSharedW, kTcWarpsMany>(s) : allow_pass2_tc<kSharedW, kTcWarpsFew>(s);
     if (err != cudaSuccess) return err;
     if (hw == 0 || a.batch == 0) return cudaSuccess;  // nothing to write (and sumsq may be null)
     err = cudaMemsetAsync(a.sumsq, 0, sizeof(float) * a.batch * s.E, stream);
     if (err != cudaSuccess) return err;
-    const int64_t tiles = (hw + kTile - 1) / kTile;
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((tiles + kTcWarps - 1) / kTcWarps, 1024)), a.batch);
-    const __half* x = static_cast<const __half*>(a.x);
-    __half* hidden = static_cast<__half*>(a.hidden);
-    block_pass1_tc<kSharedW><<<grid, kTcWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias,
-                                                                     static_cast<const __half*>(a.w1t_half), a.b1,
-                                                                     hidden, a.sumsq);
+    if (many1)
+        run_pass1_tc<kSharedW, kTcWarpsMany>(a, s, hw, stream);
+    else
+        run_pass1_tc<kSharedW, kTcWarpsFew>(a, s, hw, stream);
     err = cudaGetLastError();  // pass 2 must not run on an unwritten hidden map
     if (err != cudaSuccess) return err;
-    block_pass2_tc<kSharedW><<<grid, kTcWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta,
-                                                                     static_cast<const __half*>(a.w2t_half), a.b2,
-                                                                     static_cast<__half*>(a.out));
+    if (many2)
+        run_pass2_tc<kSharedW, kTcWarpsMany>(a, s, hw, stream);
+    else
+        run_pass2_tc<kSharedW, kTcWarpsFew>(a, s, hw, stream);
     return cudaGetLastError();
 }
 

@@ -639,8 +639,16 @@ cudaError_t cudaGetDevice(int* device) {
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-    if (device != 0 || attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
-    *value = emu::device().shared_optin;
+    if (device != 0) return cudaErrorInvalidValue;
+    if (attr == cudaDevAttrMaxSharedMemoryPerBlockOptin) {
+        *value = emu::device().shared_optin;
+    } else if (attr == cudaDevAttrMaxSharedMemoryPerMultiprocessor) {
+        // an SM holds the opt-in maximum plus the 1 KB the driver reserves a block: 228 KB on sm_90,
+        // 164 KB on sm_80, 100 KB on sm_86/89
+        *value = emu::device().shared_optin + 1024;
+    } else {
+        return cudaErrorInvalidValue;
+    }
     return cudaSuccess;
 }
 

@@ -141,7 +141,8 @@ def test_every_kernel_of_plugins_has_its_ptxas_figures_registered(emu):
             assert f"{r.template_id} registers={r.registers} static_shared={r.static_shared}" in registered[r.template_id]
     # the launch bounds came from the source: the fused block's kernels run 8 and 4 warps
     assert "launch_bound=256 max_threads=256" in registered["block_pass1<__half, true>"]
-    assert "launch_bound=128 max_threads=128" in registered["block_pass1_tc<true>"]
+    assert "launch_bound=128 max_threads=128" in registered["block_pass1_tc<true, 4>"]
+    assert "launch_bound=256 max_threads=256" in registered["block_pass1_tc<true, 8>"]
 
 
 def test_tile_read_before_the_syncwarp_after_a_wmma_store_is_incomplete(emu):
@@ -191,13 +192,29 @@ def test_convnext_block_paths(emu, optin, C, k, expansion, dtype, path):
         assert kt.block_err(emu_device(emu), block, x, dtype) <= kt.BLOCK_TOL[dtype]
     names = [n for n, _ in launches(emu)]
     smem1 = launches(emu)[1][1]
+    threads = [int(m[1]) for m in re.finditer(r" block=\((\d+),1,1\)", emu.launch_log())]
     E = C * expansion
     if path.startswith("tc"):
-        assert names == ["rearrange_weights", "block_pass1_tc<kSharedW>", "block_pass2_tc<kSharedW>"]
+        assert names == ["rearrange_weights", "block_pass1_tc<kSharedW, kTcWarps>", "block_pass2_tc<kSharedW, kTcWarps>"]
         assert (smem1 >= C * E * 2) == (path == "tc-shared"), smem1
+        # warps a block (kernel.cu's tc_warps): 8 where they keep more warps resident by shared memory
+        # (F^3's pass 1: 4 blocks of 8 warps instead of 5 of 4), else 4 (F^3's pass 2: 24 warps either way)
+        assert threads[1:] == ([256, 128] if path == "tc-shared" else [128, 128]), threads
     else:
         assert names == ["rearrange_weights", "block_pass1<T, kSharedW>", "block_pass2<T, kSharedW>"]
     assert smem1 <= optin - 256
+
+
+@pytest.mark.parametrize("forced,threads", [("4", [128, 128]), ("8", [256, 256])])
+def test_convnext_block_tensor_core_warps_can_be_forced(emu, monkeypatch, forced, threads):
+    # $EVENTSPD_CONVNEXT_TC_WARPS, the GPU benchmark's A/B of kernel.cu's choice: same results
+    monkeypatch.setenv("EVENTSPD_CONVNEXT_TC_WARPS", forced)
+    emu.reset(H200_OPTIN, 0)
+    block = kt.random_block(64, 7, 2, seed=21)
+    x = torch.randn(1, 64, 6, 10, generator=kt.gen(22), dtype=F64)
+    with torch.no_grad():
+        assert kt.block_err(emu_device(emu), block, x, F16) <= kt.BLOCK_TOL[F16]
+    assert [int(m[1]) for m in re.finditer(r" block=\((\d+),1,1\)", emu.launch_log())][1:] == threads
 
 
 @pytest.mark.parametrize("levels,kernel", [(4, "event_splat_nhwc_kernel<float, true>"),

@@ -98,7 +98,7 @@ def test_launch_arithmetic():
 def test_launch_bounds_come_from_the_ptx(resources):
     bounds = {r.template_id: r.launch_bound for r in resources}
     assert bounds["block_pass1<__half, true>"] == bounds["block_pass2<float, false>"] == 256  # kWarps * 32
-    assert bounds["block_pass1_tc<true>"] == 128  # kTcWarps * 32
+    assert bounds["block_pass1_tc<true, 4>"] == 128 and bounds["block_pass2_tc<false, 8>"] == 256  # kTcWarps * 32
     assert bounds["deform_read_kernel<__half, __half, true>"] == 0  # none declared
     ptx = (".visible .entry _Z1bPf(\n\t.param .u64 _Z1bPf_param_0\n)\n.maxntid 64, 2, 1\n.minnctapersm 2\n{\n}\n"
            ".visible .entry _Z5plainPf(\n\t.param .u64 p\n)\n{\n.maxntid 9, 9, 9\n}\n")
@@ -132,7 +132,7 @@ def test_cli_prints_the_table_and_json(capsys, monkeypatch):
     assert kr.main(["--arch", "sm_90"]) == 0
     table = capsys.readouterr().out
     assert re.search(r"deform_read_kernel<__half, __half, true>\s+sm_90\s+\d+\s+0\s+0\s+0\s+-\s+1024", table), table
-    assert re.search(r"block_pass1_tc<true>\s+sm_90\s+\d+\s+\d+\s+\d+\s+0\s+128\s+128", table), table
+    assert re.search(r"block_pass1_tc<true, 4>\s+sm_90\s+\d+\s+\d+\s+\d+\s+0\s+128\s+128", table), table
     assert kr.main(["--arch", "sm_90", "--json"]) == 0
     import json
 
@@ -193,5 +193,5 @@ def test_occupancy_script_covers_every_stage_that_launches_kernels(tmp_path, mon
     assert {"f3_encode_splat", "f3_convs", "stem_l1", "l2", "decoder b3", "decoder b4"} <= stages, stages
     assert all(0 < row["occupancy"] <= 1 and row["limiter"] for row in data["launches"])
     f3 = [row for row in data["launches"] if row["stage"] == "f3_convs" and row["kernel"].startswith("block_pass1")]
-    assert [row["kernel"] for row in f3] == ["block_pass1_tc<true>"] and f3[0]["launches"] == 6  # fp16: tensor cores
+    assert [row["kernel"] for row in f3] == ["block_pass1_tc<true, 8>"] and f3[0]["launches"] == 6  # fp16: tensor cores
     assert "[f3_convs]" in capsys.readouterr().out

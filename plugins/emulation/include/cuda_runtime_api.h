@@ -25,7 +25,7 @@ using cudaStream_t = CUstream_st*;
 struct CUevent_st;  // only named by TensorRT's headers (plugin_runtime.cpp)
 using cudaEvent_t = CUevent_st*;
 
-enum cudaDeviceAttr : int { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr : int { cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 struct dim3 {
