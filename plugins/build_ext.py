@@ -50,12 +50,12 @@ def _rel(*parts: str) -> str:
     return os.path.join(*parts)
 
 
-def _find_nvcc() -> str | None:
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
-        return os.path.join(CUDA_HOME, "bin", "nvcc")
-    return shutil.which("nvcc")
+def find_nvcc() -> str | None:
+    """The nvcc of $CUDA_HOME / $CUDA_PATH (which _ensure_cuda_home points at the nvcc on PATH, as
+    torch's extension builder then finds it), else /usr/local/cuda's, else the one on PATH."""
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    candidate = os.path.join(cuda_home, "bin", "nvcc")
+    return candidate if os.path.isfile(candidate) else shutil.which("nvcc")
 
 
 def cuda_build_enabled() -> bool:
@@ -64,7 +64,7 @@ def cuda_build_enabled() -> bool:
 
     if os.environ.get("EVENTSPD_NO_CUDA", "") not in ("", "0"):
         return False
-    return bool(torch.version.cuda) and _find_nvcc() is not None
+    return bool(torch.version.cuda) and find_nvcc() is not None
 
 
 def get_extensions():

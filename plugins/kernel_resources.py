@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -33,7 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from plugins import build_ext  # noqa: F401  (importing it points CUDA_HOME at the nvcc on PATH)
+from plugins import build_ext
+from plugins.build_ext import find_nvcc  # the one lookup of nvcc, shared with the extension build
 
 PLUGINS = Path(__file__).resolve().parent
 ARCHS = ("sm_90", "sm_80")  # H100/H200 and A100: the GPUs the issues measure on
@@ -170,12 +173,6 @@ def _split_parameters(demangled: str) -> tuple[str, str]:
     return demangled, ""
 
 
-def find_nvcc() -> str | None:
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    candidate = Path(cuda_home) / "bin" / "nvcc"
-    return str(candidate) if candidate.is_file() else shutil.which("nvcc")
-
-
 def nvcc_command(nvcc: str, cu: Path, arch: str, output: Path, include_dirs: tuple[Path, ...] = ()) -> list[str]:
     """The one nvcc command for a kernel source: the compile tests and the resource figures share it."""
     includes = [a for d in (cu.parent.parent, *include_dirs) for a in ("-I", str(d))]
@@ -236,9 +233,15 @@ def demangle(names: list[str]) -> list[str]:
 _CACHE_SCHEMA = "2"  # bump when KernelResources' fields change
 
 
+@functools.lru_cache(maxsize=None)
+def _nvcc_version(nvcc: str) -> str:
+    # once per process: the emulation's load() asks for five files' figures
+    return subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+
+
 def _cache_key(nvcc: str, cu: Path, arch: str, include_dirs: tuple[Path, ...]) -> str:
     h = hashlib.sha256(" ".join((_CACHE_SCHEMA, os.path.realpath(nvcc), *NVCC_FLAGS, arch)).encode())
-    h.update(subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.encode())
+    h.update(_nvcc_version(nvcc).encode())
     h.update(cu.read_bytes())
     for root in (cu.parent.parent, *include_dirs):  # every header the source can include
         for header in sorted(root.rglob("*.h")):
@@ -308,7 +311,7 @@ def launch_occupancy(log: str, device: Device, resources: dict[str, KernelResour
     counts: dict[tuple, int] = {}
     for m in _LAUNCH_LINE.finditer(log):
         key = (m["kernel"] or m["text"], tuple(int(v) for v in m["grid"].split(",")),
-               _product(m["block"]), int(m["smem"]), m["regs"], m["static"])
+               math.prod(int(v) for v in m["block"].split(",")), int(m["smem"]), m["regs"], m["static"])
         counts[key] = counts.get(key, 0) + 1
     rows = []
     for (kernel, grid, threads, smem, regs, static), n in counts.items():
@@ -322,13 +325,6 @@ def launch_occupancy(log: str, device: Device, resources: dict[str, KernelResour
         rows.append(LaunchOccupancy(kernel, grid, threads, smem, r.registers if r else None,
                                     r.static_shared if r else None, n, blocks, limiter))
     return rows
-
-
-def _product(dims: str) -> int:
-    out = 1
-    for v in dims.split(","):
-        out *= int(v)
-    return out
 
 
 def occupancy_table(rows: list[LaunchOccupancy], device: Device) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.build_ext import find_nvcc
 from plugins.kernel_resources import ARCHS  # sm_90, sm_80
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
@@ -23,12 +24,6 @@ CU_FILES = sorted(PLUGINS.glob("*/kernel.cu"))
 TORCH_CUDA_SOURCES = sorted(PLUGINS.glob("*/cuda.cpp"))
 TRT_SOURCES = sorted(PLUGINS.glob("*/plugin.cpp")) + [PLUGINS / "common" / "plugin_base.cpp",
                                                       PLUGINS / "common" / "registration.cpp"]
-
-
-def _nvcc() -> str | None:
-    from plugins.kernel_resources import find_nvcc
-
-    return find_nvcc()
 
 
 def _cuda_include(nvcc: str) -> Path:
@@ -39,7 +34,7 @@ def _host_compiler_and_cuda_include() -> tuple[str, Path]:
     """The C++ compiler and CUDA's include/ for the host-side syntax checks (skip_or_fail without)."""
     from helpers import skip_or_fail
 
-    nvcc = _nvcc()
+    nvcc = find_nvcc()
     cuda_inc = _cuda_include(nvcc) if nvcc else Path("/usr/local/cuda/include")
     if not (cuda_inc / "cuda_runtime_api.h").is_file():
         skip_or_fail("CUDA headers (cuda_runtime_api.h) not found")
@@ -67,7 +62,7 @@ def test_nvcc_compiles(cu: Path, arch: str):
     cached for tests/plugins/test_kernel_resources.py and the emulation's launch checks."""
     from plugins import kernel_resources as kr
 
-    if _nvcc() is None:
+    if find_nvcc() is None:
         pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     try:
         found = kr.kernel_resources(cu, arch)
