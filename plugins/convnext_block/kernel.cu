@@ -447,61 +447,41 @@ int tc_warps(const Shape& s, bool shared_w) {
                                                                                                 : kTcWarpsFew;
 }
 
-template <bool kSharedW, int kTcWarps>
-cudaError_t allow_pass1_tc(const Shape& s) {
-    return cudaFuncSetAttribute(block_pass1_tc<kSharedW, kTcWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(TcLayout1(s, kSharedW, kTcWarps).total));
-}
-template <bool kSharedW, int kTcWarps>
-cudaError_t allow_pass2_tc(const Shape& s) {
-    return cudaFuncSetAttribute(block_pass2_tc<kSharedW, kTcWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(TcLayout2(s, kSharedW, kTcWarps).total));
-}
-
-dim3 tc_grid(int64_t hw, int batch, int warps) {
-    const int64_t tiles = (hw + kTile - 1) / kTile;
-    return dim3(static_cast<unsigned>(std::min<int64_t>((tiles + warps - 1) / warps, 1024)), batch);
-}
-
-template <bool kSharedW, int kTcWarps>
-void run_pass1_tc(const ConvNeXtBlockArgs& a, const Shape& s, int64_t hw, cudaStream_t stream) {
-    block_pass1_tc<kSharedW, kTcWarps><<<tc_grid(hw, a.batch, kTcWarps), kTcWarps * 32,
-                                         TcLayout1(s, kSharedW, kTcWarps).total, stream>>>(
-        static_cast<const __half*>(a.x), s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias,
-        static_cast<const __half*>(a.w1t_half), a.b1, static_cast<__half*>(a.hidden), a.sumsq);
-}
-template <bool kSharedW, int kTcWarps>
-void run_pass2_tc(const ConvNeXtBlockArgs& a, const Shape& s, int64_t hw, cudaStream_t stream) {
-    block_pass2_tc<kSharedW, kTcWarps><<<tc_grid(hw, a.batch, kTcWarps), kTcWarps * 32,
-                                         TcLayout2(s, kSharedW, kTcWarps).total, stream>>>(
-        static_cast<const __half*>(a.x), s, static_cast<const __half*>(a.hidden), a.sumsq, a.gamma, a.beta,
-        static_cast<const __half*>(a.w2t_half), a.b2, static_cast<__half*>(a.out));
+// The two passes with blocks of kWarps1 and kWarps2 warps.
+template <bool kSharedW, int kWarps1, int kWarps2>
+cudaError_t launch_tc(const ConvNeXtBlockArgs& a, const Shape& s, cudaStream_t stream) {
+    const int64_t hw = static_cast<int64_t>(a.height) * a.width, tiles = (hw + kTile - 1) / kTile;
+    const size_t smem1 = TcLayout1(s, kSharedW, kWarps1).total, smem2 = TcLayout2(s, kSharedW, kWarps2).total;
+    cudaError_t err = cudaFuncSetAttribute(block_pass1_tc<kSharedW, kWarps1>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem1));
+    if (err != cudaSuccess) return err;
+    err = cudaFuncSetAttribute(block_pass2_tc<kSharedW, kWarps2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem2));
+    if (err != cudaSuccess) return err;
+    if (hw == 0 || a.batch == 0) return cudaSuccess;  // nothing to write (and sumsq may be null)
+    err = cudaMemsetAsync(a.sumsq, 0, sizeof(float) * a.batch * s.E, stream);
+    if (err != cudaSuccess) return err;
+    const dim3 grid1(static_cast<unsigned>(std::min<int64_t>((tiles + kWarps1 - 1) / kWarps1, 1024)), a.batch);
+    const dim3 grid2(static_cast<unsigned>(std::min<int64_t>((tiles + kWarps2 - 1) / kWarps2, 1024)), a.batch);
+    const __half* x = static_cast<const __half*>(a.x);
+    __half* hidden = static_cast<__half*>(a.hidden);
+    block_pass1_tc<kSharedW, kWarps1><<<grid1, kWarps1 * 32, smem1, stream>>>(
+        x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias, static_cast<const __half*>(a.w1t_half), a.b1, hidden, a.sumsq);
+    err = cudaGetLastError();  // pass 2 must not run on an unwritten hidden map
+    if (err != cudaSuccess) return err;
+    block_pass2_tc<kSharedW, kWarps2><<<grid2, kWarps2 * 32, smem2, stream>>>(
+        x, s, hidden, a.sumsq, a.gamma, a.beta, static_cast<const __half*>(a.w2t_half), a.b2,
+        static_cast<__half*>(a.out));
+    return cudaGetLastError();
 }
 
 template <bool kSharedW>
 cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
-    const int64_t hw = static_cast<int64_t>(a.height) * a.width;
-    const bool many1 = tc_warps<TcLayout1>(s, kSharedW) == kTcWarpsMany;
-    const bool many2 = tc_warps<TcLayout2>(s, kSharedW) == kTcWarpsMany;
-    cudaError_t err = many1 ? allow_pass1_tc<kSharedW, kTcWarpsMany>(s) : allow_pass1_tc<kSharedW, kTcWarpsFew>(s);
-    if (err != cudaSuccess) return err;
-    err = many2 ? allow_pass2_tc<kSharedW, kTcWarpsMany>(s) : allow_pass2_tc<kSharedW, kTcWarpsFew>(s);
-    if (err != cudaSuccess) return err;
-    if (hw == 0 || a.batch == 0) return cudaSuccess;  // nothing to write (and sumsq may be null)
-    err = cudaMemsetAsync(a.sumsq, 0, sizeof(float) * a.batch * s.E, stream);
-    if (err != cudaSuccess) return err;
-    if (many1)
-        run_pass1_tc<kSharedW, kTcWarpsMany>(a, s, hw, stream);
-    else
-        run_pass1_tc<kSharedW, kTcWarpsFew>(a, s, hw, stream);
-    err = cudaGetLastError();  // pass 2 must not run on an unwritten hidden map
-    if (err != cudaSuccess) return err;
-    if (many2)
-        run_pass2_tc<kSharedW, kTcWarpsMany>(a, s, hw, stream);
-    else
-        run_pass2_tc<kSharedW, kTcWarpsFew>(a, s, hw, stream);
-    return cudaGetLastError();
+    constexpr int F = kTcWarpsFew, M = kTcWarpsMany;
+    const bool many1 = tc_warps<TcLayout1>(s, kSharedW) == M, many2 = tc_warps<TcLayout2>(s, kSharedW) == M;
+    if (many1) return many2 ? launch_tc<kSharedW, M, M>(a, s, stream) : launch_tc<kSharedW, M, F>(a, s, stream);
+    return many2 ? launch_tc<kSharedW, F, M>(a, s, stream) : launch_tc<kSharedW, F, F>(a, s, stream);
 }
 
 // ---- launchers -------------------------------------------------------------------------------

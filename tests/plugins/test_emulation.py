@@ -195,7 +195,7 @@ def test_convnext_block_paths(emu, optin, C, k, expansion, dtype, path):
     threads = [int(m[1]) for m in re.finditer(r" block=\((\d+),1,1\)", emu.launch_log())]
     E = C * expansion
     if path.startswith("tc"):
-        assert names == ["rearrange_weights", "block_pass1_tc<kSharedW, kTcWarps>", "block_pass2_tc<kSharedW, kTcWarps>"]
+        assert names == ["rearrange_weights", "block_pass1_tc<kSharedW, kWarps1>", "block_pass2_tc<kSharedW, kWarps2>"]
         assert (smem1 >= C * E * 2) == (path == "tc-shared"), smem1
         # warps a block (kernel.cu's tc_warps): 8 where they keep more warps resident by shared memory
         # (F^3's pass 1: 4 blocks of 8 warps instead of 5 of 4), else 4 (F^3's pass 2: 24 warps either way)
