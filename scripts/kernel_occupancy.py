@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from model_def import EventSPD, fused_block, get_config
-from model_def import ops as model_ops
+from model_def import EventSPD, get_config
 from plugins import emulation
 from plugins import kernel_resources as kr
 from eventspd_export.data.synthetic import random_queries, synthetic_window
@@ -36,27 +35,21 @@ def model_launches(config: str, precision: str, k: int, events: int, seed: int =
     """(stage, launch-log chunk) of one precompute and one decode of ``k`` queries, every plugin op
     on the emulated kernels (the fused ConvNeXt-V2 blocks included, as on a GPU)."""
     cfg = get_config(config)
-    emu = emulation.load()
-    emu.reset()
     model = EventSPD(cfg, seed=seed).eval()
     window, queries = synthetic_window(cfg, events, seed=seed), random_queries(cfg, k, seed=seed)
     ends: list[tuple[str, int]] = []  # the model marks each stage as it ends
+    with contextlib.ExitStack() as stack:
+        emu = stack.enter_context(emulation.model_on_emulated_kernels())
+        emu.reset()
 
-    def mark(stage: str) -> None:
-        ends.append((stage, len(emu.launch_log())))
+        def mark(stage: str) -> None:
+            ends.append((stage, len(emu.launch_log())))
 
-    saved = model_ops.plugin_ops, fused_block.FUSED_BLOCK_DEVICES
-    model_ops.plugin_ops, fused_block.FUSED_BLOCK_DEVICES = (lambda: emu), ("cpu",)
-    try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode())
-            stack.enter_context(model_ops.use_backend("plugin"))
-            if precision == "fp16":  # as the GPU benchmark runs fp16: autocast over fp32 weights
-                stack.enter_context(torch.autocast("cpu", dtype=torch.float16))
-            pre = model.precompute(window, mark=mark)
-            model.decode(pre, queries, mark=lambda s: mark(f"decoder {s}"))
-    finally:
-        model_ops.plugin_ops, fused_block.FUSED_BLOCK_DEVICES = saved
+        stack.enter_context(torch.inference_mode())
+        if precision == "fp16":  # as the GPU benchmark runs fp16: autocast over fp32 weights
+            stack.enter_context(torch.autocast("cpu", dtype=torch.float16))
+        pre = model.precompute(window, mark=mark)
+        model.decode(pre, queries, mark=lambda s: mark(f"decoder {s}"))
     log, start, chunks = emu.launch_log(), 0, []
     for stage, end in ends + [("after the last stage", len(emu.launch_log()))]:
         if log[start:end]:

@@ -28,6 +28,7 @@ reports on the original ``kernel.cu`` lines.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -181,6 +182,24 @@ def tensorrt_headers() -> tuple[Path | None, str | None]:
 def tensorrt_include() -> Path | None:
     """The folder of ``tensorrt_headers()``, or None."""
     return tensorrt_headers()[0]
+
+
+@contextlib.contextmanager
+def model_on_emulated_kernels():
+    """model_def.ops' plugin backend on the emulated ops, the fused ConvNeXt-V2 blocks included
+    (model_def.fused_block keeps the CPU on PyTorch's block otherwise): inside it a CPU model
+    launches the CUDA kernels a GPU run of the plugin backend launches. Yields the ops."""
+    from model_def import fused_block
+    from model_def import ops as model_ops
+
+    emu = load()
+    saved = model_ops.plugin_ops, fused_block.FUSED_BLOCK_DEVICES
+    model_ops.plugin_ops, fused_block.FUSED_BLOCK_DEVICES = (lambda: emu), ("cpu",)
+    try:
+        with model_ops.use_backend("plugin"):
+            yield emu
+    finally:
+        model_ops.plugin_ops, fused_block.FUSED_BLOCK_DEVICES = saved
 
 
 def has_plugin_runtime() -> bool:

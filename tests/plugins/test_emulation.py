@@ -318,15 +318,14 @@ def test_kernel_cases_pass_under_asan(emu):
 
 # ---- the whole model on the emulated kernels --------------------------------------------------------
 @pytest.mark.parametrize("channels_last_maps", [False, True])
-def test_tiny_model_on_emulated_kernels_equals_reference_ops(emu, monkeypatch, channels_last_maps):
+def test_tiny_model_on_emulated_kernels_equals_reference_ops(emu, channels_last_maps):
     """The plugin backend with torch.ops.eventspd_emu for torch.ops.eventspd_plugins: the tiny
     model's splat, fused ConvNeXt-V2 blocks (F^3, L1, L2), routing and deformable reads all run
     the CUDA front ends and kernels, with B4's value maps channels-last or not (read in place or
     copied), against the reference ops -- what the GPU tests of the model check on a GPU."""
     import copy
 
-    from model_def import EventSPD, fused_block
-    from model_def import ops as model_ops
+    from model_def import EventSPD
     from model_def.config import CONFIGS
 
     emu.reset()
@@ -343,9 +342,7 @@ def test_tiny_model_on_emulated_kernels_equals_reference_ops(emu, monkeypatch, c
     queries = torch.rand(1, 9, 2, generator=g) * torch.tensor([cfg.width - 1.0, cfg.height - 1.0])
     with torch.no_grad():
         want = model(events, queries)
-        monkeypatch.setattr(model_ops, "plugin_ops", lambda: emu)
-        monkeypatch.setattr(fused_block, "FUSED_BLOCK_DEVICES", ("cpu",))
-        with model_ops.use_backend("plugin"):
+        with emulation.model_on_emulated_kernels():
             got = emulated(events, queries)
     for a, b in zip(got, want):
         assert kt.rel_err(a, b) <= 1e-4
