@@ -280,8 +280,41 @@ def kernel_resources(cu: Path, arch: str = "sm_90", include_dirs: tuple[Path, ..
     return found
 
 
-_LAUNCH_LINE = re.compile(r"^(?P<text>.+?) grid=\((?P<grid>[\d,]+)\) block=\((?P<block>[\d,]+)\) smem=(?P<smem>\d+)"
-                          r"(?: kernel=(?P<kernel>.+?) registers=(?P<regs>\d+) static_shared=(?P<static>\d+))?$", re.M)
+# One line of the CPU emulation's launch log, as its one writer (plugins/emulation/runtime.cpp, run())
+# prints it: `<launch text> grid=(x,y,z) block=(x,y,z) smem=N[ kernel=<template-id> registers=N static_shared=N]`
+_LAUNCH_LINE = re.compile(r"(?P<text>.+?) grid=\((?P<grid>\d+,\d+,\d+)\) block=\((?P<block>\d+,\d+,\d+)\) smem=(?P<smem>\d+)"
+                          r"(?: kernel=(?P<kernel>.+?) registers=(?P<regs>\d+) static_shared=(?P<static>\d+))?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch of the CPU emulation (``emu.launch_log()``)."""
+    text: str  # the launched expression as written in kernel.cu, e.g. ``block_pass1_tc<kSharedW, kWarps1>``
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    dynamic_shared: int
+    kernel: str | None = None  # the instantiation's template-id, where its ptxas figures are registered
+    registers: int | None = None
+    static_shared: int | None = None
+
+    @property
+    def threads(self) -> int:
+        return math.prod(self.block)
+
+
+def parse_launch_log(log: str) -> list[Launch]:
+    """Every launch of the log, in order. A line in another format is an error (ValueError), so a
+    change of the writer's format cannot silently drop launches from what is counted."""
+    launches = []
+    for n, line in enumerate(log.splitlines(), 1):
+        m = _LAUNCH_LINE.fullmatch(line)
+        if m is None:
+            raise ValueError(f"launch log line {n} is not in the format of plugins/emulation/runtime.cpp: {line!r}")
+        triple = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
+        launches.append(Launch(m["text"], triple(m["grid"]), triple(m["block"]), int(m["smem"]), m["kernel"],
+                               None if m["regs"] is None else int(m["regs"]),
+                               None if m["static"] is None else int(m["static"])))
+    return launches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,16 +342,16 @@ def launch_occupancy(log: str, device: Device, resources: dict[str, KernelResour
     their resident blocks per SM on ``device``. Without ``resources`` (template-id ->
     KernelResources of ``device``'s architecture) the log's own figures are used: sm_90's."""
     counts: dict[tuple, int] = {}
-    for m in _LAUNCH_LINE.finditer(log):
-        key = (m["kernel"] or m["text"], tuple(int(v) for v in m["grid"].split(",")),
-               math.prod(int(v) for v in m["block"].split(",")), int(m["smem"]), m["regs"], m["static"])
+    for launch in parse_launch_log(log):
+        key = (launch.kernel or launch.text, launch.grid, launch.threads, launch.dynamic_shared, launch.registers,
+               launch.static_shared)
         counts[key] = counts.get(key, 0) + 1
     rows = []
     for (kernel, grid, threads, smem, regs, static), n in counts.items():
         if resources is not None:
             r = resources.get(kernel)
         elif regs is not None and device.arch == "sm_90":
-            r = KernelResources(kernel, "", device.arch, int(regs), 0, 0, 0, int(static), 0)
+            r = KernelResources(kernel, "", device.arch, regs, 0, 0, 0, static, 0)
         else:
             r = None
         blocks, limiter = r.blocks_per_sm(device, threads, smem) if r else (None, None)

@@ -428,6 +428,7 @@ bool valid_config(const LaunchConfig& c, std::string* why, cudaError_t* code) {
 void run(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
     DeviceState& d = device();
     d.message_error = cudaSuccess;  // a message describes the launch that failed, not an older one
+    // the launch log's one format: plugins/kernel_resources.py (parse_launch_log) reads it
     char line[400];
     std::snprintf(line, sizeof(line), "%s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu", cfg.name, cfg.grid.x, cfg.grid.y,
                   cfg.grid.z, cfg.block.x, cfg.block.y, cfg.block.z, cfg.smem);

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from plugins import emulation
+from plugins.kernel_resources import parse_launch_log
 from tests.plugins import test_plugin_kernels as kt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +33,12 @@ def emu():
 
 def launches(ops) -> list[tuple[str, int]]:
     """(kernel, dynamic shared bytes) of each launch since the last reset."""
-    return [(m["name"], int(m["smem"])) for m in
-            re.finditer(r"^(?P<name>.+?) grid=\S+ block=\S+ smem=(?P<smem>\d+)(?: kernel=.*)?$", ops.launch_log(), re.M)]
+    return [(launch.text, launch.dynamic_shared) for launch in parse_launch_log(ops.launch_log())]
+
+
+def block_threads(ops) -> list[int]:
+    """Threads per block of each launch since the last reset."""
+    return [launch.threads for launch in parse_launch_log(ops.launch_log())]
 
 
 # ---- the rewrite of kernel.cu -------------------------------------------------------------------
@@ -192,7 +197,7 @@ def test_convnext_block_paths(emu, optin, C, k, expansion, dtype, path):
         assert kt.block_err(emu_device(emu), block, x, dtype) <= kt.BLOCK_TOL[dtype]
     names = [n for n, _ in launches(emu)]
     smem1 = launches(emu)[1][1]
-    threads = [int(m[1]) for m in re.finditer(r" block=\((\d+),1,1\)", emu.launch_log())]
+    threads = block_threads(emu)
     E = C * expansion
     if path.startswith("tc"):
         assert names == ["rearrange_weights", "block_pass1_tc<kSharedW, kWarps1>", "block_pass2_tc<kSharedW, kWarps2>"]
@@ -214,7 +219,7 @@ def test_convnext_block_tensor_core_warps_can_be_forced(emu, monkeypatch, forced
     x = torch.randn(1, 64, 6, 10, generator=kt.gen(22), dtype=F64)
     with torch.no_grad():
         assert kt.block_err(emu_device(emu), block, x, F16) <= kt.BLOCK_TOL[F16]
-    assert [int(m[1]) for m in re.finditer(r" block=\((\d+),1,1\)", emu.launch_log())][1:] == threads
+    assert block_threads(emu)[1:] == threads
 
 
 @pytest.mark.parametrize("levels,kernel", [(4, "event_splat_nhwc_kernel<float, true>"),
@@ -356,5 +361,5 @@ def test_tiny_model_on_emulated_kernels_equals_reference_ops(emu, channels_last_
     assert counts.get("kernel", 0) >= 1, counts  # deform_read_kernel
     assert ("nchw_to_nhwc<uint32_t>" in counts) != channels_last_maps, counts
     if emu.kernel_resources():  # every launch the model made is of a kernel whose ptxas figures are registered
-        unregistered = [line for line in emu.launch_log().splitlines() if " kernel=" not in line]
+        unregistered = [launch.text for launch in parse_launch_log(emu.launch_log()) if launch.kernel is None]
         assert unregistered == []

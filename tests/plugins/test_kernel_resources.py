@@ -153,6 +153,18 @@ nchw_to_nhwc<uint16_t> grid=(20,6,1) block=(32,8,1) smem=0
 """
 
 
+def test_launch_log_lines_parse_and_a_line_in_another_format_is_refused():
+    first, again, deform, copy = kr.parse_launch_log(LOG)
+    assert (first.text, first.grid, first.block, first.threads, first.dynamic_shared) == \
+        ("block_pass1_tc<kSharedW>", (160, 1, 1), (128, 1, 1), 128, 41728)
+    assert (first.kernel, first.registers, first.static_shared) == ("block_pass1_tc<true>", 56, 0) and again == first
+    assert deform.kernel == "deform_read_kernel<__half, __half, true>"
+    assert (copy.block, copy.threads, copy.kernel, copy.registers) == ((32, 8, 1), 256, None, None)
+    # what an edit of runtime.cpp's format would give: refused with its line, not silently left out
+    with pytest.raises(ValueError, match=r"line 2 is not in the format .*'k grid=\(1,1\) block=\(32,1,1\) smem=0'"):
+        kr.parse_launch_log("k grid=(1,1,1) block=(32,1,1) smem=0\nk grid=(1,1) block=(32,1,1) smem=0\n")
+
+
 def test_launch_occupancy_from_the_emulations_log():
     h200 = kr.DEVICES["sm_90"]
     tc, deform, unknown = kr.launch_occupancy(LOG, h200)
