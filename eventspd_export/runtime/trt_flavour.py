@@ -252,8 +252,7 @@ class Runtime:
 
     def registered_creators(self) -> list[tuple[str, str, str]] | None:
         """(name, version, namespace) of every creator in the registry (a creator registered
-        twice is listed twice), or None where the bindings cannot list them. ``all_creators`` sees creators registered statically by a
-        plain dlopen; TensorRT-RTX's ``get_creator`` does not (ARCHITECTURE §8)."""
+        twice is listed twice), or None where the bindings cannot list them."""
         registry = self.trt.get_plugin_registry()
         creators = getattr(registry, "all_creators", None)
         if creators is None:

@@ -19,10 +19,9 @@ the engine guard -- is in ``trt_flavour``):
 * **TF32** is cleared for fp32 engines: an fp32 engine is the accuracy reference of the
   deployment (``check --backend trt --precision fp32`` holds it to the fp32 tolerances), and
   TF32's 10-bit mantissa would move it to fp16-like errors.
-* **Plugins.** ``libeventspd_plugins.so`` is loaded with ``ctypes.CDLL`` (its
-  ``REGISTER_TENSORRT_PLUGIN`` static registration; the same mechanism as ``polygraphy
-  --plugins``, so a later Polygraphy run in this process does not register the creators twice),
-  the four creators are looked up in ``registry.all_creators`` (see ``load_plugins``), and the
+* **Plugins.** ``libeventspd_plugins.so`` is loaded with ``ctypes.CDLL`` (it registers its
+  creators at load, under namespace ``eventspd``; the same mechanism as ``polygraphy --plugins``),
+  each creator must be found by the registry's keyed ``get_creator`` (see ``load_plugins``), and the
   parser gets
   ``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` where it exists (the nodes also carry
   ``plugin_namespace``, which makes 10.15+/11.x parsers prefer the plugin). After parsing, every

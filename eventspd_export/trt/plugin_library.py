@@ -55,13 +55,13 @@ def load_plugins(runtime: Runtime, path: Path) -> None:
     """dlopen the plugin library once per process and check that the registry now has the four
     EventSPD creators (one per ``PLUGIN_SPECS`` entry).
 
-    Registration: the library registers its creators statically when it is loaded
-    (``REGISTER_TENSORRT_PLUGIN``); the Python tools use only that (``ctypes.CDLL``, the mechanism
-    of ``polygraphy --plugins`` and ``trtexec --staticPlugins``). ``IPluginRegistry.loadLibrary``
-    (``registry.load_library``, ``trtexec --dynamicPlugins``) would also call ``getCreators`` and
-    register each creator a second time in the same process, so it is not used here. The check
-    reads ``all_creators``: TensorRT-RTX's ``get_creator`` does not see statically registered
-    creators (ARCHITECTURE §8); ``get_creator`` is the fallback for bindings without the list."""
+    Registration: the library registers its creators when it is loaded, under their namespace
+    ``eventspd`` (plugins/common/registration.cpp); the Python tools use only that (``ctypes.CDLL``,
+    the mechanism of ``polygraphy --plugins`` and ``trtexec --staticPlugins``). Each creator must be
+    found by the registry's keyed lookup ``get_creator(name, version, namespace)``, the one a plan's
+    plugin layers are deserialised through, and be listed once in ``all_creators`` where the
+    bindings list them. A library registered under another namespace (TensorRT's own
+    ``REGISTER_TENSORRT_PLUGIN`` registers under "") is listed but not found by key: refused."""
     key = str(Path(path).resolve())
     if key not in _LOADED_PLUGINS:
         try:
@@ -71,33 +71,39 @@ def load_plugins(runtime: Runtime, path: Path) -> None:
                                      f"{runtime.title} with `eventspd-export build-plugins --runtime "
                                      f"{runtime.name}`") from None
     listed = runtime.registered_creators()
-    registry = runtime.trt.get_plugin_registry()
-    missing, doubled = [], []
+    getter = getattr(runtime.trt.get_plugin_registry(), "get_creator", None)
+    missing, unkeyed, doubled = [], [], []
     for spec in ops.PLUGIN_SPECS.values():
         ident = (spec.plugin_name, spec.plugin_version, ops.PLUGIN_NAMESPACE)
-        if listed is not None:
-            count = listed.count(ident)
-            if count == 0:
-                missing.append(f"{spec.plugin_name} version {spec.plugin_version}")
-            elif count > 1:
-                doubled.append(spec.plugin_name)
-            continue
-        getter = getattr(registry, "get_creator", None)
-        if getter is not None:
-            try:
-                found = getter(*ident) is not None
-            except Exception:  # noqa: BLE001 - binding differences between versions
-                found = False
-            if not found:
-                missing.append(f"{spec.plugin_name} version {spec.plugin_version}")
+        label = f"{spec.plugin_name} version {spec.plugin_version}"
+        count = None if listed is None else listed.count(ident)
+        keyed = _found_by_key(getter, ident)
+        if keyed is False or (keyed is None and count == 0):
+            (unkeyed if count else missing).append(label)
+        elif count is not None and count > 1:
+            doubled.append(spec.plugin_name)
+    rebuild = (f"rebuild the library from this checkout for {runtime.title} with "
+               f"`eventspd-export build-plugins --runtime {runtime.name}`")
     if missing:
         raise PluginLibraryError(f"{path} loaded but the registry has no creator for "
-                                 f"{', '.join(missing)} (namespace {ops.PLUGIN_NAMESPACE!r}); "
-                                 f"rebuild the library from this checkout for {runtime.title} with "
-                                 f"`eventspd-export build-plugins --runtime {runtime.name}`")
+                                 f"{', '.join(missing)} (namespace {ops.PLUGIN_NAMESPACE!r}); {rebuild}")
+    if unkeyed:
+        raise PluginLibraryError(f"{path} registers {', '.join(unkeyed)}, but TensorRT's get_creator(name, version, "
+                                 f"{ops.PLUGIN_NAMESPACE!r}) does not find them, and deserialising an engine looks its "
+                                 f"plugins up that way: the library registers them under another namespace; {rebuild}")
     if doubled:
-        log.warning("the registry holds %s twice (the plugin library was loaded twice, e.g. by dlopen "
-                    "and by loadLibrary); the parser uses the first", ", ".join(doubled))
+        log.warning("the registry holds %s twice (the plugin library was loaded twice, e.g. from two paths); "
+                    "the parser uses the first", ", ".join(doubled))
+
+
+def _found_by_key(getter, ident: tuple[str, str, str]) -> bool | None:
+    """Whether ``registry.get_creator(*ident)`` finds the creator; None where the bindings lack it."""
+    if getter is None:
+        return None
+    try:
+        return getter(*ident) is not None
+    except Exception:  # noqa: BLE001 - binding differences between versions
+        return None
 
 
 # ---- network inspection ---------------------------------------------------------------------

@@ -9,9 +9,10 @@
 //   1. reads the manifest and refuses engines built with the other TensorRT flavour, another
 //      version, or for a GPU outside their targets, and files whose sha256 differs from the
 //      manifest's, with a message saying what to do;
-//   2. loads the plugin library (dlopen: its creators register themselves) and checks that the
-//      three EventSPD creators are in TensorRT's registry (getAllCreators: TensorRT-RTX's
-//      getCreator does not see statically registered creators);
+//   2. loads the plugin library (dlopen: its creators register themselves under their namespace,
+//      plugins/common/registration.cpp) and checks that TensorRT's keyed lookup getCreator(name,
+//      version, namespace), the one a plan's plugin layers are deserialised through, finds every
+//      creator the manifest's plugin_ops name -- still before any GPU is needed;
 //   3. deserialises both engines and checks their I/O against the manifest's I/O tables;
 //   4. allocates every device buffer once: precompute's shared outputs ARE decoder's inputs (the
 //      same device pointers: no copy, no host round trip), and two state buffers that swap roles
@@ -47,20 +48,6 @@ constexpr char const* kFlavour = "tensorrt";
 #endif
 
 namespace {
-
-// Whether the registry holds a V3 creator with this name, version and namespace.
-bool hasCreator(nvinfer1::IPluginRegistry& registry, std::string const& name, std::string const& version,
-                std::string const& nameSpace) {
-    int32_t n = 0;
-    nvinfer1::IPluginCreatorInterface* const* all = registry.getAllCreators(&n);
-    for (int32_t i = 0; all != nullptr && i < n; ++i) {
-        if (all[i] == nullptr || std::string(all[i]->getInterfaceInfo().kind) != "PLUGIN CREATOR_V3ONE") continue;
-        auto const* c = static_cast<nvinfer1::IPluginCreatorV3One const*>(all[i]);
-        if (name == c->getPluginName() && version == c->getPluginVersion() && nameSpace == c->getPluginNamespace())
-            return true;
-    }
-    return false;
-}
 
 [[noreturn]] void fatal(std::string const& msg, int code = 2) {
     std::fprintf(stderr, "error: %s\n", msg.c_str());
@@ -120,10 +107,11 @@ Options parseArgs(int argc, char** argv) {
 
 std::vector<char> readBinary(std::string const& path) {
     std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) fatal("cannot read " + path);
-    std::vector<char> data(static_cast<size_t>(in.tellg()));
+    std::streamoff const size = in ? static_cast<std::streamoff>(in.tellg()) : -1;
+    if (size < 0) fatal("cannot read " + path);
+    std::vector<char> data(static_cast<size_t>(size));
     in.seekg(0);
-    in.read(data.data(), static_cast<std::streamsize>(data.size()));
+    if (!in.read(data.data(), static_cast<std::streamsize>(size))) fatal("cannot read " + path + " (read error)");
     return data;
 }
 
@@ -197,7 +185,7 @@ struct StageTimes {
 int main(int argc, char** argv) {
     Options opt = parseArgs(argc, argv);
 
-    // 1. manifest, inputs, files, TensorRT version and GPU -- before anything is loaded.
+    // 1. manifest, inputs, files and TensorRT version -- before anything is loaded.
     eventspd::Manifest manifest;
     eventspd::EventFile events;
     eventspd::Roles roles;
@@ -216,6 +204,25 @@ int main(int argc, char** argv) {
     int32_t v = getInferLibVersion();  // (MAJOR * 100 + MINOR) * 100 + PATCH
     for (auto const& p : eventspd::runtimeProblems(manifest, kFlavour, v / 10000, (v / 100) % 100, v % 100))
         problems.push_back(p);
+
+    // 2. runtime and plugins (neither needs a GPU), once the library's sha256 is the manifest's
+    Logger logger;
+    std::unique_ptr<nvinfer1::IRuntime> runtime;
+    if (problems.empty()) {
+        runtime.reset(nvinfer1::createInferRuntime(logger));
+        if (!runtime) fatal("createInferRuntime failed (see TensorRT's message above)", 1);
+        if (dlopen(pluginPath.c_str(), RTLD_NOW | RTLD_LOCAL) == nullptr)  // never closed: the registry keeps its creators
+            fatal("cannot load the plugin library " + pluginPath + ": " + dlerror() +
+                  " (build it with `eventspd-export build-plugins`, or pass --plugins PATH)");
+        // the runtime's registry searches the global one, where the library registered
+        for (auto const& op : manifest.pluginOps)
+            if (runtime->getPluginRegistry().getCreator(op.name.c_str(), op.version.c_str(), op.nameSpace.c_str()) ==
+                nullptr)
+                problems.push_back(pluginPath + " is loaded but TensorRT finds no creator " + op.nameSpace + "::" +
+                                   op.name + " version " + op.version +
+                                   ": rebuild the library from this checkout with `eventspd-export build-plugins`");
+    }
+    // ... and then the GPU
     int deviceCount = 0;
     if (cudaGetDeviceCount(&deviceCount) != cudaSuccess || deviceCount <= opt.device)
         problems.push_back("no CUDA GPU " + std::to_string(opt.device) +
@@ -238,20 +245,6 @@ int main(int argc, char** argv) {
                 manifest.width, manifest.height, manifest.precompute.precision.c_str(),
                 eventspd::flavourTitle(kFlavour).c_str(), v / 10000, (v / 100) % 100, v % 100, prop.name,
                 capability.c_str());
-
-    // 2. runtime and plugins. dlopen runs the library's static registration
-    //    (REGISTER_TENSORRT_PLUGIN); one mechanism per process, so no loadLibrary as well.
-    Logger logger;
-    std::unique_ptr<nvinfer1::IRuntime> runtime{nvinfer1::createInferRuntime(logger)};
-    if (!runtime) fatal("createInferRuntime failed", 1);
-    void* pluginHandle = dlopen(pluginPath.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (pluginHandle == nullptr)
-        fatal("cannot load the plugin library " + pluginPath + ": " + dlerror() +
-              " (build it with `eventspd-export build-plugins`, or pass --plugins PATH)");
-    for (auto const& op : manifest.pluginOps)
-        if (!hasCreator(runtime->getPluginRegistry(), op.name, op.version, op.nameSpace))
-            fatal(pluginPath + " is loaded but TensorRT has no creator " + op.nameSpace + "::" + op.name + " version " +
-                  op.version + ": rebuild the library from this checkout with `eventspd-export build-plugins`");
 
     // 3. engines
     std::unique_ptr<nvinfer1::ICudaEngine> engines[2];

@@ -1,5 +1,5 @@
-// Registration of the EventSPD creators: static (REGISTER_TENSORRT_PLUGIN, for
-// `trtexec --staticPlugins` / `polygraphy --plugins`, which only dlopen the library) and the
+// Registration of the EventSPD creators: static (at dlopen, for `trtexec --staticPlugins` /
+// `polygraphy --plugins`, which only dlopen the library, and the C++ example) and the
 // plugin-library entry points (getCreators / setLoggerFinder, for
 // IPluginRegistry::loadLibrary and `trtexec --dynamicPlugins`).
 #include "convnext_block/plugin.h"
@@ -15,10 +15,25 @@ using eventspd::trt::ToprRouteCreator;
 #if !defined(EVENTSPD_CUDA_EMULATION)
 // (The CPU emulation, plugins/emulation/plugin_runtime.cpp, links no TensorRT library and so has no
 // registry to register into; it finds the creators through getCreators, as loadLibrary does.)
-REGISTER_TENSORRT_PLUGIN(ToprRouteCreator);
-REGISTER_TENSORRT_PLUGIN(DeformReadCreator);
-REGISTER_TENSORRT_PLUGIN(EventSplatCreator);
-REGISTER_TENSORRT_PLUGIN(ConvNeXtBlockCreator);
+namespace {
+// REGISTER_TENSORRT_PLUGIN's registrar, but under the creators' own namespace (kPluginNamespace):
+// TensorRT's macro registers under "", and then the registry's keyed lookup getCreator(name,
+// version, "eventspd") -- the one a plan's plugin layers are deserialised through -- finds nothing
+// after a plain dlopen (measured with TensorRT-RTX 1.7: only getAllCreators listed them).
+template <typename Creator>
+class NamespacedRegistrar {
+public:
+    NamespacedRegistrar() { getPluginRegistry()->registerCreator(instance_, eventspd::trt::kPluginNamespace); }
+
+private:
+    Creator instance_{};
+};
+
+NamespacedRegistrar<ToprRouteCreator> const sToprRegistrar;
+NamespacedRegistrar<DeformReadCreator> const sDeformRegistrar;
+NamespacedRegistrar<EventSplatCreator> const sSplatRegistrar;
+NamespacedRegistrar<ConvNeXtBlockCreator> const sBlockRegistrar;
+}  // namespace
 #endif
 
 extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {

@@ -697,23 +697,33 @@ def test_load_plugins_checks_the_registry(tmp_path):
         plugin_library.load_plugins(runtime, lib)
     registered.add("EventSPDDeformRead")
     plugin_library.load_plugins(runtime, lib)  # all four: fine
-    # all_creators (what TensorRT-RTX needs: get_creator misses static registrations there)
+    # all_creators and the keyed get_creator, as TensorRT-RTX has both
     version = {s.plugin_name: s.plugin_version for s in ops.PLUGIN_SPECS.values()}
     listed = [SimpleNamespace(name=n, plugin_version=version[n], plugin_namespace="eventspd")
               for n in ("EventSPDTopRRoute", "EventSPDEventSplat", "EventSPDConvNeXtBlock")]
-    rtx = Runtime(FLAVOURS["tensorrt-rtx"], SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
-        all_creators=listed, get_creator=lambda *a: None)), "1.7.1.116")
+
+    def registry(creators, keyed=True):
+        def get_creator(name, version, ns):
+            hit = any((c.name, c.plugin_version, c.plugin_namespace) == (name, version, ns) for c in creators)
+            return object() if hit and keyed else None
+        return Runtime(FLAVOURS["tensorrt-rtx"], SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
+            all_creators=creators, get_creator=get_creator)), "1.7.1.116")
+
     with pytest.raises(plugin_library.PluginLibraryError, match="no creator for EventSPDDeformRead.*--runtime tensorrt-rtx"):
-        plugin_library.load_plugins(rtx, lib)
+        plugin_library.load_plugins(registry(listed), lib)
     listed.append(SimpleNamespace(name="EventSPDDeformRead", plugin_version=version["EventSPDDeformRead"],
                                   plugin_namespace="eventspd"))
-    plugin_library.load_plugins(rtx, lib)
+    plugin_library.load_plugins(registry(listed), lib)
+    # listed but not found by key (a library registered under namespace "", as REGISTER_TENSORRT_PLUGIN
+    # does): its engines could not be deserialised, so it is refused
+    with pytest.raises(plugin_library.PluginLibraryError,
+                       match=r"registers EventSPDTopRRoute version 1, .*get_creator\(name, version, 'eventspd'\) does "
+                             r"not find them.*another namespace; rebuild"):
+        plugin_library.load_plugins(registry(listed, keyed=False), lib)
     # a library built before the splat's version 2 (every creator at version 1): named, with the version
     stale = [SimpleNamespace(name=c.name, plugin_version="1", plugin_namespace="eventspd") for c in listed]
-    old_rtx = Runtime(FLAVOURS["tensorrt-rtx"], SimpleNamespace(get_plugin_registry=lambda: SimpleNamespace(
-        all_creators=stale, get_creator=lambda *a: None)), "1.7.1.116")
     with pytest.raises(plugin_library.PluginLibraryError, match="no creator for EventSPDEventSplat version 2"):
-        plugin_library.load_plugins(old_rtx, lib)
+        plugin_library.load_plugins(registry(stale), lib)
     not_a_library = tmp_path / "libbroken.so"
     not_a_library.write_bytes(b"not an ELF file")
     with pytest.raises(plugin_library.PluginLibraryError, match="cannot load the plugin library"):

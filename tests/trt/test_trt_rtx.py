@@ -286,9 +286,21 @@ def test_cpp_program_links_against_tensorrt_rtx_and_refuses_to_run_without_a_gpu
     write_from_source(events, get_config("tiny"), windows=2, k=16)
     run = subprocess.run([str(build / "eventspd_run"), str(tiny_engines["fp32"][0]), str(events)],
                          capture_output=True, text=True)
-    if trt_flavour.visible_gpu() is None:  # it read the manifest, files and events; running needs a GPU
+    if trt_flavour.visible_gpu() is None:
+        # it read the manifest, files and events, loaded the plugins and found each creator by key
+        # (TensorRT-RTX's runtime, no GPU needed); running needs a GPU
         assert run.returncode == 2 and run.stderr.strip() == "error: no CUDA GPU 0 is visible (check nvidia-smi and " \
             "CUDA_VISIBLE_DEVICES)", run.stdout + run.stderr
+    # the creator check can fail: a plugin version the library does not register
+    unknown = tmp_path / "unknown-version"
+    shutil.copytree(tiny_engines["fp32"][0], unknown)
+    manifest = json.loads((unknown / MANIFEST_FILE).read_text())
+    op = next(o for o in manifest["plugin_ops"] if o["plugin_name"] == "EventSPDTopRRoute")
+    op["plugin_version"] = "9"
+    (unknown / MANIFEST_FILE).write_text(json.dumps(manifest))
+    run = subprocess.run([str(build / "eventspd_run"), str(unknown), str(events)], capture_output=True, text=True)
+    assert run.returncode == 2 and ("libeventspd_plugins.so is loaded but TensorRT finds no creator "
+                                    "eventspd::EventSPDTopRRoute version 9: rebuild") in run.stderr, run.stderr
     # the flavour and version guard needs no GPU: an engine of the other flavour is refused first
     other = tmp_path / "other"
     shutil.copytree(tiny_engines["fp32"][0], other)
@@ -336,25 +348,28 @@ def test_parser_library_link_is_created_or_refused_in_one_sentence(tmp_path, mon
     assert trt_flavour.ensure_rtx_parser_library(libs).endswith("on LD_LIBRARY_PATH")
 
 
-def test_dlopen_registers_each_creator_once_and_load_library_a_second_time(rtx_runtime, rtx_plugin_library):
-    """Why the tools use one registration each (README, Plugin registration): measured in a fresh
-    process, dlopen registers the four creators once; loadLibrary on top registers them again."""
+def test_dlopen_registers_each_creator_once_under_its_namespace(rtx_runtime, rtx_plugin_library):
+    """Measured in a fresh process (README, Plugin registration): a plain dlopen registers the four
+    creators once, under namespace eventspd, so the registry's keyed lookup get_creator -- the one
+    deserialising a plan's plugin layers uses -- finds each (with TensorRT's REGISTER_TENSORRT_PLUGIN,
+    which registers under "", it found none); loadLibrary on top registers nothing twice."""
+    idents = [(s.plugin_name, s.plugin_version, ops.PLUGIN_NAMESPACE) for s in ops.PLUGIN_SPECS.values()]
     script = f"""
 import ctypes, tensorrt_rtx as trt
 reg = trt.get_plugin_registry()
 count = lambda: sum(1 for c in reg.all_creators if c.plugin_namespace == "eventspd")
 ctypes.CDLL({str(rtx_plugin_library)!r})
 once = count()
-ours = reg.get_creator("EventSPDTopRRoute", "1", "eventspd") is not None
+keyed = all(reg.get_creator(*ident) is not None for ident in {idents!r})
+unnamespaced = reg.get_creator({idents[0][0]!r}, {idents[0][1]!r}, "") is not None
 reg.load_library({str(rtx_plugin_library)!r})
-print(once, count(), ours)
+print(once, count(), keyed, unnamespaced)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    once, twice, found_by_get_creator = proc.stdout.split()
-    n = len(ops.PLUGIN_SPECS)
-    assert (once, twice) == (str(n), str(2 * n)) and n == 4
-    assert found_by_get_creator == "False"  # get_creator misses static registrations: all_creators it is
+    once, after_load_library, keyed, unnamespaced = proc.stdout.split()
+    assert len(idents) == 4 and (once, after_load_library) == ("4", "4")
+    assert (keyed, unnamespaced) == ("True", "False")
 
 
 def test_plugin_creators_match_plugin_specs(rtx_plugin_library):
