@@ -38,12 +38,17 @@ inline EventFile readEventFile(std::string const& path) {
     std::streamoff size = in.tellg();
     in.seekg(0);
     std::streamoff pos = 0;
-    auto take = [&](void* dst, std::streamoff n, char const* what) {
+    // every count is checked against the file's size before anything of that size is allocated
+    auto need = [&](std::streamoff n, char const* what) {
         if (pos + n > size)
             throw std::runtime_error(path + ": truncated in " + what + " (needs " + std::to_string(n) +
                                      " bytes at offset " + std::to_string(pos) + ", the file has " +
                                      std::to_string(size) + ")");
-        in.read(static_cast<char*>(dst), n);
+    };
+    auto take = [&](void* dst, std::streamoff n, char const* what) {
+        need(n, what);
+        if (!in.read(static_cast<char*>(dst), n))
+            throw std::runtime_error(path + ": read error in " + what + " at offset " + std::to_string(pos));
         pos += n;
     };
     char magic[8];
@@ -56,16 +61,19 @@ inline EventFile readEventFile(std::string const& path) {
     EventFile f;
     f.width = header[1];
     f.height = header[2];
+    need(static_cast<std::streamoff>(header[3]) * 4, "the event counts");  // at least a count per window
     f.windows.resize(header[3]);
     for (uint32_t w = 0; w < header[3]; ++w) {
         uint32_t n = 0;
         take(&n, 4, "an event count");
+        need(static_cast<std::streamoff>(n) * 16, "the events");
         f.windows[w].resize(static_cast<size_t>(n) * 4);
         take(f.windows[w].data(), static_cast<std::streamoff>(n) * 16, "the events");
     }
     uint32_t k = 0;
     take(&k, 4, "the query count");
     if (k == 0) throw std::runtime_error(path + ": query count is 0");
+    need(static_cast<std::streamoff>(k) * 8, "the queries");
     f.queries.resize(static_cast<size_t>(k) * 2);
     take(f.queries.data(), static_cast<std::streamoff>(k) * 8, "the queries");
     if (pos != size) throw std::runtime_error(path + ": " + std::to_string(size - pos) +

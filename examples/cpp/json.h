@@ -3,7 +3,9 @@
 // included, are encoded back to UTF-8). Errors throw json::ParseError with the byte offset.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -39,7 +41,18 @@ public:
 
     bool asBool() const { expect(Type::Bool, "a boolean"); return bool_; }
     double asNumber() const { expect(Type::Number, "a number"); return number_; }
-    int64_t asInt() const { return static_cast<int64_t>(asNumber()); }
+    // A whole number an int64_t holds (converting any other double, 1e300 or 2.5, is undefined
+    // behaviour or silently truncates).
+    int64_t asInt() const { return asInt(INT64_MIN, INT64_MAX, "the value"); }
+    // ... within [lo, hi]; `what` names the value in the message.
+    int64_t asInt(int64_t lo, int64_t hi, char const* what) const {
+        double const d = asNumber();
+        bool const whole = d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == std::trunc(d);
+        if (!whole || static_cast<int64_t>(d) < lo || static_cast<int64_t>(d) > hi)
+            throw std::runtime_error(std::string(what) + " is " + number_text() + ", expected an integer in " +
+                                     std::to_string(lo) + ".." + std::to_string(hi));
+        return static_cast<int64_t>(d);
+    }
     std::string const& asString() const { expect(Type::String, "a string"); return string_; }
     std::vector<Value> const& items() const { expect(Type::Array, "an array"); return array_; }
     std::vector<std::pair<std::string, Value>> const& members() const {
@@ -71,6 +84,11 @@ public:
     void set(std::string k, Value v) { object_.emplace_back(std::move(k), std::move(v)); }
 
 private:
+    std::string number_text() const {
+        char buf[32];
+        std::snprintf(buf, sizeof(buf), "%.17g", number_);
+        return buf;
+    }
     void expect(Type t, char const* what) const {
         if (type_ != t) throw std::runtime_error(std::string("expected ") + what);
     }

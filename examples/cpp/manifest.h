@@ -74,7 +74,7 @@ inline std::vector<TensorInfo> tensors(json::Value const& list) {
         TensorInfo info;
         info.name = t["name"].asString();
         info.dtype = t["dtype"].asString();
-        for (auto const& d : t["shape"].items()) info.dims.push_back(d.isNumber() ? d.asInt() : -1);
+        for (auto const& d : t["shape"].items()) info.dims.push_back(d.isNumber() ? d.asInt(0, INT64_MAX, "a dimension") : -1);
         out.push_back(info);
     }
     return out;
@@ -90,9 +90,9 @@ inline EngineInfo engine(std::string const& graph, json::Value const& e) {
     auto const& trt = e["tensorrt"];
     if (trt.has("flavour")) info.flavour = trt["flavour"].asString();
     info.trtVersion = trt["version"].asString();
-    info.trtMajor = static_cast<int>(trt["major"].asInt());
-    info.trtMinor = static_cast<int>(trt["minor"].asInt());
-    info.trtPatch = static_cast<int>(trt["patch"].asInt());
+    info.trtMajor = static_cast<int>(trt["major"].asInt(0, INT32_MAX, "tensorrt.major"));
+    info.trtMinor = static_cast<int>(trt["minor"].asInt(0, INT32_MAX, "tensorrt.minor"));
+    info.trtPatch = static_cast<int>(trt["patch"].asInt(0, INT32_MAX, "tensorrt.patch"));
     if (e.has("gpu") && !e["gpu"].isNull()) {
         info.gpuName = e["gpu"]["name"].asString();
         info.gpuCapability = e["gpu"]["compute_capability"].asString();
@@ -107,12 +107,12 @@ inline EngineInfo engine(std::string const& graph, json::Value const& e) {
     info.outputs = tensors(e["outputs"]);
     auto const& axes = e["dynamic_axes"];
     if (axes.has("num_queries")) {
-        info.kMin = axes["num_queries"]["min"].asInt();
-        info.kMax = axes["num_queries"]["max"].asInt();
+        info.kMin = axes["num_queries"]["min"].asInt(0, INT64_MAX, "num_queries.min");
+        info.kMax = axes["num_queries"]["max"].asInt(0, INT64_MAX, "num_queries.max");
     }
     if (axes.has("num_events")) {
-        info.eventsMin = axes["num_events"]["min"].asInt();
-        info.eventsMax = axes["num_events"]["max"].asInt();
+        info.eventsMin = axes["num_events"]["min"].asInt(0, INT64_MAX, "num_events.min");
+        info.eventsMax = axes["num_events"]["max"].asInt(0, INT64_MAX, "num_events.max");
     }
     return info;
 }
@@ -133,8 +133,8 @@ inline Manifest loadManifest(std::string const& dir) {
     try {
         auto const& cfg = root["config"];
         m.configName = cfg["name"].asString();
-        m.width = static_cast<uint32_t>(cfg["width"].asInt());
-        m.height = static_cast<uint32_t>(cfg["height"].asInt());
+        m.width = static_cast<uint32_t>(cfg["width"].asInt(1, UINT32_MAX, "config.width"));
+        m.height = static_cast<uint32_t>(cfg["height"].asInt(1, UINT32_MAX, "config.height"));
         if (!root.has("engines"))
             throw std::runtime_error("no \"engines\" entry: build the engines with `eventspd-export trt --out " + dir + "`");
         m.precompute = detail::engine("precompute", root["engines"]["precompute"]);
@@ -182,6 +182,26 @@ inline Roles deriveRoles(Manifest const& m) {
         r.outputs.empty() || m.precompute.inputs.size() != 2)
         throw std::runtime_error("the manifest's I/O tables do not have the precompute/decoder contract "
                                  "(events + state in, shared tensors + new state out; shared tensors + queries in)");
+    // one device buffer serves both sides of each pair, sized from the first: they must agree
+    // (model_def/contract.py: same name, dtype and shape), else a silent overrun on the device
+    auto of = [](std::vector<TensorInfo> const& list, std::string const& name) -> TensorInfo const& {
+        for (auto const& t : list)
+            if (t.name == name) return t;
+        throw std::logic_error("unreachable: " + name);
+    };
+    auto text = [](TensorInfo const& t) {
+        std::string s = t.name + " (" + t.dtype + " [";
+        for (size_t i = 0; i < t.dims.size(); ++i) s += (i ? "," : "") + std::to_string(t.dims[i]);
+        return s + "])";
+    };
+    auto same = [&](TensorInfo const& a, char const* side_a, TensorInfo const& b, char const* side_b) {
+        if (a.dtype != b.dtype || a.dims != b.dims)
+            throw std::runtime_error("the manifest's " + std::string(side_a) + " " + text(a) + " and " + side_b + " " +
+                                     text(b) + " must have one dtype and shape: the engines are not from one build");
+    };
+    for (auto const& name : r.shared)
+        same(of(m.precompute.outputs, name), "precompute output", of(m.decoder.inputs, name), "decoder input");
+    same(of(m.precompute.inputs, r.hidden), "state input", of(m.precompute.outputs, r.hiddenOut), "state output");
     return r;
 }
 

@@ -241,6 +241,49 @@ def test_cpp_refuses_inputs_outside_config_and_profiles(preflight, tmp_path):
     assert proc.returncode == 2 and "JSON: " in proc.stderr
 
 
+def test_cpp_refuses_hostile_counts_and_numbers_before_allocating(preflight, tmp_path):
+    """Counts in an event file are checked against its size before anything of that size is
+    allocated (run under a 1 GiB address-space limit: a reader that allocated first would die of
+    bad_alloc, 64 GiB for 2^32 - 1 events), and a manifest number that is not an integer in range
+    (1e300, -5) is refused by name rather than converted (undefined behaviour)."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    art = engines_folder(tmp_path / "art")
+    header = struct.pack("<8sIIII", b"ESPDEVT\0", 1, 256, 160, 1)
+    cases = {
+        "events": (header + struct.pack("<I", 0xFFFFFFFF), "truncated in the events (needs 68719476720 bytes at offset 28"),
+        "counts": (header[:-4] + struct.pack("<I", 0xFFFFFFFF), "truncated in the event counts (needs 17179869180 bytes"),
+        "queries": (header + struct.pack("<II", 0, 0xFFFFFFFF), "truncated in the queries (needs 34359738360 bytes"),
+    }
+    for name, (data, message) in cases.items():
+        events = tmp_path / f"{name}.bin"
+        events.write_bytes(data)
+        proc = subprocess.run([str(preflight), str(art), str(events)], capture_output=True, text=True,
+                              preexec_fn=limited)
+        assert proc.returncode == 2 and message in proc.stderr, (name, proc.stderr)
+    events = tmp_path / "ok.bin"
+    write_event_file(events, [np.zeros((1, 4), np.float32)], np.zeros((1, 2)), 256, 160)
+    for edit, message in ((lambda m: m["engines"]["decoder"]["dynamic_axes"]["num_queries"].update(max=1e300),
+                           "num_queries.max is 1.0000000000000001e+300, expected an integer in 0..9223372036854775807"),
+                          (lambda m: m["config"].update(width=-5), "config.width is -5, expected an integer in 1..4294967295"),
+                          (lambda m: m["config"].update(height=2.5), "config.height is 2.5, expected an integer in 1.."),
+                          # one device buffer serves a shared tensor's two sides: their shapes must agree
+                          (lambda m: m["engines"]["decoder"]["inputs"][0]["shape"].__setitem__(-1, 7),
+                           "precompute output l1_map (float32 [1,64,40,64]) and decoder input l1_map (float32 "
+                           "[1,64,40,7]) must have one dtype and shape")):
+        bad = tmp_path / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(art, bad)
+        manifest = json.loads((bad / MANIFEST_FILE).read_text())
+        edit(manifest)
+        (bad / MANIFEST_FILE).write_text(json.dumps(manifest))
+        proc = _run(preflight, bad, events)
+        assert proc.returncode == 2 and message in proc.stderr, (message, proc.stderr)
+
+
 def test_cpp_headers_compile_against_cuda_headers():
     """The TensorRT-free headers, syntax-checked alone and with the CUDA headers included
     first (what main.cpp does)."""
