@@ -26,6 +26,9 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -90,9 +93,19 @@ Options parseArgs(int argc, char** argv) {
             if (i + 1 >= argc) usage(argv[0]);
             return argv[++i];
         };
+        // a whole non-negative number, all of the argument (atoi took "abc" as 0 and "-1" as a device)
+        auto count = [&](char const* option) {
+            std::string const text = value();
+            char* end = nullptr;
+            errno = 0;
+            long const n = std::strtol(text.c_str(), &end, 10);
+            if (text.empty() || *end != '\0' || errno != 0 || n < 0 || n > INT32_MAX)
+                fatal(std::string(option) + " takes a whole number >= 0, not '" + text + "'");
+            return static_cast<int>(n);
+        };
         if (a == "--plugins") o.plugins = value();
-        else if (a == "--device") o.device = std::atoi(value().c_str());
-        else if (a == "--print") o.print = std::atoi(value().c_str());
+        else if (a == "--device") o.device = count("--device");
+        else if (a == "--print") o.print = count("--print");
         else if (a == "--save-depths") o.saveDepths = value();
         else if (a == "--allow-other-gpu-model") o.allowOtherModel = true;
         else if (a == "-h" || a == "--help") usage(argv[0]);

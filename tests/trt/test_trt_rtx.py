@@ -291,6 +291,9 @@ def test_cpp_program_links_against_tensorrt_rtx_and_refuses_to_run_without_a_gpu
         # (TensorRT-RTX's runtime, no GPU needed); running needs a GPU
         assert run.returncode == 2 and run.stderr.strip() == "error: no CUDA GPU 0 is visible (check nvidia-smi and " \
             "CUDA_VISIBLE_DEVICES)", run.stdout + run.stderr
+    run = subprocess.run([str(build / "eventspd_run"), str(tiny_engines["fp32"][0]), str(events), "--device", "-1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip() == "error: --device takes a whole number >= 0, not '-1'", run.stderr
     # the creator check can fail: a plugin version the library does not register
     unknown = tmp_path / "unknown-version"
     shutil.copytree(tiny_engines["fp32"][0], unknown)
