@@ -24,6 +24,8 @@
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
+#include <limits.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -210,6 +212,12 @@ int main(int argc, char** argv) {
         fatal(e.what());
     }
     std::string pluginPath = opt.plugins.empty() ? opt.dir + "/" + manifest.decoder.pluginFile : opt.plugins;
+    // the file hashed below is the one dlopen loads (dlopen would search the library path for a
+    // name without a slash, not the current directory that the hash reads)
+    if (char* resolved = realpath(pluginPath.c_str(), nullptr)) {
+        pluginPath = resolved;
+        std::free(resolved);
+    }
     std::vector<std::string> problems = eventspd::inputProblems(manifest, events);
     for (auto const& p : eventspd::fileProblems(manifest, pluginPath)) problems.push_back(p);
 
@@ -264,6 +272,10 @@ int main(int argc, char** argv) {
     eventspd::EngineInfo const* infos[2] = {&manifest.precompute, &manifest.decoder};
     for (int i = 0; i < 2; ++i) {
         std::vector<char> blob = readBinary(opt.dir + "/" + infos[i]->file);
+        sha256::Hasher hash;  // the bytes deserialised are the bytes the manifest describes
+        hash.update(reinterpret_cast<uint8_t const*>(blob.data()), blob.size());
+        if (hash.hexdigest() != infos[i]->sha256)
+            fatal(infos[i]->file + " changed after it was checked against the manifest's sha256");
         engines[i].reset(runtime->deserializeCudaEngine(blob.data(), blob.size()));
         if (!engines[i]) fatal("TensorRT could not deserialise " + infos[i]->file + " (see its message above)", 1);
         checkEngineIo(*engines[i], *infos[i]);

@@ -309,6 +309,10 @@ inline std::vector<std::string> fileProblems(Manifest const& m, std::string cons
     check(m.dir + "/" + m.precompute.file, m.precompute.sha256, "engine");
     check(m.dir + "/" + m.decoder.file, m.decoder.sha256, "engine");
     check(pluginPath, m.decoder.pluginSha256, "plugin library");
+    if (m.precompute.pluginSha256 != m.decoder.pluginSha256)
+        problems.push_back("the manifest's two engines were built with different plugin libraries (sha256 " +
+                           m.precompute.pluginSha256.substr(0, 12) + "... and " + m.decoder.pluginSha256.substr(0, 12) +
+                           "...): rebuild both with one `eventspd-export trt`");
     return problems;
 }
 

@@ -273,7 +273,9 @@ def test_cpp_refuses_hostile_counts_and_numbers_before_allocating(preflight, tmp
                           # one device buffer serves a shared tensor's two sides: their shapes must agree
                           (lambda m: m["engines"]["decoder"]["inputs"][0]["shape"].__setitem__(-1, 7),
                            "precompute output l1_map (float32 [1,64,40,64]) and decoder input l1_map (float32 "
-                           "[1,64,40,7]) must have one dtype and shape")):
+                           "[1,64,40,7]) must have one dtype and shape"),
+                          (lambda m: m["engines"]["precompute"]["plugin_library"].update(sha256="ab" * 32),
+                           "the manifest's two engines were built with different plugin libraries (sha256 abababababab...")):
         bad = tmp_path / "bad"
         shutil.rmtree(bad, ignore_errors=True)
         shutil.copytree(art, bad)
