@@ -233,7 +233,9 @@ def test_cli_export_with_checkpoint_and_verification(tmp_path):
 def test_ort_matches_torch_dsec(tmp_path, plugins):
     model = EventSPD(get_config("dsec"), seed=0).eval()
     export_onnx(model, ExportOptions(tmp_path, plugins=plugins))
-    _check_ort(model, tmp_path, ks=(1, 7, 256, 4096), event_counts=(1, 1000, 200_000))
+    # K up to 256: K = 4096 (the profile maximum) is test_ort_matches_torch_tiny's; at dsec's widths it
+    # took 30 of this test's 55 s (22 s of them the eager PyTorch decoder)
+    _check_ort(model, tmp_path, ks=(1, 7, 256), event_counts=(1, 1000, 200_000))
 
 
 @pytest.mark.slow
