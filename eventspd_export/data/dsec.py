@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eventspd_export.data.hdf5 import DatasetSource, DepthFrames, MsIndex, h5_dataset, open_h5, size_error
+from eventspd_export.data.hdf5 import (DatasetSource, DepthFrames, MsIndex, check_integer_times,
+                                       h5_dataset, integer_values, open_h5, size_error)
 from eventspd_export.data.windows import DataError
 
 
@@ -72,10 +73,14 @@ class DsecSource(DatasetSource):
                     f"{self.name}: {p} dataset '{key}' has {ds.shape[0]} entries but "
                     f"'events/t' has {n}")
         self._n_events = n
-        self.t_offset = int(np.asarray(off[()]).reshape(-1)[0]) if off.size else 0
+        check_integer_times(self.name, p, "events/t", self._t, lay)
+        # one integer (µs); a string, NaN, 1.5 or several values is not DSEC's t_offset
+        self.t_offset = integer_values(self.name, p, "t_offset", off, 1,
+                                       "one integer (µs added to events/t)")[0] \
+            if off.size else 0
         if n and int(idx.shape[0]) == 0:
             raise DataError(f"{self.name}: {p} 'ms_to_idx' is empty")
-        self._index = MsIndex(self.name, p, self._t, idx, "ms_to_idx")
+        self._index = MsIndex(self.name, p, self._t, idx, "ms_to_idx", t_key="events/t")
 
         # sensor size: the rectification map states it; without one DSEC's is 640x480
         self._rect = None
@@ -187,7 +192,9 @@ class DsecSource(DatasetSource):
         if self._rect is not None:
             xi = x.astype(np.int64)
             yi = y.astype(np.int64)
-            inside = (xi < self.width) & (yi < self.height)
+            # off-sensor events are dropped (-1 below): a negative x or y must not reach the
+            # map, where numpy's negative indexing would move it to the opposite edge
+            inside = (xi >= 0) & (xi < self.width) & (yi >= 0) & (yi < self.height)
             xy = np.full((xi.size, 2), -1.0, np.float32)
             xy[inside] = self._rect[yi[inside], xi[inside]]
             return xy[:, 0], xy[:, 1], t, p

@@ -100,6 +100,51 @@ def h5_dataset(dataset: str, f, key: str, layout: str, ndim: int | None = None,
     return obj
 
 
+def integer_values(dataset: str, path: Path, key: str, ds, count: int, what: str) -> list[int]:
+    """The ``count`` values of a small metadata dataset (DSEC ``t_offset``, M3ED
+    ``calib/resolution``) as Python ints: a DataError naming the file, the key, what it holds
+    and ``what`` was expected when it holds another number of values, non-numbers (strings
+    made ``int()`` raise ValueError) or non-integral / non-finite floats (NaN: ValueError,
+    inf: OverflowError, 1.5: silently truncated)."""
+    a = np.asarray(ds[()])
+    flat = a.reshape(-1)
+    held = flat.tolist() if flat.size <= 8 else f"{flat.size} values of shape {a.shape}"
+    if flat.size != count:
+        raise DataError(
+            f"{dataset}: {path} '{key}' holds {flat.size} value{'' if flat.size == 1 else 's'} "
+            f"{held}, expected {what}")
+    ok = a.dtype.kind in "iu" or (
+        a.dtype.kind == "f" and bool(np.all(np.isfinite(flat) & (flat == np.round(flat)))))
+    if not ok:
+        raise DataError(
+            f"{dataset}: {path} '{key}' holds {held} ({a.dtype}), expected {what}")
+    return [int(v) for v in flat]
+
+
+def check_integer_times(dataset: str, path: Path, key: str, ds, layout: str) -> None:
+    """Event timestamps indexed per millisecond (DSEC, M3ED) are integer µs: a float dataset
+    (NaN cast to int64 is a huge negative number) is not that layout."""
+    if ds.dtype.kind not in "iu":
+        raise DataError(
+            f"{dataset}: {path} dataset '{key}' is {ds.dtype}, expected integer "
+            f"microseconds (layout: {layout})")
+
+
+def unsorted_error(dataset: str, path: Path, i: int, j: int, ti, tj) -> DataError:
+    """One message for events out of time order, wherever they are found."""
+    return DataError(
+        f"{dataset}: events {i}..{j} of {path} are not sorted by time (event {i} at "
+        f"t = {ti} µs is later than event {j} at t = {tj} µs); the events must be in time "
+        f"order")
+
+
+def non_finite_time_error(dataset: str, path: Path, key: str, column: int, row: int,
+                          value: float) -> DataError:
+    return DataError(
+        f"{dataset}: {path} '{key}' column {column} (t) is not finite at row {row} ({value}); "
+        f"expected finite timestamps in seconds")
+
+
 def size_error(dataset: str, path: Path, key: str, found, width: int, height: int) -> None:
     raise DataError(
         f"{dataset}: {path} '{key}' is {found}, i.e. a sensor of a different size than the "
@@ -117,18 +162,26 @@ class MsIndex:
     answer to one millisecond of events, a binary search inside it finds it exactly. The
     block read doubles as a check that the index means what the dataset says it means."""
 
-    def __init__(self, dataset: str, path: Path, t_ds, idx_ds, idx_key: str) -> None:
+    def __init__(self, dataset: str, path: Path, t_ds, idx_ds, idx_key: str,
+                 t_key: str = "t") -> None:
         self.dataset, self.path, self.t, self.idx, self.key = dataset, path, t_ds, idx_ds, idx_key
         self.n = int(t_ds.shape[0])
         self.m = int(idx_ds.shape[0])
         self._memo: dict[int, int] = {}
+        # The index counts milliseconds from t = 0, so it cannot place an event before 0:
+        # with negative timestamps every lookup below 0 answered 0 and windows came out empty.
+        t0 = int(t_ds[0]) if self.n else 0
+        if t0 < 0:
+            raise DataError(
+                f"{dataset}: {path} '{t_key}' starts at {t0} µs, before 0; expected "
+                f"timestamps >= 0 µs ('{idx_key}' indexes milliseconds from t = 0)")
 
     def first(self, t_rel: int) -> int:
         if t_rel in self._memo:
             return self._memo[t_rel]
         ms = t_rel // 1000
         if ms < 0:
-            return 0
+            return 0  # every t >= 0 (checked in __init__)
         if ms >= self.m:
             lo, hi = int(self.idx[self.m - 1]), self.n
             ms_lo = self.m - 1
@@ -140,21 +193,33 @@ class MsIndex:
             raise DataError(
                 f"{self.dataset}: {self.path} '{self.key}' entries {ms_lo}..{ms_lo + 1} = "
                 f"{lo}..{hi} are not event indices in order (there are {self.n} events)")
+        # Read the millisecond's events with one neighbour on each side: t[lo - 1] must be
+        # before the millisecond and t[hi] (the first event of the next one) after it. Checking
+        # only the events inside [lo, hi) let an index of an empty millisecond (lo == hi)
+        # point anywhere: an all-zero ms_to_idx gave windows of 0 events and no error.
         start = max(lo - 1, 0)
-        block = np.asarray(self.t[start:hi], dtype=np.int64)
+        stop = min(hi + 1, self.n)
+        block = np.asarray(self.t[start:stop], dtype=np.int64)
+        bad = np.flatnonzero(np.diff(block) < 0)
+        if bad.size:  # a sorted file gives sorted blocks whatever its index says
+            k = int(bad[0])
+            raise unsorted_error(self.dataset, self.path, start + k, start + k + 1,
+                                 int(block[k]), int(block[k + 1]))
         ok = True
         if lo > 0:
             ok = block[0] < ms_lo * 1000
-        inner = block[lo - start:]
-        if inner.size:
-            ok = ok and inner[0] >= ms_lo * 1000 and bool(np.all(np.diff(inner) >= 0))
-            if hi < self.n and ms < self.m:
-                ok = ok and inner[-1] < (ms_lo + 1) * 1000
+        if lo < self.n:
+            ok = ok and block[lo - start] >= ms_lo * 1000
+        if hi < self.n and ms < self.m:
+            ok = ok and block[hi - start] >= (ms_lo + 1) * 1000
+        if hi > lo and hi < self.n and ms < self.m:
+            ok = ok and block[hi - 1 - start] < (ms_lo + 1) * 1000
         if not ok:
             raise DataError(
                 f"{self.dataset}: {self.path} '{self.key}' does not match the timestamps: "
                 f"expected t[{self.key}[ms]] to be the first event with t >= ms*1000 µs "
                 f"(checked at ms = {ms_lo}, events {lo}..{hi})")
+        inner = block[lo - start:hi - start]
         i = lo + int(np.searchsorted(inner, t_rel, side="left"))
         if len(self._memo) > 64:
             self._memo.clear()
@@ -176,9 +241,18 @@ class SortedColumn:
         self.coarse = np.asarray(ds[::self.stride, column], dtype=np.float64) if self.n else \
             np.zeros(0)
         assert self.coarse.shape[0] == rows.shape[0]
+        # NaN compares False both ways, so it passed the sortedness tests and reached the
+        # windows: refuse non-finite timestamps first
+        self._check_finite(self.coarse, rows)
         if np.any(np.diff(self.coarse) < 0):
             raise DataError(
                 f"{dataset}: {path} '{ds.name}' column {column} (t) is not sorted")
+
+    def _check_finite(self, values: np.ndarray, rows: np.ndarray) -> None:
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise non_finite_time_error(self.dataset, self.path, self.ds.name, self.col,
+                                        int(rows[bad[0]]), float(values[bad[0]]))
 
     def first(self, value: float) -> int:
         """min{i : t[i] >= value}."""
@@ -188,6 +262,7 @@ class SortedColumn:
         lo = (j - 1) * self.stride + 1  # t[(j-1)*stride] < value
         hi = min(j * self.stride, self.n - 1) + 1 if j < self.coarse.shape[0] else self.n
         block = np.asarray(self.ds[lo:hi, self.col], dtype=np.float64)
+        self._check_finite(block, np.arange(lo, hi))
         if np.any(np.diff(block) < 0):
             raise DataError(
                 f"{self.dataset}: {self.path} '{self.ds.name}' t is not sorted in rows "
@@ -270,10 +345,30 @@ class DatasetSource(WindowSource):
             self._ends = ts[keep]
             self._starts = self._ends - dur
         if len(self._starts) == 0:
+            # the span comes from the first and last events: if the file is not in time order
+            # it means nothing, and "too short" would send the user looking for the wrong fault
+            self._check_sample_sorted(path)
             raise DataError(
                 f"{self.name}: {path} holds {self._n_events} events over {span_ms:.3f} ms, "
                 f"too short for one {'GT-aligned ' if self.mode == 'gt' else ''}window of "
                 f"{self.window_s * 1e3:.3f} ms")
+
+    def _check_sample_sorted(self, path: Path, blocks: int = 16, size: int = 256) -> None:
+        """Unsorted-events DataError when blocks of events spread over the file (first and
+        last included) are out of time order; a few small reads, not the whole file."""
+        n = self._n_events
+        if n <= blocks * size:
+            starts, size = [0], n  # a small file: all of it
+        else:  # (non-overlapping: the starts are more than ``size`` apart)
+            starts = np.linspace(0, n - size, blocks).astype(np.int64).tolist()
+        rows = np.concatenate([np.arange(i0, i0 + size) for i0 in starts])
+        times = np.concatenate([np.asarray(self._read(i0, i0 + size)[2], dtype=np.float64)
+                                for i0 in starts])
+        bad = np.flatnonzero(np.diff(times) < 0)
+        if bad.size:
+            k = int(bad[0])
+            raise unsorted_error(self.name, path, int(rows[k]), int(rows[k + 1]),
+                                 _us(times[k]), _us(times[k + 1]))
 
     @property
     def has_depth(self) -> bool:
@@ -319,9 +414,11 @@ class DatasetSource(WindowSource):
         start, end = int(self._starts[i]), int(self._ends[i])
         i0, i1 = self._range(start, end)
         x, y, t_us, p = self._read(i0, i1)
-        if t_us.size > 1 and np.any(np.diff(t_us) < 0):
-            raise DataError(
-                f"{self.name}: events {i0}..{i1} of {self._path} are not sorted by time")
+        bad = np.flatnonzero(np.diff(t_us) < 0) if t_us.size > 1 else ()
+        if len(bad):
+            k = int(bad[0])
+            raise unsorted_error(self.name, self._path, i0 + k, i0 + k + 1, _us(t_us[k]),
+                                 _us(t_us[k + 1]))
         dur = end - start
         tn = (np.asarray(t_us, dtype=np.float64) - start) / dur
         # float seconds (MVSEC) can put a boundary event a rounding error outside [0, 1)
@@ -345,6 +442,12 @@ class DatasetSource(WindowSource):
                         f"{depth.shape}, expected ({self.height}, {self.width})")
                 depth_t = int(self._depth.ts_us[j])
         return EventWindow(ev, depth, start, dur, self.name, i, depth_t_us=depth_t)
+
+
+def _us(t) -> int | float:
+    """A timestamp in µs for a message: integer µs as int, float µs (MVSEC) rounded."""
+    t = float(t)
+    return int(t) if np.isfinite(t) and t.is_integer() else round(t, 3)
 
 
 def find_one(dataset: str, folder: Path, patterns: tuple[str, ...], what: str) -> Path:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eventspd_export.data.hdf5 import DatasetSource, DepthFrames, MsIndex, h5_dataset, open_h5, size_error
+from eventspd_export.data.hdf5 import (DatasetSource, DepthFrames, MsIndex, check_integer_times,
+                                       h5_dataset, integer_values, open_h5, size_error)
 from eventspd_export.data.windows import DataError
 
 
@@ -51,15 +52,18 @@ class M3edSource(DatasetSource):
                     f"{self.name}: {p} dataset '{pre}/{key}' has {ds.shape[0]} entries but "
                     f"'{pre}/t' has {n}")
         self._n_events = n
+        check_integer_times(self.name, p, f"{pre}/t", self._t, lay)
         if n and int(idx.shape[0]) == 0:
             raise DataError(f"{self.name}: {p} '{pre}/ms_map_idx' is empty")
-        self._index = MsIndex(self.name, p, self._t, idx, f"{pre}/ms_map_idx")
+        self._index = MsIndex(self.name, p, self._t, idx, f"{pre}/ms_map_idx", t_key=f"{pre}/t")
 
         res_key = f"{pre}/calib/resolution"
         if res_key in f:
-            res = np.asarray(h5_dataset(self.name, f, res_key, lay)[()]).reshape(-1)
-            if res.size != 2 or (int(res[0]), int(res[1])) != (width, height):
-                size_error(self.name, p, res_key, f"{res.tolist()} (width, height)", width, height)
+            # a malformed value (strings, 3 numbers) is a layout error, not a size mismatch
+            res = integer_values(self.name, p, res_key, h5_dataset(self.name, f, res_key, lay), 2,
+                                 "2 integers (width, height)")
+            if tuple(res) != (width, height):
+                size_error(self.name, p, res_key, f"{res} (width, height)", width, height)
             size_checked = True
         else:
             size_checked = False

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eventspd_export.data.hdf5 import DatasetSource, DepthFrames, SortedColumn, h5_dataset, open_h5, size_error
+from eventspd_export.data.hdf5 import (DatasetSource, DepthFrames, SortedColumn, h5_dataset,
+                                       non_finite_time_error, open_h5, size_error)
 from eventspd_export.data.windows import DataError
 
 
@@ -64,9 +65,16 @@ class MvsecSource(DatasetSource):
                 f"size), but the model configuration expects {width}x{height}")
         if n:
             # µs on the events' clock; floor keeps the first event inside window 0
-            self._t_first = int(math.floor(float(self._ev[0, 2]) * 1e6))
-            self._t_last = int(math.floor(float(self._ev[n - 1, 2]) * 1e6))
+            self._t_first = self._floor_us(0)
+            self._t_last = self._floor_us(n - 1)
         self._setup_windows(p)
+
+    def _floor_us(self, row: int) -> int:
+        # NaN / inf made math.floor raise ValueError / OverflowError: say what is wrong instead
+        t = float(self._ev[row, 2])
+        if not math.isfinite(t):
+            raise non_finite_time_error(self.name, self._path, self.key, 2, row, t)
+        return int(math.floor(t * 1e6))
 
     def _open_depth(self, dp: Path, width: int, height: int) -> None:
         f = open_h5(self.name, dp, "MVSEC GT file (*_gt.hdf5)")
@@ -90,5 +98,11 @@ class MvsecSource(DatasetSource):
 
     def _read(self, i0: int, i1: int):
         block = np.asarray(self._ev[i0:i1], dtype=np.float64)
+        # a NaN timestamp between the rows the binary search reads passed every sortedness
+        # test and was written out as an event time: refuse it here, where every event passes
+        bad = np.flatnonzero(~np.isfinite(block[:, 2]))
+        if bad.size:
+            raise non_finite_time_error(self.name, self._path, self.key, 2, i0 + int(bad[0]),
+                                        float(block[bad[0], 2]))
         return (block[:, 0].astype(np.float32), block[:, 1].astype(np.float32),
                 block[:, 2] * 1e6, block[:, 3])

@@ -15,9 +15,11 @@ SPEC_HELP = "synthetic[:SEED], dsec:PATH, m3ed:PATH, mvsec:PATH"  # what the CLI
 def check_spec(spec: str) -> tuple[str, str, str]:
     """(scheme, ":" or "", rest) of a ``--data`` spec; DataError for an empty spec, an unknown
     scheme (with a hint when it is a bare path) or a dataset scheme without a path."""
+    # (the same --data option feeds calibrate, evaluate, train, check and write-events: the
+    # messages name the option, not one command's use of it)
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(
-            "empty calibration data spec: use synthetic, synthetic:SEED, dsec:PATH, "
+            "empty --data spec: use synthetic, synthetic:SEED, dsec:PATH, "
             "m3ed:PATH or mvsec:PATH")
     spec = spec.strip()
     scheme, sep, rest = spec.partition(":")
@@ -28,7 +30,7 @@ def check_spec(spec: str) -> tuple[str, str, str]:
             hint = (f" ({spec!r} is a path: say which dataset it is, e.g. dsec:{spec}, "
                     f"m3ed:{spec} or mvsec:{spec})")
         raise DataError(
-            f"unknown calibration data source {spec!r}{hint}; use synthetic, synthetic:SEED, "
+            f"unknown event data source {spec!r} in --data{hint}; use synthetic, synthetic:SEED, "
             "dsec:PATH, m3ed:PATH or mvsec:PATH")
     if scheme != "synthetic" and not rest:
         raise DataError(f"{scheme}: no path given in {spec!r}; use {scheme}:PATH")

@@ -260,7 +260,7 @@ def test_check_errors_exit_2(root, tmp_path):
         (["--onnx-dir", art, "--k", "0"], "every K must be >= 1"),
         (["--onnx-dir", art, "--config", "dsec"], "are for configuration 'tiny'"),
         (["--onnx-dir", art, "--backend", "trt"], "build them with `eventspd-export trt --fp32"),
-        (["--onnx-dir", art, "--data", "nosuch:thing"], "unknown calibration data source"),
+        (["--onnx-dir", art, "--data", "nosuch:thing"], "unknown event data source"),
     ]
     for args, message in cases:
         r = _check(*args)

@@ -216,7 +216,7 @@ def test_refractory_period_holds_per_pixel():
 
 
 def test_open_source_errors(tmp_path):
-    with pytest.raises(DataError, match="unknown calibration data source"):
+    with pytest.raises(DataError, match="unknown event data source 'kitti:/x' in --data"):
         open_source("kitti:/x", 256, 160, WINDOW_S)
     f = tmp_path / "events.h5"
     f.write_bytes(b"")

@@ -87,7 +87,7 @@ def test_evaluate_cli_with_onnx_and_errors(demo_untrained, tmp_path):
             ([str(demo_untrained), "--onnx", str(tmp_path)], "no precompute.onnx"),
             ([str(tiny_ckpt), "--onnx", str(onnx_dir)], "configuration 'demo'"),
             ([str(demo_untrained), "--data", "dsec:" + str(tmp_path / "nope")], "does not exist"),
-            ([str(demo_untrained), "--data", "foo"], "unknown calibration data source")):
+            ([str(demo_untrained), "--data", "foo"], "unknown event data source")):
         res = runner.invoke(main, ["evaluate", *args, "--windows", "1", "--k", "4"])
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output, (args, res.output)
