@@ -10,13 +10,13 @@ Written as ``accuracy_report.json`` and ``accuracy_report.md``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import onnx
 
+from eventspd_export.artifacts import json_bytes
 from eventspd_export.data.query_sampler import QuerySampler
 from eventspd_export.data.windows import EventWindow
 from eventspd_export.evaluation.metrics import agreement, depth_metrics, gt_at_queries
@@ -90,5 +90,5 @@ def to_markdown(report: dict) -> str:
 
 def write_report(report: dict, out_dir: str | Path) -> None:
     out = Path(out_dir)
-    atomic_write_bytes(out / "accuracy_report.json", (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "accuracy_report.json", json_bytes(report))
     atomic_write_bytes(out / "accuracy_report.md", to_markdown(report).encode())

@@ -18,6 +18,7 @@ readable ONNX.)
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,12 @@ def onnx_file(graph: str, precision: str = "fp32") -> str:
     return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
 
 
+ACCURACY_REPORT_FILES = ("accuracy_report.json", "accuracy_report.md")  # calibrate's report
+# What calibrate derives from the fp32 graphs. They carry no hash of their own, so an export that
+# replaces the fp32 graphs removes them (trt and check would otherwise take them for the new ones).
+DERIVED_FILES = tuple(onnx_file(g, p) for p in PRECISIONS if p != "fp32" for g in GRAPHS) + ACCURACY_REPORT_FILES
+
+
 class ManifestError(UserError):
     """The export's manifest is missing, unreadable, or does not match the files."""
 
@@ -56,7 +63,42 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise ManifestError(f"{path} is not readable JSON ({exc}); re-export the graphs") from None
     if not isinstance(manifest, dict) or "config" not in manifest or "graphs" not in manifest:
         raise ManifestError(f"{path} is not an eventspd-export manifest (no config/graphs); re-export")
+    problem = _manifest_shape_problem(manifest)
+    if problem:
+        raise ManifestError(f"{path} is not a valid eventspd-export manifest: {problem}; re-export")
     return manifest
+
+
+def _manifest_shape_problem(manifest: dict) -> str | None:
+    """The types every reader relies on (a hand-edited or foreign file would otherwise surface as an
+    AttributeError or TypeError deep inside a command), or None."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(manifest["config"], dict):
+        return "config is not an object"
+    graphs = manifest["graphs"]
+    if not isinstance(graphs, dict) or not all(isinstance(g, dict) for g in graphs.values()):
+        return "graphs is not an object of graph entries"
+    if any(not isinstance(g.get("sha256", ""), str) for g in graphs.values()):
+        return "a graph's sha256 is not a string"
+    for key in ("checkpoint", "engines"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            return f"{key} is not an object"
+    axes = manifest.get("dynamic_axes")
+    if axes is not None:
+        if not isinstance(axes, dict):
+            return "dynamic_axes is not an object"
+        for name, axis in axes.items():
+            if not isinstance(axis, dict) or not all(is_int(axis.get(b, 0)) and axis.get(b, 0) >= 0
+                                                      for b in ("min", "max")):
+                return f"dynamic_axes.{name} is not an object of integer min/max >= 0"
+            if axis.get("min", 0) > axis.get("max", axis.get("min", 0)):
+                return f"dynamic_axes.{name} has min {axis['min']} above max {axis['max']}"
+    ops = manifest.get("plugin_ops")
+    if ops is not None and (not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops)):
+        return "plugin_ops is not a list of objects"
+    return None
 
 
 def manifest_config(manifest: dict) -> ModelConfig:
@@ -66,9 +108,27 @@ def manifest_config(manifest: dict) -> ModelConfig:
         raise ManifestError(f"the manifest's configuration is not valid: {exc}") from None
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite float as None: ``json.dumps`` would write them as the
+    bare tokens NaN/Infinity, which are not JSON (a standard parser such as the C++ example's or
+    JavaScript's rejects the whole file). Used with ``allow_nan=False`` by every JSON file written."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_bytes(value) -> bytes:
+    """Standard JSON (see json_safe), indented, with a final newline: every JSON file written."""
+    return (json.dumps(json_safe(value), indent=1, allow_nan=False) + "\n").encode()
+
+
 def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
     path = Path(folder) / MANIFEST_FILE
-    atomic_write_bytes(path, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(manifest))
     return path
 
 

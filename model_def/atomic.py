@@ -71,6 +71,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+class OutputPathError(UserError):
+    """An output path the user named cannot be written."""
+
+
+def check_writable(path: str | os.PathLike, option: str, folder: bool) -> None:
+    """Before any work: raises :class:`OutputPathError` naming ``option`` unless ``path`` can be
+    written -- a ``folder`` that exists or can be created under its nearest existing ancestor, or a
+    file (not a folder) in an existing folder. A real write probes it: ``os.access`` says yes to root
+    even on read-only file systems."""
+    p = Path(path)
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise OutputPathError(f"{option} {p} is a file, not a folder")
+        probe = p if p.is_dir() else next((a for a in p.parents if a.exists()), Path("."))
+        if not probe.is_dir():
+            raise OutputPathError(f"{option} {p}: {probe} is a file, not a folder")
+    else:
+        if p.is_dir():
+            raise OutputPathError(f"{option} {p} is a folder, not a file")
+        probe = p.parent
+        if not probe.is_dir():
+            raise OutputPathError(f"{option} {p}: folder {probe} "
+                                  f"{'is a file' if probe.exists() else 'does not exist'}")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise OutputPathError(f"{option} {p} is not writable ({probe}: {exc.strerror})") from None
+
+
 class FolderBusy(UserError):
     """Another process holds the folder's write lock."""
 

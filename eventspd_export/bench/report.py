@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 
+from eventspd_export.artifacts import json_bytes
 from eventspd_export.bench.options import MATPLOTLIB_PIN, STAGE_LABELS
 
 
@@ -18,7 +18,7 @@ def write_json(result: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
-        f.write((json.dumps(result, indent=1) + "\n").encode())
+        f.write(json_bytes(result))
     return path
 
 

@@ -79,7 +79,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eventspd_export.artifacts import open_export, read_manifest
+from eventspd_export.artifacts import GRAPHS, open_export, read_manifest
 from eventspd_export.check.backends import Backend, emulated_backend, onnxrt_backend, trt_backend
 from eventspd_export.check.options import SMOKE, CheckOptions
 from eventspd_export.check.tolerances import Tolerance, tolerance_for
@@ -88,7 +88,7 @@ from eventspd_export.runtime.pair import Stream, stream
 from eventspd_export.runtime.polygraphy_pair import RunnerPair
 from eventspd_export.runtime.torch_pair import TorchPair
 from model_def import EventSPD, contract
-from model_def.atomic import atomic_write_bytes
+from model_def.atomic import atomic_write_bytes, check_writable
 from model_def.errors import CheckFailed, UserError
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,8 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
         if bad:
             raise UserError(f"--k {bad[0]} is outside the decoder engine's profile "
                              f"{limits['k_min']}..{limits['k_max']}; rebuild with `eventspd-export trt --k-max`")
+    for graph in GRAPHS:  # where save_reference writes, before the reference is made
+        check_writable(options.save / graph, "--save", folder=True)
     report = CheckReport(options.backend, options.precision)
     windows = _windows(model.cfg, options)  # a bad --data spec fails before any work
     events_axis = (manifest.get("dynamic_axes") or {}).get(contract.NUM_EVENTS) or {}

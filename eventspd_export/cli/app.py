@@ -11,6 +11,7 @@ import click
 
 from eventspd_export import __version__
 from eventspd_export.cli.options import DataOption, KListOption, ModelOptions, user_errors
+from model_def.atomic import check_writable
 from model_def.errors import CheckFailed
 
 
@@ -150,6 +151,8 @@ def build_plugins_cmd(tensorrt_root, runtime, include_dir, library, build_dir, c
     """Build libeventspd_plugins.so (TensorRT IPluginV3 plugins, no torch) with CMake; no GPU needed."""
     from plugins.trt_build import build_plugins
 
+    if build_dir is not None:
+        check_writable(build_dir, "--build-dir", folder=True)
     path = build_plugins(tensorrt_root, build_dir, cuda_architectures=cuda_archs, log=click.echo,
                          runtime=runtime, include_dir=include_dir, library=library)
     click.echo(str(path))

@@ -23,12 +23,13 @@ from model_def.errors import UserError
 @user_errors
 def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
     """Write event windows + a query list for the C++ example (examples/cpp)."""
-    from model_def import get_config
+    from model_def import contract, get_config
 
     from eventspd_export.data.event_file import write_from_source
     from eventspd_export.artifacts import MANIFEST_FILE, manifest_config, read_manifest
 
-    exported = manifest_config(read_manifest(onnx_dir)) if (Path(onnx_dir) / MANIFEST_FILE).is_file() else None
+    manifest = read_manifest(onnx_dir) if (Path(onnx_dir) / MANIFEST_FILE).is_file() else None
+    exported = manifest_config(manifest) if manifest is not None else None
     given_dir = click.get_current_context().get_parameter_source("onnx_dir") == ParameterSource.COMMANDLINE
     if config_name and exported is not None and given_dir and get_config(config_name) != exported:
         # the events are for the engines of that folder: a file for another sensor would be refused
@@ -42,6 +43,11 @@ def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
     else:
         raise UserError(f"no configuration: pass --config, or --onnx-dir with an export ({onnx_dir} has "
                          "no eventspd.manifest.json)")
-    written = write_from_source(out_path, cfg, data=data, windows=windows, k=k, seed=seed)
+    limits = None
+    if exported is not None and cfg == exported:  # the file is for that export's engines: its limits hold
+        axes = manifest.get("dynamic_axes") or {}
+        limits = {"k_max": (axes.get(contract.NUM_QUERIES) or {}).get("max"),
+                  "events_max": (axes.get(contract.NUM_EVENTS) or {}).get("max")}
+    written = write_from_source(out_path, cfg, data=data, windows=windows, k=k, seed=seed, limits=limits)
     click.echo(f"wrote {out_path}: {len(written.windows)} windows ({written.num_events} events) of {data}, "
                f"K={k}, sensor {cfg.width}x{cfg.height}")

@@ -184,7 +184,7 @@ class KListOption(OptionGroup):
 def user_errors(f):
     """The one place errors become exit codes: any error of the project's root
     (model_def/errors.py) gives one ``error:`` line on stderr and its class's exit code (2 for
-    a user error, 1 for a failed check); a missing file is a user error. Option groups stacked
+    a user error, 1 for a failed check); a missing, unreadable or unwritable path is a user error. Option groups stacked
     above are parsed here, so their refusals are reported the same way."""
 
     @functools.wraps(f)
@@ -197,8 +197,11 @@ def user_errors(f):
         except EventSPDError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except FileNotFoundError as exc:
-            click.echo(f"error: {exc}", err=True)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as exc:
+            # a path the user gave that cannot be read or written: outputs are checked before any
+            # work (model_def.atomic.check_writable); this catches what a check could not foresee
+            where = f"{exc.filename}: " if exc.filename and str(exc.filename) not in str(exc.strerror or "") else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             sys.exit(UserError.exit_code)
 
     return wrapper

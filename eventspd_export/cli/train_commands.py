@@ -3,7 +3,6 @@ and evaluation/evaluate.py (attached to the main CLI in app.py)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from model_def.errors import CheckFailed, UserError
               help="Windows per sequence through the ConvGRU, from h_0 = 0.")
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak AdamW learning rate.")
 @click.option("--warmup-steps", type=click.IntRange(0), default=50, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Initialisation and query-sampling seed.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(1), default=None,
@@ -64,6 +63,8 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
     """Train EventSPD with the seed's §4 losses on event windows with depth ground truth."""
     import torch
 
+    from model_def.atomic import check_writable
+
     from eventspd_export.train.loop import inference_checkpoint, run_training
     from eventspd_export.train.options import TrainOptions
 
@@ -74,9 +75,9 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
                          "--init starts a new one from a checkpoint's weights)")
     if resume is not None:
         config_name = _resume_config(resume, config_name)
-    for path in (out_path, weights_out):
-        if path is not None and not Path(path).parent.is_dir():
-            raise UserError(f"{path}: folder {Path(path).parent} does not exist")
+    for path, option in ((out_path, "--out"), (weights_out, "--weights-out")):
+        if path is not None:
+            check_writable(path, option, folder=False)
     options = TrainOptions(config=config_name, data=data, steps=steps, k_train=k_train, bptt=bptt,
                            lr=lr, warmup_steps=warmup_steps, seed=seed, device=device,
                            checkpoint_every=checkpoint_every, teacher=teacher,
@@ -127,7 +128,7 @@ def _resume_config(resume: str, config_name: str) -> str:
 @click.option("--windows", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--sequence", type=click.IntRange(1), default=4, show_default=True,
               help="Windows per sequence from h_0 = 0 (the training BPTT length).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Query sampling seed.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Query sampling seed.")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False), default=None,
               help="Also evaluate the precompute.onnx/decoder.onnx in this folder (ONNX Runtime).")
 @click.option("--no-events", "drop_events", is_flag=True,
@@ -138,19 +139,24 @@ def _resume_config(resume: str, config_name: str) -> str:
 @user_errors
 def evaluate(checkpoint, trusted, data, k, windows, sequence, seed, onnx_dir, drop_events, json_path):
     """AbsRel, RMSE, δ<1.25^n and SILog (all depths and 10/20/30 m cut-offs) on held-out windows."""
-    from model_def.atomic import atomic_write_bytes
+    from model_def.atomic import atomic_write_bytes, check_writable
     from model_def.checkpoint import load_checkpoint
+
+    from eventspd_export.artifacts import json_bytes
 
     from eventspd_export.evaluation.evaluate import EvalOptions, evaluate as run_evaluate, format_report
 
+    if json_path:  # before the evaluation, not after it
+        check_writable(json_path, "--json", folder=False)
+    model, load = load_checkpoint(checkpoint, trusted=trusted)
     options = EvalOptions(data=data, k=k, windows=windows, sequence=sequence, seed=seed,
-                          onnx_dir=Path(onnx_dir) if onnx_dir else None, drop_events=drop_events)
+                          onnx_dir=Path(onnx_dir) if onnx_dir else None, drop_events=drop_events,
+                          checkpoint_sha256=load.sha256)
     options.validate()
-    model, _ = load_checkpoint(checkpoint, trusted=trusted)
     report = run_evaluate(model, options)
     click.echo(format_report(report))
     if json_path:
-        atomic_write_bytes(json_path, (json.dumps(report, indent=1) + "\n").encode())
+        atomic_write_bytes(json_path, json_bytes(report))
     if "onnx_vs_pytorch" in report and not report["onnx_vs_pytorch"]["max_rel"] <= 1e-3:
         raise CheckFailed(f"ONNX Runtime depth differs from PyTorch by "
                           f"{report['onnx_vs_pytorch']['max_rel']:.2e} (relative; limit 1e-3)")

@@ -100,9 +100,11 @@ def write_event_file(path: str | Path, windows: Iterable[np.ndarray], queries: n
 
 
 def write_from_source(path: str | Path, cfg: ModelConfig, data: str = "synthetic", windows: int = 8,
-                      k: int = 256, seed: int = 0) -> EventFile:
+                      k: int = 256, seed: int = 0, limits: dict | None = None) -> EventFile:
     """``windows`` consecutive windows of a calibration data source and ``k`` query pixels drawn
-    uniformly over the sensor (seeded), written to ``path``. Returns what was written."""
+    uniformly over the sensor (seeded), written to ``path``. Returns what was written. ``limits``
+    (``{"k_max": .., "events_max": ..}``, an export's recorded limits) refuses a file the engines of
+    that export could not run, before anything is written."""
     from eventspd_export.data.sources import open_source
     from eventspd_export.data.windows import DataError
 
@@ -112,6 +114,9 @@ def write_from_source(path: str | Path, cfg: ModelConfig, data: str = "synthetic
         raise EventFileError(f"--windows {windows}: at least one window is needed")
     if k < 1:
         raise EventFileError(f"--k {k}: at least one query is needed")
+    limits = limits or {}
+    if limits.get("k_max") is not None and k > limits["k_max"]:
+        raise EventFileError(f"--k {k} is above the {limits['k_max']} queries the export was made for (--k-max)")
     try:
         source = open_source(data, cfg.width, cfg.height, cfg.window_s)
         got = [np.asarray(w.events, dtype=np.float32) for w in islice(iter(source), windows)]
@@ -119,6 +124,10 @@ def write_from_source(path: str | Path, cfg: ModelConfig, data: str = "synthetic
         raise EventFileError(str(exc)) from None
     if len(got) < windows:
         raise EventFileError(f"data source {data!r} gave {len(got)} windows, {windows} were asked for")
+    most = max(len(w) for w in got)
+    if limits.get("events_max") is not None and most > limits["events_max"]:
+        raise EventFileError(f"a window of {data!r} has {most} events, above the {limits['events_max']} the export "
+                             "was made for (--events-max): re-export with a larger --events-max, or use other data")
     queries = random_queries(cfg, k, seed=seed)[0].numpy()
     write_event_file(path, got, queries, cfg.width, cfg.height)
     return EventFile(cfg.width, cfg.height, got, queries)

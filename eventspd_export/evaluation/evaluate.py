@@ -50,6 +50,9 @@ class EvalOptions:
     # Ablation: run every window with its events removed (the model then answers from its
     # priors and the query position alone) — how much of the accuracy comes from the events.
     drop_events: bool = False
+    # the sha256 of the checkpoint the model was loaded from ("" for built-in weights): the graphs of
+    # onnx_dir must have been exported from it, or their comparison with PyTorch means nothing
+    checkpoint_sha256: str = ""
 
     def validate(self) -> None:
         if self.k < 1 or self.windows < 1 or self.sequence < 1:
@@ -74,11 +77,16 @@ def valid_pixel_queries(depth: np.ndarray, k: int, rng: np.random.Generator) -> 
     return np.stack([flat % w, flat // w], axis=1).astype(np.float32)
 
 
-def _onnx_pair(onnx_dir: Path, model: EventSPD) -> OrtPair:
+def _onnx_pair(onnx_dir: Path, model: EventSPD, checkpoint_sha256: str) -> OrtPair:
     from eventspd_export.artifacts import open_export
 
     # the folder, its manifest, the configuration, the sha256 of the graphs, readable ONNX
-    open_export(onnx_dir, "fp32", model.cfg, what="the checkpoint is")
+    manifest = open_export(onnx_dir, "fp32", model.cfg, what="the checkpoint is").manifest
+    recorded = (manifest.get("checkpoint") or {}).get("sha256") or ""
+    if recorded != checkpoint_sha256:  # as `check` refuses it (inspect_model.reference_model)
+        exported = f"checkpoint {manifest['checkpoint'].get('path')}" if recorded else "the built-in default weights"
+        raise UserError(f"the graphs in {onnx_dir} were exported from {exported}, not from the checkpoint "
+                        "evaluated: pass that checkpoint, or re-export from this one")
     return OrtPair.from_folder(model.cfg, onnx_dir)
 
 
@@ -94,7 +102,7 @@ def evaluate(model: EventSPD, options: EvalOptions) -> dict:
         raise UserError(str(exc)) from None
     pairs: dict[str, ModelPair] = {"pytorch": TorchPair(model)}
     if options.onnx_dir:
-        pairs["onnx"] = _onnx_pair(Path(options.onnx_dir), model)
+        pairs["onnx"] = _onnx_pair(Path(options.onnx_dir), model, options.checkpoint_sha256)
     streams = {name: Stream(pair) for name, pair in pairs.items()}
     preds: dict[str, list] = {name: [] for name in pairs}
     gts, scored = [], 0

@@ -31,7 +31,7 @@ from model_def.checkpoint import LoadReport
 from model_def.layers import ConvNeXtV2Block
 
 from eventspd_export import __version__
-from eventspd_export.artifacts import MANIFEST_FILE, onnx_file  # noqa: F401 (re-exported: the export's file names)
+from eventspd_export.artifacts import DERIVED_FILES, MANIFEST_FILE, json_bytes, onnx_file, read_manifest  # noqa: F401 (re-exported: the export's file names)
 from model_def.errors import UserError
 from eventspd_export.export.onnx_functions import FUNCTION_BUILDERS
 from eventspd_export.data.synthetic import random_queries, synthetic_window
@@ -254,6 +254,24 @@ def plugin_ops_used(model: EventSPD, fused_blocks: bool = False) -> list[dict]:
              "graph": graph_of[op], "fields": fields[op], **extra[op]} for op in ops.PLUGIN_SPECS if op in graph_of]
 
 
+def _remove_stale_derived_files(out: Path, manifest: dict) -> None:
+    """calibrate's graphs and report in ``out`` belong to the fp32 graphs they were made from: kept
+    where this export writes the same fp32 graphs (by sha256), removed where it replaces them."""
+    present = [out / name for name in DERIVED_FILES if (out / name).exists()]
+    if not present:
+        return
+    try:
+        previous = read_manifest(out)["graphs"]
+    except UserError:
+        previous = {}
+    same = all((previous.get(g) or {}).get("sha256") == manifest["graphs"][g]["sha256"] for g in manifest["graphs"])
+    if same:
+        return
+    for path in present:
+        path.unlink()
+        log.warning("removed %s: it was made from the graphs this export replaces (run calibrate again)", path)
+
+
 def export_onnx(model: EventSPD, options: ExportOptions, load: LoadReport | None = None) -> dict:
     """Export both graphs and the manifest into ``options.out_dir``; returns the manifest."""
     options.validate()
@@ -338,10 +356,11 @@ def _export_into(out: Path, model: EventSPD, options: ExportOptions, load: LoadR
         "versions": {"eventspd_export": __version__, "torch": torch.__version__,
                      "onnx": onnx.__version__},
     }
+    _remove_stale_derived_files(out, manifest)
     # Write the graphs first and the manifest last: a manifest only exists for complete files.
     for name, blob in blobs.items():
         atomic_write_bytes(out / files[name], blob)
-    atomic_write_bytes(out / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write_bytes(out / MANIFEST_FILE, json_bytes(manifest))
     elapsed = time.perf_counter() - t0
     for name in files:
         log.info("wrote %s (%.1f MB)", out / files[name], len(blobs[name]) / 1e6)

@@ -61,14 +61,13 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from model_def import contract
-from model_def.atomic import atomic_write_bytes, folder_lock
+from model_def.atomic import atomic_write_bytes, check_writable, folder_lock
 from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
@@ -208,20 +207,8 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     options.profile.validate(manifest)
     profile.validate(manifest)
     if options.timing_cache is not None:
-        parent = Path(options.timing_cache).parent
-        if not parent.is_dir():
-            raise UserError(f"--timing-cache {options.timing_cache}: folder {parent} does not exist")
-    out = Path(options.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise UserError(f"--out {out}: {probe} is a file, not a folder")
-    try:  # a real write (os.access says yes to root even on read-only file systems)
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise UserError(f"output folder {out} is not writable ({probe}: {exc.strerror})") from None
+        check_writable(options.timing_cache, "--timing-cache", folder=False)
+    check_writable(options.out_dir, "--out", folder=True)
     plugins = resolve_plugin_library(options.plugins) if options.plugins is not None else None
     return BuildPlan(options, manifest, cfg, profile, paths, plugins)
 

@@ -131,9 +131,7 @@ def test_write_events_config_must_match_the_given_export(small_export, tmp_path)
                                   "--windows", "1", "--out", str(out)])
     assert "contradicts --onnx-dir" in one_error_line(r) and "'tiny'" in r.output
     assert not out.exists()
-    r = CliRunner().invoke(main, ["write-events", "--onnx-dir", str(small_export), "--config", "tiny",
-                                  "--windows", "1", "--k", "4", "--out", str(out)])
-    assert r.exit_code == 0 and out.is_file(), r.output
+    # (with the matching --config the export's limits apply: test_write_events_refuses_what_the_named_export_cannot_run)
 
 
 class _Exploit:
@@ -167,3 +165,124 @@ def test_a_plain_pickle_gets_its_own_message_and_no_torch_warning(tmp_path, tiny
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [line], proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ---- the second red-team pass (2026-12-03): outputs, manifests, exports and their consumers ------
+
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_outputs_are_checked_before_any_work(small_export, tmp_path):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    before = _listing(small_export)
+    half = tmp_path / "half"  # save_reference wrote precompute/ and then failed on a file named decoder
+    half.mkdir()
+    (half / "decoder").write_text("x")
+    cases = [
+        (["check", "--onnx-dir", str(small_export), "--k", "1", "--windows", "1", "--save", str(a_file / "sub")],
+         f"--save {a_file / 'sub' / 'precompute'}: {a_file} is a file, not a folder"),
+        (["check", "--onnx-dir", str(small_export), "--k", "1", "--windows", "1", "--save", str(half)],
+         f"--save {half / 'decoder'} is a file, not a folder"),
+        (["evaluate", "checkpoints/demo.pt", "--windows", "1", "--k", "4", "--json", str(a_file / "x.json")],
+         f"--json {a_file / 'x.json'}: folder {a_file} is a file"),
+        (["train", "--config", "tiny", "--steps", "1", "--out", str(a_file / "t.pt")],
+         f"--out {a_file / 't.pt'}: folder {a_file} is a file"),
+        (["build-plugins", "--build-dir", str(a_file / "sub")], f"--build-dir {a_file / 'sub'}: {a_file} is a file"),
+    ]
+    for args, message in cases:
+        line = one_error_line(CliRunner().invoke(main, args), alone=False)
+        assert line == f"error: {message}" or line.startswith(f"error: {message}"), (args, line)
+    assert _listing(small_export) == before and _listing(half) == ["decoder"]
+
+
+def test_a_path_error_the_checks_did_not_foresee_is_one_line_with_exit_2():
+    import click
+
+    from eventspd_export.cli.options import user_errors
+
+    @click.command()
+    @user_errors
+    def fails():
+        raise PermissionError(13, "Permission denied", "/somewhere/out.json")
+
+    assert one_error_line(CliRunner().invoke(fails, [])) == "error: /somewhere/out.json: Permission denied"
+
+
+def test_negative_seeds_are_refused_by_the_option():
+    for args in (["evaluate", "checkpoints/demo.pt", "--seed", "-1"], ["train", "--config", "tiny", "--seed", "-1"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and "-1 is not in the range x>=0" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(graphs=[1, 2]), "graphs is not an object of graph entries"),
+    (lambda m: m.update(config="tiny"), "config is not an object"),
+    (lambda m: m.update(checkpoint="abc"), "checkpoint is not an object"),
+    (lambda m: m["dynamic_axes"].update(num_queries="big"), "dynamic_axes.num_queries is not an object of integer"),
+    (lambda m: m["dynamic_axes"]["num_queries"].update(max=-5), "dynamic_axes.num_queries is not an object of integer"),
+    (lambda m: m["dynamic_axes"]["num_events"].update(min=9, max=3), "dynamic_axes.num_events has min 9 above max 3"),
+    (lambda m: m.update(plugin_ops="x"), "plugin_ops is not a list of objects"),
+])
+def test_a_manifest_of_the_wrong_types_is_refused_by_name(small_export, tmp_path, edit, message):
+    import json
+    import shutil
+
+    folder = tmp_path / "exp"
+    shutil.copytree(small_export, folder)
+    manifest = json.loads((folder / "eventspd.manifest.json").read_text())
+    edit(manifest)
+    (folder / "eventspd.manifest.json").write_text(json.dumps(manifest))
+    line = one_error_line(CliRunner().invoke(main, ["check", "--onnx-dir", str(folder), "--k", "1", "--windows", "1"]))
+    assert "is not a valid eventspd-export manifest: " + message in line, line
+
+
+def test_evaluate_refuses_graphs_exported_from_other_weights(small_export, tmp_path):
+    ckpt = tmp_path / "seed1.pt"
+    save_checkpoint(EventSPD(get_config("tiny"), seed=1), ckpt)
+    r = CliRunner().invoke(main, ["evaluate", str(ckpt), "--onnx", str(small_export), "--windows", "1", "--k", "4"])
+    line = one_error_line(r, alone=False)
+    assert "were exported from the built-in default weights, not from the checkpoint evaluated" in line
+    assert "AbsRel" not in r.output  # refused before the evaluation ran
+
+
+def test_json_files_are_standard_json():
+    """evaluate's report had bare NaN tokens for empty depth cut-offs: not JSON to a strict parser."""
+    import json
+
+    from eventspd_export.artifacts import json_bytes
+
+    text = json_bytes({"abs_rel": float("nan"), "rows": [float("inf"), 1.5, {"x": -float("inf")}], "n": 3}).decode()
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    assert json.loads(text, parse_constant=refuse) == {"abs_rel": None, "rows": [None, 1.5, {"x": None}], "n": 3}
+
+
+def test_write_events_refuses_what_the_named_export_cannot_run(small_export, tmp_path):
+    out = tmp_path / "ev.bin"
+    for args, message in ((["--k", "100"], "--k 100 is above the 64 queries the export was made for (--k-max)"),
+                          (["--k", "4", "--data", "synthetic"], "events, above the 500 the export was made for")):
+        r = CliRunner().invoke(main, ["write-events", "--onnx-dir", str(small_export), "--windows", "1",
+                                      "--out", str(out), *args])
+        assert message in one_error_line(r, alone=False)
+        assert not out.exists()
+
+
+def test_a_new_export_removes_what_calibrate_made_from_the_graphs_it_replaces(tmp_path):
+    from eventspd_export.artifacts import DERIVED_FILES
+
+    out = tmp_path / "exp"
+    export = ["onnx", "--config", "tiny", "--out", str(out), "--no-verify"]
+    assert CliRunner().invoke(main, export).exit_code == 0
+    for name in DERIVED_FILES:
+        (out / name).write_text("made from the first export")
+    assert CliRunner().invoke(main, export).exit_code == 0  # the same graphs again: still theirs
+    assert all((out / name).is_file() for name in DERIVED_FILES)
+    ckpt = tmp_path / "seed1.pt"
+    save_checkpoint(EventSPD(get_config("tiny"), seed=1), ckpt)
+    r = CliRunner().invoke(main, ["onnx", str(ckpt), "--out", str(out), "--no-verify"])
+    assert r.exit_code == 0, r.output
+    assert not any((out / name).exists() for name in DERIVED_FILES)
