@@ -3,6 +3,7 @@ and evaluation/evaluate.py (attached to the main CLI in app.py)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
 
     if threads:
         torch.set_num_threads(threads)
+    if time_limit is not None and not math.isfinite(time_limit):  # FloatRange lets nan (and inf) through
+        raise UserError(f"--time-limit {time_limit}: expected a finite number of seconds > 0")
     if resume is not None and init_path is not None:
         raise UserError("--resume and --init exclude each other (--resume continues a run, "
                          "--init starts a new one from a checkpoint's weights)")

@@ -102,16 +102,26 @@ def peer_lost(exc: BaseException) -> bool:
             or "Timed out" in text or "timed out" in text)
 
 
+def _env_int(name: str, default: str | None = None) -> int:
+    text = os.environ.get(name) or default
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise DistributedError(f"${name}={text!r} is not an integer: launch with torchrun (it sets it)") from None
+
+
 def from_environment(device: str, timeout_s: float) -> Dist:
     """The process group torchrun asked for (``Dist()`` when it asked for none)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = _env_int("WORLD_SIZE", "1")
     if world <= 1:
         return Dist()
     missing = [k for k in ENV if not os.environ.get(k)]
     if missing:
         raise DistributedError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with "
                                "torchrun (it sets them), e.g. torchrun --nproc-per-node 2 -m eventspd_export train ...")
-    dist = Dist(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]))
+    dist = Dist(_env_int("RANK"), world, _env_int("LOCAL_RANK"))
+    if not 0 <= dist.rank < world:  # would otherwise wait out the rendezvous timeout for a peer that cannot exist
+        raise DistributedError(f"RANK={dist.rank} is not in 0..{world - 1} (WORLD_SIZE={world}): launch with torchrun")
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(dist.local_rank)

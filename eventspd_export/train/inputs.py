@@ -64,7 +64,13 @@ def load_teacher(spec: str | None) -> Teacher | None:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise TrainingError(f"--teacher {spec!r}: cannot load it ({exc})") from None
-    return factory()
+    if not callable(factory):
+        raise TrainingError(f"--teacher {spec!r}: {attr} is a {type(factory).__name__}, not a factory to call")
+    teacher = factory()
+    if not callable(teacher):  # found here, not at the first training step's teacher(window, cfg)
+        raise TrainingError(f"--teacher {spec!r}: {attr}() returned a {type(teacher).__name__}, expected a "
+                            "callable teacher(window, cfg) -> dict")
+    return teacher
 
 
 # ---- data --------------------------------------------------------------------------------------

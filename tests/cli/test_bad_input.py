@@ -286,3 +286,20 @@ def test_a_new_export_removes_what_calibrate_made_from_the_graphs_it_replaces(tm
     r = CliRunner().invoke(main, ["onnx", str(ckpt), "--out", str(out), "--no-verify"])
     assert r.exit_code == 0, r.output
     assert not any((out / name).exists() for name in DERIVED_FILES)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--teacher", "os:getcwd"], {}, "--teacher 'os:getcwd': getcwd() returned a str, expected a callable teacher"),
+    (["--teacher", "os:sep"], {}, "--teacher 'os:sep': sep is a str, not a factory to call"),
+    (["--time-limit", "nan"], {}, "--time-limit nan: expected a finite number of seconds > 0"),
+    ([], {"WORLD_SIZE": "abc"}, "$WORLD_SIZE='abc' is not an integer"),
+    ([], {"WORLD_SIZE": "2", "RANK": "5", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "29512"},
+     "RANK=5 is not in 0..1 (WORLD_SIZE=2)"),
+])
+def test_train_refuses_a_bad_teacher_time_limit_or_torchrun_environment(tmp_path, monkeypatch, args, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    r = CliRunner().invoke(main, ["train", "--config", "tiny", "--steps", "1", "--k-train", "4", "--bptt", "1",
+                                  "--out", str(tmp_path / "t.pt"), *args])
+    assert message in one_error_line(r, alone=False)
+    assert not (tmp_path / "t.pt").exists()
