@@ -173,6 +173,11 @@ def open_export(folder: str | os.PathLike, precision: str = "fp32", cfg: ModelCo
                             f"--out {folder}` first")
     fp32_names = [onnx_file(g) for g in GRAPHS]
     if not (folder / MANIFEST_FILE).exists() and not any((folder / n).exists() for n in fp32_names):
+        derived = [n for n in DERIVED_FILES if n.endswith(".onnx") and (folder / n).exists()]
+        if derived:  # what `calibrate --out` wrote apart from its export
+            raise ManifestError(f"{folder} holds {', '.join(derived)} but not the export they were made from: "
+                                "they are read next to its fp32 graphs and manifest; pass that folder, or run "
+                                "`eventspd-export calibrate` with --out equal to its --onnx-dir")
         raise ManifestError(f"{folder} holds no export (no {', '.join(fp32_names)}, {MANIFEST_FILE}): create it "
                             f"with `eventspd-export onnx --out {folder}`")
     manifest = read_manifest(folder)

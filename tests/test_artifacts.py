@@ -94,3 +94,13 @@ def test_every_command_refuses_a_damaged_export_in_one_line(export, tmp_path, ho
         assert MESSAGES[how] in line, (name, line)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # nothing added or changed
     assert not (tmp_path / "eng").exists() and not (tmp_path / "cal").exists()
+
+
+def test_reduced_precision_graphs_apart_from_their_export_are_named(tmp_path):
+    """`calibrate --out ELSEWHERE` writes *.fp16.onnx where trt/check find no export next to them."""
+    from eventspd_export.artifacts import ManifestError, open_export
+
+    (tmp_path / "decoder.fp16.onnx").write_bytes(b"x")
+    with pytest.raises(ManifestError, match=r"holds decoder.fp16.onnx but not the export they were made from.*"
+                                            r"--out equal to its --onnx-dir"):
+        open_export(tmp_path, "fp16")

@@ -38,6 +38,11 @@ class CheckOptions:
             raise UserError(f"--windows {self.windows}: at least one window is needed")
         if self.num_events < 0:
             raise UserError(f"--events {self.num_events} must be >= 0")
+        given = [o for o, v in (("--engine-dir", self.engine_dir), ("--plugins", self.plugins)) if v is not None]
+        if given and self.backend != "trt":  # else silently ignored: the user meant to check engines
+            raise UserError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for --backend trt "
+                            f"(the engines); --backend {self.backend} does not read "
+                            f"{'it' if len(given) == 1 else 'them'}")
 
     @property
     def save(self) -> Path:

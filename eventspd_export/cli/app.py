@@ -94,7 +94,8 @@ def onnx_cmd(model_args, out_dir, opset, k_max, events_max, no_plugins, fused_bl
 @click.option("--onnx-dir", type=click.Path(file_okay=False), default="artifacts", show_default=True,
               help="Folder with the fp32 precompute.onnx/decoder.onnx (exported there when absent).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="artifacts", show_default=True,
-              help="Where *.fp16.onnx, *.int8.onnx and accuracy_report.{json,md} go.")
+              help="Where *.fp16.onnx, *.int8.onnx and accuracy_report.{json,md} go (trt and check read "
+                   "them from the export's folder: keep it --onnx-dir to build engines from them).")
 @DataOption("synthetic", "Calibration data")
 @click.option("--precision", "precisions", default="fp16,int8", show_default=True,
               help="Comma-separated: fp16, int8.")

@@ -72,7 +72,8 @@ from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
 from model_def.errors import UserError
-from eventspd_export.artifacts import ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, open_export, write_manifest
+from eventspd_export.artifacts import (ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, open_export,
+                                      read_manifest, write_manifest)
 from model_def.contract import EVENTS_LIMIT, K_LIMIT
 from eventspd_export.runtime.trt_flavour import RUNTIME_CHOICES, Runtime, Target, load_runtime
 from eventspd_export.trt.errors import EngineBuildError
@@ -209,8 +210,25 @@ def plan_build(options: BuildOptions) -> BuildPlan:
     if options.timing_cache is not None:
         check_writable(options.timing_cache, "--timing-cache", folder=False)
     check_writable(options.out_dir, "--out", folder=True)
+    _check_out_holds_no_other_export(Path(options.out_dir), Path(onnx_dir), manifest)
     plugins = resolve_plugin_library(options.plugins) if options.plugins is not None else None
     return BuildPlan(options, manifest, cfg, profile, paths, plugins)
+
+
+def _check_out_holds_no_other_export(out: Path, onnx_dir: Path, manifest: dict) -> None:
+    """The engines' manifest is written to --out as the export's manifest plus the engines: where
+    --out is another export's folder, that would replace its manifest (its own graphs would then
+    fail their sha256 check). Refused, unless it holds the same graphs."""
+    if out.resolve() == onnx_dir.resolve() or not (out / MANIFEST_FILE).is_file():
+        return
+    try:
+        theirs = read_manifest(out)["graphs"]
+    except UserError:
+        theirs = None
+    ours = manifest["graphs"]
+    if theirs is None or any((theirs.get(g) or {}).get("sha256") != (ours.get(g) or {}).get("sha256") for g in GRAPHS):
+        raise UserError(f"--out {out} holds another export's {MANIFEST_FILE}, which the engines' manifest would "
+                        f"replace; build into --onnx-dir {onnx_dir}, an empty folder, or the engines' own folder")
 
 
 # ---- build ----------------------------------------------------------------------------------

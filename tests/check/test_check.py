@@ -261,6 +261,8 @@ def test_check_errors_exit_2(root, tmp_path):
         (["--onnx-dir", art, "--config", "dsec"], "are for configuration 'tiny'"),
         (["--onnx-dir", art, "--backend", "trt"], "build them with `eventspd-export trt --fp32"),
         (["--onnx-dir", art, "--data", "nosuch:thing"], "unknown event data source"),
+        (["--onnx-dir", art, "--engine-dir", art, "--plugins", "x.so"],
+         "--engine-dir and --plugins are for --backend trt (the engines); --backend onnxrt does not read them"),
     ]
     for args, message in cases:
         r = _check(*args)

@@ -741,3 +741,15 @@ def test_graphs_of_an_older_export_keep_k_min_1(tmp_path):
     assert r.exit_code == 2 and r.output.startswith("error: --k-min 0 is below the 1 the graphs were exported for")
     assert "--k-min 1" in r.output and not (tmp_path / "o").exists()
     assert plan_build(BuildOptions(d, d, profile=Profile(k_min=1))).profile.k_min == 1
+
+
+def test_trt_refuses_an_out_folder_holding_another_export(export, tmp_path):
+    """The engines' manifest (the export's, plus the engines) would replace the other export's."""
+    other = fake_export(tmp_path / "other")
+    manifest = json.loads((other / MANIFEST_FILE).read_text())
+    manifest["graphs"]["decoder"]["sha256"] = "00" * 32  # graphs of another export
+    (other / MANIFEST_FILE).write_text(json.dumps(manifest))
+    before = _snapshot(other)
+    r = CliRunner().invoke(trt, ["--onnx-dir", str(export), "--out", str(other)])
+    assert r.exit_code == 2 and f"--out {other} holds another export's {MANIFEST_FILE}" in r.output, r.output
+    assert _snapshot(other) == before
