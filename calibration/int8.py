@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from model_def.atomic import atomic_write_bytes
+from model_def.atomic import atomic_write_bytes, check_writable
 from model_def.errors import UserError
 
 from calibration.onnx_graph import toposort
@@ -64,6 +65,27 @@ def feeds_digest(feeds: Sequence[Mapping[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
+def _read_cache(cache: Path) -> dict[str, tuple[float, float]] | None:
+    """The ranges a cache file holds, or None (with a warning naming it) when it cannot be used:
+    truncated or not the JSON we write (a copy cut short, a full disk, a hand edit), or holding
+    a non-finite or inverted range, which would reach ONNX Runtime's quantiser as a NaN scale
+    ('scale issue' assertion) only after all the work. The caller then recomputes the ranges and
+    rewrites the file atomically."""
+    try:
+        data = json.loads(cache.read_text())
+        ranges = {str(k): (float(v[0]), float(v[1])) for k, v in data["ranges"].items()}
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:  # ValueError: JSON, float(), UTF-8
+        log.warning("calibration cache %s is unreadable (%s: %s): ignoring it, recomputing the ranges",
+                    cache, type(exc).__name__, exc)
+        return None
+    bad = [k for k, (lo, hi) in ranges.items() if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi)]
+    if bad:
+        log.warning("calibration cache %s holds a non-finite or inverted range for %r (%d in all): "
+                    "ignoring it, recomputing the ranges", cache, bad[0], len(bad))
+        return None
+    return ranges
+
+
 def collect_ranges(model_path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], method: str,
                    cache_dir: str | Path | None = None) -> tuple[dict[str, tuple[float, float]], bool]:
     """Activation ranges {tensor: (lowest, highest)} of the quantisable ops' inputs/outputs.
@@ -75,10 +97,12 @@ def collect_ranges(model_path: str | Path, feeds: Sequence[Mapping[str, np.ndarr
     model_bytes = Path(model_path).read_bytes()
     key = hashlib.sha256(model_bytes + method.encode() + feeds_digest(feeds).encode()).hexdigest()[:24]
     cache = Path(cache_dir) / f"ranges-{Path(model_path).stem}-{method}-{key}.json" if cache_dir else None
-    if cache is not None and cache.is_file():
-        data = json.loads(cache.read_text())
+    cached = _read_cache(cache) if cache is not None and cache.is_file() else None
+    if cached is not None:
         log.info("calibration statistics from cache %s", cache)
-        return {k: (float(v[0]), float(v[1])) for k, v in data["ranges"].items()}, True
+        return cached, True
+    if cache is not None:  # before the work, not as a NotADirectoryError after it
+        check_writable(cache.parent, "--cache-dir", folder=True)
 
     from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.calibrate import create_calibrator

@@ -16,11 +16,13 @@ Flow:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -36,7 +38,7 @@ from eventspd_export.data.windows import EventWindow
 from eventspd_export.runtime.pair import Stream, stream_depths
 from eventspd_export.runtime.torch_pair import TorchPair
 from model_def import EventSPD
-from model_def.atomic import atomic_write_bytes, folder_lock
+from model_def.atomic import atomic_write_bytes, check_writable, folder_lock
 
 log = logging.getLogger(__name__)
 GRAPHS = ("precompute", "decoder")
@@ -78,6 +80,12 @@ class CalibrationOptions:
         if self.budget is not None and not 0 < self.budget < 1:
             raise q8.CalibrationError(f"--budget {self.budget}: a median relative depth error in (0, 1), or 0 "
                                       "to skip the sensitivity pass")
+        # Both folders are created only late (--out after the fp32 export, the cache after the
+        # range collection): a path under a regular file, or an unwritable folder, is refused
+        # here (OutputPathError naming the option), not as a NotADirectoryError after the work.
+        check_writable(self.out_dir, "--out", folder=True)
+        if self.cache_dir is not None:
+            check_writable(self.cache_dir, "--cache-dir", folder=True)
 
 
 @dataclass
@@ -126,29 +134,60 @@ def ensure_fp32_graphs(model: EventSPD, onnx_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def read_windows(model: EventSPD, options: CalibrationOptions) -> list[EventWindow]:
+    """The calibration + held-out windows of ``--data``. Read before the fp32 export and before
+    --out is created: a missing or bad data set, or one with too few windows, is a user error
+    (DataError / CalibrationError) that must cost no export and leave no empty folder."""
+    cfg = model.cfg
+    need = options.calib_windows + options.eval_windows
+    source = open_source(options.data, cfg.width, cfg.height, cfg.window_s)
+    try:
+        if len(source) < need:  # the count is known once opened: no window need be read for it
+            raise q8.CalibrationError(
+                f"--data {options.data}: the source has {len(source)} windows; --calib-windows "
+                f"{options.calib_windows} + --eval-windows {options.eval_windows} = {need} are needed")
+        return list(islice(iter(source), need))  # in memory: the files can be closed
+    finally:
+        source.close()
+
+
+@contextlib.contextmanager
+def _no_new_empty_folder(path: Path) -> Iterator[None]:
+    """On a failure in the block (a late error, Ctrl-C), remove the folders on the way to
+    ``path`` that did not exist before it and are still empty: a failed run leaves no empty
+    --out (or --onnx-dir) behind. Folders the user had are never touched, and rmdir refuses a
+    folder that is not empty (what was written there is complete: the writes are atomic)."""
+    new = [p for p in (path, *path.parents) if not p.exists()]  # innermost first
+    try:
+        yield
+    except BaseException:
+        for folder in new:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or already gone): its parents are not empty either
+        raise
+
+
 def calibrate(model: EventSPD, options: CalibrationOptions) -> dict:
     """Write the requested fp16/int8 graphs and the accuracy report; returns the report."""
 
     options.validate()
     t0 = time.perf_counter()
     out = Path(options.out_dir)
-    paths = ensure_fp32_graphs(model, Path(options.onnx_dir))  # verified before anything is created
-    out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out):  # a second writer of the folder is refused (FolderBusy, exit 2)
-        return _calibrate_into(out, model, options, paths, t0)
+    windows = read_windows(model, options)  # before the export and before --out exists
+    with _no_new_empty_folder(Path(options.onnx_dir)):  # a failed export's folder
+        paths = ensure_fp32_graphs(model, Path(options.onnx_dir))  # verified before anything is created
+    # a completed fp32 export stays even when what follows fails: it is valid, and reused next time
+    with _no_new_empty_folder(out):
+        out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(out):  # a second writer of the folder is refused (FolderBusy, exit 2)
+            return _calibrate_into(out, model, options, paths, windows, t0)
 
 
 def _calibrate_into(out: Path, model: EventSPD, options: CalibrationOptions, paths: dict[str, Path],
-                    t0: float) -> dict:
-    cfg = model.cfg
+                    windows: list[EventWindow], t0: float) -> dict:
     fp32 = {g: onnx.load(str(p)) for g, p in paths.items()}
-
-    source = open_source(options.data, cfg.width, cfg.height, cfg.window_s)
-    windows = list(islice(iter(source), options.calib_windows + options.eval_windows))
-    if len(windows) < options.calib_windows + options.eval_windows:
-        raise q8.CalibrationError(
-            f"data source {options.data!r} gave {len(windows)} windows; "
-            f"{options.calib_windows} calibration + {options.eval_windows} held-out are needed")
     calib, held_out = windows[:options.calib_windows], windows[options.calib_windows:]
     log.info("calibration: %d windows (%d events in all) from %s", len(calib),
              sum(w.num_events for w in calib), options.data)

@@ -243,3 +243,39 @@ def test_calibrate_cli_errors(tmp_path, graphs):
     wrong = CliRunner().invoke(main, ["calibrate", "--config", "dsec", "--onnx-dir", str(graphs),
                                       "--out", str(tmp_path)])
     assert wrong.exit_code == 2 and "graphs are for configuration 'tiny'" in wrong.output
+
+
+@pytest.mark.parametrize("damage", ["truncated", "nan", "not-json-ranges"])
+def test_a_corrupt_range_cache_is_ignored_recomputed_and_rewritten(graphs, feeds, tmp_path, caplog, damage):
+    """A truncated cache file was a JSONDecodeError, NaN ranges an ORT 'scale issue' assertion in
+    quantize: such a file is ignored with a warning naming it, and replaced atomically."""
+    import json
+    path = graphs / "decoder.onnx"
+    ranges, _ = q8.collect_ranges(path, feeds[1][:2], "max", tmp_path)
+    (cache,) = tmp_path.glob("ranges-decoder-max-*.json")
+    text = cache.read_text()
+    if damage == "truncated":
+        cache.write_text(text[:len(text) // 2])
+    elif damage == "nan":
+        data = json.loads(text)
+        data["ranges"] = {k: [float("nan"), float("nan")] for k in data["ranges"]}
+        cache.write_text(json.dumps(data))
+    else:
+        cache.write_text(json.dumps({"ranges": ["x"]}))
+    with caplog.at_level("WARNING", logger="calibration.int8"):
+        again, cached = q8.collect_ranges(path, feeds[1][:2], "max", tmp_path)
+    assert not cached and again == ranges
+    assert any(str(cache) in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert cache.read_text() == text  # rewritten whole: the next run reads it
+    assert [p.name for p in tmp_path.iterdir()] == [cache.name]  # no temporary file left
+    assert q8.collect_ranges(path, feeds[1][:2], "max", tmp_path) == (ranges, True)
+    assert q8.check_tensorrt_rules(q8.quantize(path, again)) == []
+
+
+def test_a_cache_folder_under_a_file_is_refused_before_the_collection(graphs, feeds, tmp_path, monkeypatch):
+    from model_def.errors import UserError
+    import onnxruntime.quantization.calibrate as cal
+    monkeypatch.setattr(cal, "create_calibrator", lambda *a, **k: pytest.fail("collected first"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match="--cache-dir .*is a file, not a folder"):
+        q8.collect_ranges(graphs / "decoder.onnx", feeds[1][:1], "max", tmp_path / "afile" / "sub")
