@@ -42,6 +42,13 @@ import numpy as np
 MANIFEST = "eventspd.manifest.json"
 
 
+def _fail(message: str):
+    """A user mistake in the environment this script reads: one ``error:`` line and exit code 2, as
+    the eventspd-export commands give (``SystemExit("...")`` would exit 1, a failed check's code)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _env_int(name: str, default: int, minimum: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -49,15 +56,18 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise SystemExit(f"error: ${name}={raw!r} is not an integer") from None
+        _fail(f"${name}={raw!r} is not an integer")
     if value < minimum:
-        raise SystemExit(f"error: ${name}={value} must be >= {minimum}")
+        _fail(f"${name}={value} must be >= {minimum}")
     return value
 
 
 def _model_path() -> Path | None:
     if os.environ.get("EVENTSPD_MODEL"):
-        return Path(os.environ["EVENTSPD_MODEL"])
+        path = Path(os.environ["EVENTSPD_MODEL"])
+        if not path.is_file():
+            _fail(f"$EVENTSPD_MODEL={path} is not a file (the exported precompute/decoder ONNX or engine)")
+        return path
     for arg in sys.argv[1:]:
         if arg.endswith((".onnx", ".engine")) and Path(arg).is_file():
             return Path(arg)
@@ -80,11 +90,10 @@ def _describe(path: Path | None) -> tuple[str, dict]:
     if config is None and path is not None and (path.parent / MANIFEST).is_file():
         config = json.loads((path.parent / MANIFEST).read_text())["config"]
     if graph not in ("precompute", "decoder"):
-        raise SystemExit("error: cannot tell which EventSPD graph this is; set EVENTSPD_GRAPH=precompute "
-                         "or EVENTSPD_GRAPH=decoder")
+        _fail("cannot tell which EventSPD graph this is; set EVENTSPD_GRAPH=precompute or EVENTSPD_GRAPH=decoder")
     if config is None:
-        raise SystemExit(f"error: no EventSPD configuration found for {path or 'the model'} (no ONNX "
-                         f"metadata, no {MANIFEST} next to it); set EVENTSPD_MODEL to the exported ONNX")
+        _fail(f"no EventSPD configuration found for {path or 'the model'} (no ONNX metadata, no {MANIFEST} "
+              "next to it); set EVENTSPD_MODEL to the exported ONNX")
     return graph, config
 
 

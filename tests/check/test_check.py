@@ -322,7 +322,7 @@ def test_readme_contains_the_tested_lines():
         assert line in text, f"README.md lacks the tested line: {line}"
 
 
-def test_data_loader_yields_valid_feeds_for_any_k(root, monkeypatch):
+def test_data_loader_yields_valid_feeds_for_any_k(root, monkeypatch, capsys):
     from eventspd_export.check import polygraphy_data_loader as dl
     cfg = get_config("tiny")
     art = root / "artifacts"
@@ -342,9 +342,14 @@ def test_data_loader_yields_valid_feeds_for_any_k(root, monkeypatch):
     monkeypatch.setenv("EVENTSPD_EVENTS", "0")
     (feed, second) = list(dl.load_data())
     assert feed["events"].shape == (0, 4) and feed["hidden"].shape == contract.hidden_spec(cfg, "hidden").shape
-    monkeypatch.setenv("EVENTSPD_K", "zero")
-    with pytest.raises(SystemExit, match="EVENTSPD_K='zero' is not an integer"):
-        list(dl.load_data())
+    # a user mistake: one error line and exit code 2, as the commands give
+    for name, value, message in (("EVENTSPD_K", "zero", "error: $EVENTSPD_K='zero' is not an integer"),
+                                 ("EVENTSPD_MODEL", str(art / "nope.onnx"),
+                                  f"error: $EVENTSPD_MODEL={art / 'nope.onnx'} is not a file")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit) as stop:
+            list(dl.load_data())
+        assert stop.value.code == 2 and capsys.readouterr().err.startswith(message)
 
 
 def test_check_trt_backend_without_tensorrt_is_one_sentence(tmp_path):
