@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from eventspd_export.artifacts import json_bytes
+from eventspd_export.artifacts import ACCURACY_REPORT_FILES, json_bytes
 from eventspd_export.data.query_sampler import QuerySampler
 from eventspd_export.data.windows import EventWindow
 from eventspd_export.evaluation.metrics import agreement, depth_metrics, gt_at_queries
@@ -90,5 +90,6 @@ def to_markdown(report: dict) -> str:
 
 def write_report(report: dict, out_dir: str | Path) -> None:
     out = Path(out_dir)
-    atomic_write_bytes(out / "accuracy_report.json", json_bytes(report))
-    atomic_write_bytes(out / "accuracy_report.md", to_markdown(report).encode())
+    json_name, markdown_name = ACCURACY_REPORT_FILES
+    atomic_write_bytes(out / json_name, json_bytes(report))
+    atomic_write_bytes(out / markdown_name, to_markdown(report).encode())
