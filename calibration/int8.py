@@ -28,6 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from eventspd_export.artifacts import json_safe
 from model_def.atomic import atomic_write_bytes, check_writable
 from model_def.errors import UserError
 
@@ -131,9 +132,9 @@ def collect_ranges(model_path: str | Path, feeds: Sequence[Mapping[str, np.ndarr
         ranges[name] = (float(np.asarray(lo).reshape(-1)[0]), float(np.asarray(hi).reshape(-1)[0]))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(cache, json.dumps({"method": method, "model_sha256":
-                                              hashlib.sha256(model_bytes).hexdigest(),
-                                              "ranges": ranges}, indent=0, sort_keys=True).encode())
+        entry = {"method": method, "model_sha256": hashlib.sha256(model_bytes).hexdigest(), "ranges": ranges}
+        # standard JSON (a non-finite range as null, which _read_cache then refuses and recomputes)
+        atomic_write_bytes(cache, json.dumps(json_safe(entry), indent=0, sort_keys=True, allow_nan=False).encode())
     return ranges, False
 
 

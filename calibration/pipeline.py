@@ -84,7 +84,7 @@ class CalibrationOptions:
         # range collection): a path under a regular file, or an unwritable folder, is refused
         # here (OutputPathError naming the option), not as a NotADirectoryError after the work.
         check_writable(self.out_dir, "--out", folder=True)
-        if self.cache_dir is not None:
+        if self.cache_dir is not None and "int8" in self.precisions:  # only int8 reads or writes it
             check_writable(self.cache_dir, "--cache-dir", folder=True)
 
 
@@ -119,18 +119,24 @@ def _median_rel(depths: list[np.ndarray], refs: list[np.ndarray]) -> float:
     return float(np.median(rel))
 
 
-def ensure_fp32_graphs(model: EventSPD, onnx_dir: Path) -> dict[str, Path]:
+def ensure_fp32_graphs(model: EventSPD, onnx_dir: Path, load=None) -> dict[str, Path]:
+    """The fp32 graphs of ``model`` in ``onnx_dir``, exported there when absent. ``load`` (the
+    checkpoint's LoadReport, None for built-in weights) is recorded in a new export's manifest, and an
+    existing export must have been made from those weights: calibrating other graphs against this
+    model would report the difference of two models as quantisation error."""
+    from eventspd_export.artifacts import check_exported_from, open_export
     from eventspd_export.export.onnx_export import ExportOptions, MANIFEST_FILE, export_onnx
 
     paths = {g: onnx_dir / onnx_file(g) for g in GRAPHS}
     manifest = onnx_dir / MANIFEST_FILE
     if all(p.is_file() for p in paths.values()) and manifest.is_file():
-        from eventspd_export.artifacts import open_export
-
         # the manifest's configuration, the sha256 of the graphs, readable ONNX (ManifestError: exit 2)
-        return open_export(onnx_dir, "fp32", model.cfg, what="the model is").graphs
+        export = open_export(onnx_dir, "fp32", model.cfg, what="the model is")
+        check_exported_from(export.manifest, onnx_dir, load.sha256 if load is not None else "",
+                            load.path if load is not None else "the built-in default weights")
+        return export.graphs
     log.info("no fp32 graphs in %s: exporting them", onnx_dir)
-    export_onnx(model, ExportOptions(onnx_dir))
+    export_onnx(model, ExportOptions(onnx_dir), load)
     return paths
 
 
@@ -169,15 +175,16 @@ def _no_new_empty_folder(path: Path) -> Iterator[None]:
         raise
 
 
-def calibrate(model: EventSPD, options: CalibrationOptions) -> dict:
-    """Write the requested fp16/int8 graphs and the accuracy report; returns the report."""
+def calibrate(model: EventSPD, options: CalibrationOptions, load=None) -> dict:
+    """Write the requested fp16/int8 graphs and the accuracy report; returns the report. ``load``:
+    the checkpoint's LoadReport (see ensure_fp32_graphs)."""
 
     options.validate()
     t0 = time.perf_counter()
     out = Path(options.out_dir)
     windows = read_windows(model, options)  # before the export and before --out exists
     with _no_new_empty_folder(Path(options.onnx_dir)):  # a failed export's folder
-        paths = ensure_fp32_graphs(model, Path(options.onnx_dir))  # verified before anything is created
+        paths = ensure_fp32_graphs(model, Path(options.onnx_dir), load)  # verified before anything is created
     # a completed fp32 export stays even when what follows fails: it is valid, and reused next time
     with _no_new_empty_folder(out):
         out.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,16 @@ def _manifest_shape_problem(manifest: dict) -> str | None:
     return None
 
 
+def check_exported_from(manifest: dict, folder: str | os.PathLike, checkpoint_sha256: str, what: str) -> None:
+    """Refuses (ManifestError) graphs exported from other weights than ``checkpoint_sha256``'s (""
+    for the built-in default weights): comparing them with this model measures nothing."""
+    recorded = (manifest.get("checkpoint") or {}).get("sha256") or ""
+    if recorded != checkpoint_sha256:
+        exported = f"checkpoint {manifest['checkpoint'].get('path')}" if recorded else "the built-in default weights"
+        raise ManifestError(f"the graphs in {folder} were exported from {exported}, not from {what}: pass that "
+                            "checkpoint, or re-export from this one")
+
+
 def manifest_config(manifest: dict) -> ModelConfig:
     try:
         return ModelConfig.from_dict(manifest["config"])

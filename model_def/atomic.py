@@ -80,7 +80,15 @@ def check_writable(path: str | os.PathLike, option: str, folder: bool) -> None:
     written -- a ``folder`` that exists or can be created under its nearest existing ancestor, or a
     file (not a folder) in an existing folder. A real write probes it: ``os.access`` says yes to root
     even on read-only file systems."""
-    p = Path(path)
+    try:
+        _check_writable(Path(path), option, folder)
+    except OutputPathError:
+        raise
+    except OSError as exc:  # e.g. a name too long for the file system: stat() itself fails
+        raise OutputPathError(f"{option} {path}: {exc.strerror or exc}") from None
+
+
+def _check_writable(p: Path, option: str, folder: bool) -> None:
     if folder:
         if p.exists() and not p.is_dir():
             raise OutputPathError(f"{option} {p} is a file, not a folder")

@@ -8,7 +8,7 @@ library path. What it builds against, a header folder plus one TensorRT library:
 * ``runtime="tensorrt-rtx"``: the ``libtensorrt_rtx.so.1`` of the installed ``tensorrt-rtx``
   wheel, and TensorRT **11.x** headers from ``include_dir`` / ``$TENSORRT_INCLUDE`` / the root's
   ``include/`` (the wheel ships no headers; 10.x headers do not work: the IPluginRegistry layout
-  differs and ``REGISTER_TENSORRT_PLUGIN`` crashes at load — ARCHITECTURE §8).
+  differs and registering the creators at load crashes — ARCHITECTURE §8).
 * ``runtime="auto"``: TensorRT when its root is found, else (no root given) TensorRT-RTX when
   installed.
 * ``include_dir`` + ``library`` given together: exactly those.

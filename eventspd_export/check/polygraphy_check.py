@@ -322,8 +322,8 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
         if bad:
             raise UserError(f"--k {bad[0]} is outside the decoder engine's profile "
                              f"{limits['k_min']}..{limits['k_max']}; rebuild with `eventspd-export trt --k-max`")
-    for graph in GRAPHS:  # where save_reference writes, before the reference is made
-        check_writable(options.save / graph, "--save", folder=True)
+    for folder in (options.save, *(options.save / g for g in GRAPHS)):  # where save_reference writes, first
+        check_writable(folder, "--save", folder=True)
     report = CheckReport(options.backend, options.precision)
     windows = _windows(model.cfg, options)  # a bad --data spec fails before any work
     events_axis = (manifest.get("dynamic_axes") or {}).get(contract.NUM_EVENTS) or {}

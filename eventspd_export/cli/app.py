@@ -124,8 +124,8 @@ def calibrate_cmd(model_args, onnx_dir, out_dir, data, precisions, method, calib
         precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), k_eval=ks,
         cache_dir=Path(cache_dir))
     options.validate()  # before the model is built or anything is written
-    model, _ = model_args.build(announce=click.echo)
-    report = calibrate(model, options)
+    model, load = model_args.build(announce=click.echo)
+    report = calibrate(model, options, load)
     click.echo(to_markdown(report))
     for precision, files in report["calibration"]["files"].items():
         for graph, path in files.items():

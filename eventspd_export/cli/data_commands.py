@@ -25,8 +25,12 @@ def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
     """Write event windows + a query list for the C++ example (examples/cpp)."""
     from model_def import contract, get_config
 
+    from model_def.atomic import check_writable
+
     from eventspd_export.data.event_file import write_from_source
     from eventspd_export.artifacts import MANIFEST_FILE, manifest_config, read_manifest
+
+    check_writable(out_path, "--out", folder=False)  # before the windows are read
 
     manifest = read_manifest(onnx_dir) if (Path(onnx_dir) / MANIFEST_FILE).is_file() else None
     exported = manifest_config(manifest) if manifest is not None else None
@@ -44,7 +48,7 @@ def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
         raise UserError(f"no configuration: pass --config, or --onnx-dir with an export ({onnx_dir} has "
                          "no eventspd.manifest.json)")
     limits = None
-    if exported is not None and cfg == exported:  # the file is for that export's engines: its limits hold
+    if exported is not None and (given_dir or not config_name):  # the file is for that export's engines
         axes = manifest.get("dynamic_axes") or {}
         limits = {"k_max": (axes.get(contract.NUM_QUERIES) or {}).get("max"),
                   "events_max": (axes.get(contract.NUM_EVENTS) or {}).get("max")}

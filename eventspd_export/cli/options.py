@@ -197,9 +197,13 @@ def user_errors(f):
         except EventSPDError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as exc:
-            # a path the user gave that cannot be read or written: outputs are checked before any
-            # work (model_def.atomic.check_writable); this catches what a check could not foresee
+        except OSError as exc:
+            # a path the user gave that cannot be read or written (outputs are checked before any
+            # work, model_def.atomic.check_writable; this catches what a check could not foresee).
+            # An OSError without a file name (a socket, the device) is not the user's: re-raised.
+            path_error = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
+            if not (isinstance(exc, path_error) or exc.filename):
+                raise
             where = f"{exc.filename}: " if exc.filename and str(exc.filename) not in str(exc.strerror or "") else ""
             click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             sys.exit(UserError.exit_code)

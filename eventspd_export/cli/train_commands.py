@@ -3,6 +3,7 @@ and evaluation/evaluate.py (attached to the main CLI in app.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -71,8 +72,9 @@ def train(config_name, data, steps, k_train, bptt, lr, warmup_steps, seed, devic
 
     if threads:
         torch.set_num_threads(threads)
-    if time_limit is not None and not math.isfinite(time_limit):  # FloatRange lets nan (and inf) through
-        raise UserError(f"--time-limit {time_limit}: expected a finite number of seconds > 0")
+    for option, value in (("--time-limit", time_limit), ("--dist-timeout", dist_timeout)):
+        if value is not None and not math.isfinite(value):  # FloatRange lets nan (and inf) through
+            raise UserError(f"{option} {value}: expected a finite number of seconds > 0")
     if resume is not None and init_path is not None:
         raise UserError("--resume and --init exclude each other (--resume continues a run, "
                          "--init starts a new one from a checkpoint's weights)")
@@ -151,11 +153,11 @@ def evaluate(checkpoint, trusted, data, k, windows, sequence, seed, onnx_dir, dr
 
     if json_path:  # before the evaluation, not after it
         check_writable(json_path, "--json", folder=False)
-    model, load = load_checkpoint(checkpoint, trusted=trusted)
     options = EvalOptions(data=data, k=k, windows=windows, sequence=sequence, seed=seed,
-                          onnx_dir=Path(onnx_dir) if onnx_dir else None, drop_events=drop_events,
-                          checkpoint_sha256=load.sha256)
-    options.validate()
+                          onnx_dir=Path(onnx_dir) if onnx_dir else None, drop_events=drop_events)
+    options.validate()  # before the checkpoint is read
+    model, load = load_checkpoint(checkpoint, trusted=trusted)
+    options = dataclasses.replace(options, checkpoint_sha256=load.sha256)
     report = run_evaluate(model, options)
     click.echo(format_report(report))
     if json_path:

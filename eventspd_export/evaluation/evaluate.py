@@ -78,15 +78,12 @@ def valid_pixel_queries(depth: np.ndarray, k: int, rng: np.random.Generator) -> 
 
 
 def _onnx_pair(onnx_dir: Path, model: EventSPD, checkpoint_sha256: str) -> OrtPair:
-    from eventspd_export.artifacts import open_export
+    from eventspd_export.artifacts import check_exported_from, open_export
 
     # the folder, its manifest, the configuration, the sha256 of the graphs, readable ONNX
     manifest = open_export(onnx_dir, "fp32", model.cfg, what="the checkpoint is").manifest
-    recorded = (manifest.get("checkpoint") or {}).get("sha256") or ""
-    if recorded != checkpoint_sha256:  # as `check` refuses it (inspect_model.reference_model)
-        exported = f"checkpoint {manifest['checkpoint'].get('path')}" if recorded else "the built-in default weights"
-        raise UserError(f"the graphs in {onnx_dir} were exported from {exported}, not from the checkpoint "
-                        "evaluated: pass that checkpoint, or re-export from this one")
+    # as `check` refuses it (inspect_model.reference_model)
+    check_exported_from(manifest, onnx_dir, checkpoint_sha256, "the checkpoint evaluated")
     return OrtPair.from_folder(model.cfg, onnx_dir)
 
 

@@ -122,6 +122,8 @@ def from_environment(device: str, timeout_s: float) -> Dist:
     dist = Dist(_env_int("RANK"), world, _env_int("LOCAL_RANK"))
     if not 0 <= dist.rank < world:  # would otherwise wait out the rendezvous timeout for a peer that cannot exist
         raise DistributedError(f"RANK={dist.rank} is not in 0..{world - 1} (WORLD_SIZE={world}): launch with torchrun")
+    if dist.local_rank < 0:
+        raise DistributedError(f"LOCAL_RANK={dist.local_rank} is negative: launch with torchrun")
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(dist.local_rank)

@@ -72,8 +72,8 @@ from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
 from model_def.errors import UserError
-from eventspd_export.artifacts import (ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, open_export,
-                                      read_manifest, write_manifest)
+from eventspd_export.artifacts import (ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, onnx_file,
+                                      open_export, read_manifest, write_manifest)
 from model_def.contract import EVENTS_LIMIT, K_LIMIT
 from eventspd_export.runtime.trt_flavour import RUNTIME_CHOICES, Runtime, Target, load_runtime
 from eventspd_export.trt.errors import EngineBuildError
@@ -217,9 +217,12 @@ def plan_build(options: BuildOptions) -> BuildPlan:
 
 def _check_out_holds_no_other_export(out: Path, onnx_dir: Path, manifest: dict) -> None:
     """The engines' manifest is written to --out as the export's manifest plus the engines: where
-    --out is another export's folder, that would replace its manifest (its own graphs would then
-    fail their sha256 check). Refused, unless it holds the same graphs."""
+    --out is another export's folder (its own fp32 graphs next to its manifest), that would replace
+    its manifest, and its graphs would then fail their sha256 check. Refused, unless it holds the same
+    graphs. A folder of engines only (an earlier `trt --out`) is rebuilt: its manifest is the engines'."""
     if out.resolve() == onnx_dir.resolve() or not (out / MANIFEST_FILE).is_file():
+        return
+    if not any((out / onnx_file(g)).is_file() for g in GRAPHS):
         return
     try:
         theirs = read_manifest(out)["graphs"]
@@ -227,8 +230,9 @@ def _check_out_holds_no_other_export(out: Path, onnx_dir: Path, manifest: dict) 
         theirs = None
     ours = manifest["graphs"]
     if theirs is None or any((theirs.get(g) or {}).get("sha256") != (ours.get(g) or {}).get("sha256") for g in GRAPHS):
-        raise UserError(f"--out {out} holds another export's {MANIFEST_FILE}, which the engines' manifest would "
-                        f"replace; build into --onnx-dir {onnx_dir}, an empty folder, or the engines' own folder")
+        raise UserError(f"--out {out} holds another export (its graphs and {MANIFEST_FILE}), whose manifest the "
+                        f"engines' would replace; build into --onnx-dir {onnx_dir}, an empty folder, or a folder of "
+                        "engines")
 
 
 # ---- build ----------------------------------------------------------------------------------

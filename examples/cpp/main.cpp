@@ -226,12 +226,16 @@ int main(int argc, char** argv) {
     for (auto const& p : eventspd::runtimeProblems(manifest, kFlavour, v / 10000, (v / 100) % 100, v % 100))
         problems.push_back(p);
 
-    // 2. runtime and plugins (neither needs a GPU), once the library's sha256 is the manifest's
+    int deviceCount = 0;
+    bool const gpu = cudaGetDeviceCount(&deviceCount) == cudaSuccess && deviceCount > opt.device;
+
+    // 2. runtime and plugins (TensorRT-RTX needs no GPU for them), once the library's sha256 is the
+    //    manifest's; where a runtime cannot be made without a GPU, the missing GPU is the message
     Logger logger;
     std::unique_ptr<nvinfer1::IRuntime> runtime;
-    if (problems.empty()) {
-        runtime.reset(nvinfer1::createInferRuntime(logger));
-        if (!runtime) fatal("createInferRuntime failed (see TensorRT's message above)", 1);
+    if (problems.empty()) runtime.reset(nvinfer1::createInferRuntime(logger));
+    if (problems.empty() && !runtime && gpu) fatal("createInferRuntime failed (see TensorRT's message above)", 1);
+    if (runtime) {
         if (dlopen(pluginPath.c_str(), RTLD_NOW | RTLD_LOCAL) == nullptr)  // never closed: the registry keeps its creators
             fatal("cannot load the plugin library " + pluginPath + ": " + dlerror() +
                   " (build it with `eventspd-export build-plugins`, or pass --plugins PATH)");
@@ -244,8 +248,7 @@ int main(int argc, char** argv) {
                                    ": rebuild the library from this checkout with `eventspd-export build-plugins`");
     }
     // ... and then the GPU
-    int deviceCount = 0;
-    if (cudaGetDeviceCount(&deviceCount) != cudaSuccess || deviceCount <= opt.device)
+    if (!gpu)
         problems.push_back("no CUDA GPU " + std::to_string(opt.device) +
                            " is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)");
     if (!problems.empty()) {

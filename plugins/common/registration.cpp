@@ -29,10 +29,11 @@ private:
     Creator instance_{};
 };
 
-NamespacedRegistrar<ToprRouteCreator> const sToprRegistrar;
-NamespacedRegistrar<DeformReadCreator> const sDeformRegistrar;
-NamespacedRegistrar<EventSplatCreator> const sSplatRegistrar;
-NamespacedRegistrar<ConvNeXtBlockCreator> const sBlockRegistrar;
+// (not const: TensorRT calls the registered creators' non-const methods)
+NamespacedRegistrar<ToprRouteCreator> sToprRegistrar;
+NamespacedRegistrar<DeformReadCreator> sDeformRegistrar;
+NamespacedRegistrar<EventSplatCreator> sSplatRegistrar;
+NamespacedRegistrar<ConvNeXtBlockCreator> sBlockRegistrar;
 }  // namespace
 #endif
 

@@ -74,7 +74,7 @@ def test_too_few_windows_are_found_before_the_export_and_before_out(tmp_path):
 
 def test_a_failure_after_out_was_created_removes_only_the_new_empty_folders(tmp_path, monkeypatch):
     model = EventSPD(get_config("tiny"), seed=0).eval()
-    monkeypatch.setattr(pipeline, "ensure_fp32_graphs", lambda m, d: {})
+    monkeypatch.setattr(pipeline, "ensure_fp32_graphs", lambda m, d, load=None: {})
 
     def fail(out, *a, **k):  # the work inside the locked --out fails (a late error, a kill ...)
         assert out.is_dir()
@@ -94,3 +94,31 @@ def test_a_failure_after_out_was_created_removes_only_the_new_empty_folders(tmp_
         calibrate(model, CalibrationOptions(tmp_path / "fp32", tmp_path / "mine" / "sub", **opts))
     _nothing_written(tmp_path, "mine")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["keep.txt"]
+
+
+def test_graphs_of_other_weights_are_refused_and_a_new_export_records_the_checkpoint(tmp_path):
+    """calibrate quantises the graphs in --onnx-dir and reports them against the model: graphs of
+    other weights would report the difference of two models as quantisation error."""
+    import json
+
+    from model_def.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = tmp_path / "seed1.pt"
+    save_checkpoint(EventSPD(get_config("tiny"), seed=1), ckpt)
+    model, load = load_checkpoint(ckpt)
+    # an export calibrate makes from the checkpoint records it, as `onnx CKPT` does (evaluate and
+    # check then accept the pairing)
+    pipeline.ensure_fp32_graphs(model, tmp_path / "fp32", load)
+    manifest = json.loads((tmp_path / "fp32" / "eventspd.manifest.json").read_text())
+    assert manifest["checkpoint"]["sha256"] == load.sha256
+    # the built-in weights' export is refused for the checkpoint, before anything is written
+    assert CliRunner().invoke(main, ["onnx", "--config", "tiny", "--out", str(tmp_path / "builtin"),
+                                     "--no-verify"]).exit_code == 0
+    res = CliRunner().invoke(main, ["calibrate", str(ckpt), "--onnx-dir", str(tmp_path / "builtin"), "--out",
+                                    str(tmp_path / "out"), "--calib-windows", "1", "--eval-windows", "1",
+                                    "--k", "32", "--budget", "0"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: the graphs in {tmp_path / 'builtin'} were exported from the built-in default weights, not from "
+        f"{ckpt}: pass that checkpoint, or re-export from this one")
+    assert not (tmp_path / "out").exists()

@@ -182,7 +182,7 @@ def test_outputs_are_checked_before_any_work(small_export, tmp_path):
     (half / "decoder").write_text("x")
     cases = [
         (["check", "--onnx-dir", str(small_export), "--k", "1", "--windows", "1", "--save", str(a_file / "sub")],
-         f"--save {a_file / 'sub' / 'precompute'}: {a_file} is a file, not a folder"),
+         f"--save {a_file / 'sub'}: {a_file} is a file, not a folder"),
         (["check", "--onnx-dir", str(small_export), "--k", "1", "--windows", "1", "--save", str(half)],
          f"--save {half / 'decoder'} is a file, not a folder"),
         (["evaluate", "checkpoints/demo.pt", "--windows", "1", "--k", "4", "--json", str(a_file / "x.json")],

@@ -175,7 +175,7 @@ def test_plugin_namespace_matches():
 def test_every_plugin_is_registered():
     text = strip_comments((PLUGINS / "common" / "registration.cpp").read_text())
     # registered at load under the creators' namespace (not REGISTER_TENSORRT_PLUGIN's "": see there)
-    registered = re.findall(r"\bNamespacedRegistrar\s*<\s*(\w+)\s*>\s*const\s+\w+\s*;", text)
+    registered = re.findall(r"\bNamespacedRegistrar\s*<\s*(\w+)\s*>\s+\w+\s*;", text)
     assert "REGISTER_TENSORRT_PLUGIN" not in text
     m = re.search(r"\bgetCreators\s*\(", text)
     assert m is not None, "registration.cpp defines no getCreators"

@@ -751,5 +751,14 @@ def test_trt_refuses_an_out_folder_holding_another_export(export, tmp_path):
     (other / MANIFEST_FILE).write_text(json.dumps(manifest))
     before = _snapshot(other)
     r = CliRunner().invoke(trt, ["--onnx-dir", str(export), "--out", str(other)])
-    assert r.exit_code == 2 and f"--out {other} holds another export's {MANIFEST_FILE}" in r.output, r.output
+    assert r.exit_code == 2 and f"--out {other} holds another export (its graphs and {MANIFEST_FILE})" in r.output, \
+        r.output
     assert _snapshot(other) == before
+    # a folder of engines only, built from an earlier export (a re-export changed the graphs since),
+    # is what `trt --out` rebuilds: not refused
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    (engines / MANIFEST_FILE).write_text(json.dumps({**manifest, "engines": {}, "onnx_dir": str(other)}))
+    from eventspd_export.trt.engine_build import BuildOptions, plan_build
+
+    plan_build(BuildOptions(export, engines))
