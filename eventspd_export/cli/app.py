@@ -15,7 +15,45 @@ from model_def.atomic import check_writable
 from model_def.errors import CheckFailed
 
 
-@click.group()
+class _OneLineUsageError(click.ClickException):
+    """Click's own refusal of an option or argument (a bad value, an unknown option, a missing
+    argument), shown as one ``error:`` line with exit code 2 like every other user mistake (README,
+    What it promises on bad input) instead of Click's Usage/Try/Error block."""
+
+    exit_code = 2
+
+    def __init__(self, usage: click.UsageError):
+        # named as the console script, whatever the program name (a test runner's, python -m's)
+        sub = usage.ctx.command_path.split()[1:] if usage.ctx is not None else []
+        command = " ".join(["eventspd-export", *sub])
+        super().__init__(f"{usage.format_message().rstrip('.')} (see `{command} --help`)")
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class _Group(click.Group):
+    """The command group, with Click's usage errors as one line (the bare command still shows its
+    help: NoArgsIsHelpError)."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc) from None
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="eventspd-export")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def main(verbose: bool) -> None:

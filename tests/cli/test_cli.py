@@ -3,6 +3,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from helpers import one_error_line
+
 from eventspd_export.cli import main
 from model_def import EventSPD, get_config
 from model_def.checkpoint import save_checkpoint
@@ -39,7 +41,16 @@ def test_inspect_zero_events_and_bad_option():
     ok = CliRunner().invoke(main, ["inspect", "--config", "tiny", "--events", "0", "--queries", "2"])
     assert ok.exit_code == 0, ok.output
     bad = CliRunner().invoke(main, ["inspect", "--config", "vga"])
-    assert bad.exit_code == 2 and "Invalid value for '--config'" in bad.output
+    # Click's own refusals are one error line too (cli/app.py: _OneLineUsageError), with the help hint
+    assert one_error_line(bad) == ("error: Invalid value for '--config': 'vga' is not one of 'demo', 'dsec', 'hd', "
+                                   "'mvsec', 'tiny' (see `eventspd-export inspect --help`)")
+    for args, message in ((["check", "--bogus"], "No such option '--bogus'"),
+                          (["evaluate"], "Missing argument 'CHECKPOINT'"),
+                          (["nosuchcmd"], "No such command 'nosuchcmd'"),
+                          (["onnx", "--opset", "abc"], "'abc' is not a valid integer")):
+        assert message in one_error_line(CliRunner().invoke(main, args)), args
+    bare = CliRunner().invoke(main, [])  # the bare command still shows its help
+    assert "Usage: main [OPTIONS] COMMAND" in bare.output and "Commands:" in bare.output
 
 
 def test_build_plugins_says_what_is_missing(tmp_path):
