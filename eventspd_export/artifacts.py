@@ -26,6 +26,7 @@ from pathlib import Path
 from model_def.atomic import atomic_write_bytes
 from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
+from model_def.contract import NUM_EVENTS, NUM_QUERIES
 
 from model_def.errors import UserError
 
@@ -99,6 +100,24 @@ def _manifest_shape_problem(manifest: dict) -> str | None:
     if ops is not None and (not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops)):
         return "plugin_ops is not a list of objects"
     return None
+
+
+def export_limits(manifest: dict) -> dict[str, int | None]:
+    """The largest K and events per window the export was made for (``--k-max``, ``--events-max``;
+    None where the manifest does not say): ``{"k_max": .., "events_max": ..}``."""
+    axes = manifest.get("dynamic_axes") or {}
+    return {"k_max": (axes.get(NUM_QUERIES) or {}).get("max"),
+            "events_max": (axes.get(NUM_EVENTS) or {}).get("max")}
+
+
+def holds_same_graphs(folder: str | os.PathLike, manifest: dict) -> bool:
+    """Whether ``folder``'s own manifest describes the fp32 graphs of ``manifest`` (by sha256); False
+    where it has none or it cannot be read."""
+    try:
+        theirs = read_manifest(folder)["graphs"]
+    except ManifestError:
+        return False
+    return all((theirs.get(g) or {}).get("sha256") == (manifest["graphs"].get(g) or {}).get("sha256") for g in GRAPHS)
 
 
 def check_exported_from(manifest: dict, folder: str | os.PathLike, checkpoint_sha256: str, what: str) -> None:

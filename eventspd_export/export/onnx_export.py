@@ -31,7 +31,7 @@ from model_def.checkpoint import LoadReport
 from model_def.layers import ConvNeXtV2Block
 
 from eventspd_export import __version__
-from eventspd_export.artifacts import DERIVED_FILES, MANIFEST_FILE, json_bytes, onnx_file, read_manifest  # noqa: F401 (re-exported: the export's file names)
+from eventspd_export.artifacts import DERIVED_FILES, MANIFEST_FILE, holds_same_graphs, json_bytes, onnx_file  # noqa: F401 (re-exported: the export's file names)
 from model_def.errors import UserError
 from eventspd_export.export.onnx_functions import FUNCTION_BUILDERS
 from eventspd_export.data.synthetic import random_queries, synthetic_window
@@ -258,14 +258,7 @@ def _remove_stale_derived_files(out: Path, manifest: dict) -> None:
     """calibrate's graphs and report in ``out`` belong to the fp32 graphs they were made from: kept
     where this export writes the same fp32 graphs (by sha256), removed where it replaces them."""
     present = [out / name for name in DERIVED_FILES if (out / name).exists()]
-    if not present:
-        return
-    try:
-        previous = read_manifest(out)["graphs"]
-    except UserError:
-        previous = {}
-    same = all((previous.get(g) or {}).get("sha256") == manifest["graphs"][g]["sha256"] for g in manifest["graphs"])
-    if same:
+    if not present or holds_same_graphs(out, manifest):
         return
     for path in present:
         path.unlink()

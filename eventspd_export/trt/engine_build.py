@@ -72,8 +72,8 @@ from model_def.checkpoint import sha256_file
 from model_def.config import ModelConfig
 
 from model_def.errors import UserError
-from eventspd_export.artifacts import (ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, onnx_file,
-                                      open_export, read_manifest, write_manifest)
+from eventspd_export.artifacts import (ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUGIN_LIBRARY, PRECISIONS, holds_same_graphs,
+                                      onnx_file, open_export, write_manifest)
 from model_def.contract import EVENTS_LIMIT, K_LIMIT
 from eventspd_export.runtime.trt_flavour import RUNTIME_CHOICES, Runtime, Target, load_runtime
 from eventspd_export.trt.errors import EngineBuildError
@@ -224,12 +224,7 @@ def _check_out_holds_no_other_export(out: Path, onnx_dir: Path, manifest: dict) 
         return
     if not any((out / onnx_file(g)).is_file() for g in GRAPHS):
         return
-    try:
-        theirs = read_manifest(out)["graphs"]
-    except UserError:
-        theirs = None
-    ours = manifest["graphs"]
-    if theirs is None or any((theirs.get(g) or {}).get("sha256") != (ours.get(g) or {}).get("sha256") for g in GRAPHS):
+    if not holds_same_graphs(out, manifest):
         raise UserError(f"--out {out} holds another export (its graphs and {MANIFEST_FILE}), whose manifest the "
                         f"engines' would replace; build into --onnx-dir {onnx_dir}, an empty folder, or a folder of "
                         "engines")
