@@ -79,7 +79,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eventspd_export.artifacts import GRAPHS, open_export, read_manifest
+from eventspd_export.artifacts import GRAPHS, export_limits, open_export, read_manifest
 from eventspd_export.check.backends import Backend, emulated_backend, onnxrt_backend, trt_backend
 from eventspd_export.check.options import SMOKE, CheckOptions
 from eventspd_export.check.tolerances import Tolerance, tolerance_for
@@ -87,7 +87,7 @@ from eventspd_export.data.synthetic import random_queries, synthetic_window
 from eventspd_export.runtime.pair import Stream, stream
 from eventspd_export.runtime.polygraphy_pair import RunnerPair
 from eventspd_export.runtime.torch_pair import TorchPair
-from model_def import EventSPD, contract
+from model_def import EventSPD
 from model_def.atomic import atomic_write_bytes, check_writable
 from model_def.errors import CheckFailed, UserError
 
@@ -313,10 +313,10 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
     else:
         backend = onnxrt_backend(options)
     limits = backend.limits
-    exported = (manifest.get("dynamic_axes") or {}).get(contract.NUM_QUERIES) or {}
-    if "max" in exported and max(options.ks) > exported["max"]:
+    exported = export_limits(manifest)
+    if exported["k_max"] is not None and max(options.ks) > exported["k_max"]:
         raise UserError(f"--k {max(options.ks)} is above the K the graphs in {onnx_dir} were exported for "
-                        f"(--k-max {exported['max']}); pass a smaller --k or re-export with a larger --k-max")
+                        f"(--k-max {exported['k_max']}); pass a smaller --k or re-export with a larger --k-max")
     if limits:
         bad = [k for k in options.ks if not limits["k_min"] <= k <= limits["k_max"]]
         if bad:
@@ -326,10 +326,9 @@ def run_check(model: EventSPD, options: CheckOptions, log_fn=log.info) -> CheckR
         check_writable(folder, "--save", folder=True)
     report = CheckReport(options.backend, options.precision)
     windows = _windows(model.cfg, options)  # a bad --data spec fails before any work
-    events_axis = (manifest.get("dynamic_axes") or {}).get(contract.NUM_EVENTS) or {}
     n_most = max((w.shape[0] for w in windows), default=0)
-    if "max" in events_axis and n_most > events_axis["max"]:
-        raise UserError(f"a window has {n_most} events, above the {events_axis['max']} the graphs in {onnx_dir} "
+    if exported["events_max"] is not None and n_most > exported["events_max"]:
+        raise UserError(f"a window has {n_most} events, above the {exported['events_max']} the graphs in {onnx_dir} "
                         "were exported for (--events-max); pass fewer --events or re-export")
     log_fn(f"reference: PyTorch fp32 {model.cfg.name}, {options.windows} windows of "
            f"{options.data if options.data != SMOKE else f'{options.num_events} smoke events'}, K={list(options.ks)}")

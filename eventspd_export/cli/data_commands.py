@@ -23,12 +23,12 @@ from model_def.errors import UserError
 @user_errors
 def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
     """Write event windows + a query list for the C++ example (examples/cpp)."""
-    from model_def import contract, get_config
+    from model_def import get_config
 
     from model_def.atomic import check_writable
 
     from eventspd_export.data.event_file import write_from_source
-    from eventspd_export.artifacts import MANIFEST_FILE, manifest_config, read_manifest
+    from eventspd_export.artifacts import MANIFEST_FILE, export_limits, manifest_config, read_manifest
 
     check_writable(out_path, "--out", folder=False)  # before the windows are read
 
@@ -49,9 +49,7 @@ def write_events(data, windows, k, out_path, seed, onnx_dir, config_name):
                          "no eventspd.manifest.json)")
     limits = None
     if exported is not None and (given_dir or not config_name):  # the file is for that export's engines
-        axes = manifest.get("dynamic_axes") or {}
-        limits = {"k_max": (axes.get(contract.NUM_QUERIES) or {}).get("max"),
-                  "events_max": (axes.get(contract.NUM_EVENTS) or {}).get("max")}
+        limits = export_limits(manifest)
     written = write_from_source(out_path, cfg, data=data, windows=windows, k=k, seed=seed, limits=limits)
     click.echo(f"wrote {out_path}: {len(written.windows)} windows ({written.num_events} events) of {data}, "
                f"K={k}, sensor {cfg.width}x{cfg.height}")
