@@ -130,19 +130,32 @@ def check_integer_times(dataset: str, path: Path, key: str, ds, layout: str) -> 
             f"microseconds (layout: {layout})")
 
 
-def unsorted_error(dataset: str, path: Path, i: int, j: int, ti, tj) -> DataError:
-    """One message for events out of time order, wherever they are found."""
-    return DataError(
-        f"{dataset}: events {i}..{j} of {path} are not sorted by time (event {i} at "
-        f"t = {ti} µs is later than event {j} at t = {tj} µs); the events must be in time "
-        f"order")
+def _row(rows: int | np.ndarray, k: int) -> int:
+    """The file row of the k-th value read: ``rows`` is the first one's (consecutive rows) or each one's."""
+    return int(rows) + k if np.ndim(rows) == 0 else int(rows[k])
 
 
-def non_finite_time_error(dataset: str, path: Path, key: str, column: int, row: int,
-                          value: float) -> DataError:
-    return DataError(
-        f"{dataset}: {path} '{key}' column {column} (t) is not finite at row {row} ({value}); "
-        f"expected finite timestamps in seconds")
+def check_time_order(dataset: str, path: Path, times: np.ndarray, rows: int | np.ndarray) -> None:
+    """One DataError for events out of time order, wherever they are found, naming the first pair."""
+    bad = np.flatnonzero(np.diff(times) < 0)
+    if bad.size:
+        k = int(bad[0])
+        i, j = _row(rows, k), _row(rows, k + 1)
+        raise DataError(
+            f"{dataset}: events {i}..{j} of {path} are not sorted by time (event {i} at "
+            f"t = {_us(times[k])} µs is later than event {j} at t = {_us(times[k + 1])} µs); the "
+            f"events must be in time order")
+
+
+def check_finite_times(dataset: str, path: Path, key: str, column: int, times: np.ndarray,
+                       rows: int | np.ndarray) -> None:
+    """Timestamps in seconds (MVSEC) must be finite: NaN compares False both ways, so it passes
+    every sortedness test, and NaN/inf made math.floor raise."""
+    bad = np.flatnonzero(~np.isfinite(times))
+    if bad.size:
+        raise DataError(
+            f"{dataset}: {path} '{key}' column {column} (t) is not finite at row {_row(rows, int(bad[0]))} "
+            f"({float(times[bad[0]])}); expected finite timestamps in seconds")
 
 
 def size_error(dataset: str, path: Path, key: str, found, width: int, height: int) -> None:
@@ -200,11 +213,8 @@ class MsIndex:
         start = max(lo - 1, 0)
         stop = min(hi + 1, self.n)
         block = np.asarray(self.t[start:stop], dtype=np.int64)
-        bad = np.flatnonzero(np.diff(block) < 0)
-        if bad.size:  # a sorted file gives sorted blocks whatever its index says
-            k = int(bad[0])
-            raise unsorted_error(self.dataset, self.path, start + k, start + k + 1,
-                                 int(block[k]), int(block[k + 1]))
+        # a sorted file gives sorted blocks whatever its index says
+        check_time_order(self.dataset, self.path, block, start)
         ok = True
         if lo > 0:
             ok = block[0] < ms_lo * 1000
@@ -243,16 +253,10 @@ class SortedColumn:
         assert self.coarse.shape[0] == rows.shape[0]
         # NaN compares False both ways, so it passed the sortedness tests and reached the
         # windows: refuse non-finite timestamps first
-        self._check_finite(self.coarse, rows)
+        check_finite_times(dataset, path, ds.name, column, self.coarse, rows)
         if np.any(np.diff(self.coarse) < 0):
             raise DataError(
                 f"{dataset}: {path} '{ds.name}' column {column} (t) is not sorted")
-
-    def _check_finite(self, values: np.ndarray, rows: np.ndarray) -> None:
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            raise non_finite_time_error(self.dataset, self.path, self.ds.name, self.col,
-                                        int(rows[bad[0]]), float(values[bad[0]]))
 
     def first(self, value: float) -> int:
         """min{i : t[i] >= value}."""
@@ -262,7 +266,7 @@ class SortedColumn:
         lo = (j - 1) * self.stride + 1  # t[(j-1)*stride] < value
         hi = min(j * self.stride, self.n - 1) + 1 if j < self.coarse.shape[0] else self.n
         block = np.asarray(self.ds[lo:hi, self.col], dtype=np.float64)
-        self._check_finite(block, np.arange(lo, hi))
+        check_finite_times(self.dataset, self.path, self.ds.name, self.col, block, lo)
         if np.any(np.diff(block) < 0):
             raise DataError(
                 f"{self.dataset}: {self.path} '{self.ds.name}' t is not sorted in rows "
@@ -364,11 +368,7 @@ class DatasetSource(WindowSource):
         rows = np.concatenate([np.arange(i0, i0 + size) for i0 in starts])
         times = np.concatenate([np.asarray(self._read(i0, i0 + size)[2], dtype=np.float64)
                                 for i0 in starts])
-        bad = np.flatnonzero(np.diff(times) < 0)
-        if bad.size:
-            k = int(bad[0])
-            raise unsorted_error(self.name, path, int(rows[k]), int(rows[k + 1]),
-                                 _us(times[k]), _us(times[k + 1]))
+        check_time_order(self.name, path, times, rows)
 
     @property
     def has_depth(self) -> bool:
@@ -414,11 +414,7 @@ class DatasetSource(WindowSource):
         start, end = int(self._starts[i]), int(self._ends[i])
         i0, i1 = self._range(start, end)
         x, y, t_us, p = self._read(i0, i1)
-        bad = np.flatnonzero(np.diff(t_us) < 0) if t_us.size > 1 else ()
-        if len(bad):
-            k = int(bad[0])
-            raise unsorted_error(self.name, self._path, i0 + k, i0 + k + 1, _us(t_us[k]),
-                                 _us(t_us[k + 1]))
+        check_time_order(self.name, self._path, t_us, i0)
         dur = end - start
         tn = (np.asarray(t_us, dtype=np.float64) - start) / dur
         # float seconds (MVSEC) can put a boundary event a rounding error outside [0, 1)

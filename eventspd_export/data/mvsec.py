@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from eventspd_export.data.hdf5 import (DatasetSource, DepthFrames, SortedColumn, h5_dataset,
-                                       non_finite_time_error, open_h5, size_error)
+                                       check_finite_times, open_h5, size_error)
 from eventspd_export.data.windows import DataError
 
 
@@ -72,8 +72,7 @@ class MvsecSource(DatasetSource):
     def _floor_us(self, row: int) -> int:
         # NaN / inf made math.floor raise ValueError / OverflowError: say what is wrong instead
         t = float(self._ev[row, 2])
-        if not math.isfinite(t):
-            raise non_finite_time_error(self.name, self._path, self.key, 2, row, t)
+        check_finite_times(self.name, self._path, self.key, 2, np.asarray([t]), row)
         return int(math.floor(t * 1e6))
 
     def _open_depth(self, dp: Path, width: int, height: int) -> None:
@@ -100,9 +99,6 @@ class MvsecSource(DatasetSource):
         block = np.asarray(self._ev[i0:i1], dtype=np.float64)
         # a NaN timestamp between the rows the binary search reads passed every sortedness
         # test and was written out as an event time: refuse it here, where every event passes
-        bad = np.flatnonzero(~np.isfinite(block[:, 2]))
-        if bad.size:
-            raise non_finite_time_error(self.name, self._path, self.key, 2, i0 + int(bad[0]),
-                                        float(block[bad[0], 2]))
+        check_finite_times(self.name, self._path, self.key, 2, block[:, 2], i0)
         return (block[:, 0].astype(np.float32), block[:, 1].astype(np.float32),
                 block[:, 2] * 1e6, block[:, 3])
