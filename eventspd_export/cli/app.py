@@ -3,6 +3,7 @@ option groups they share are decorators in cli_options.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -32,25 +33,27 @@ class _OneLineUsageError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
+@contextlib.contextmanager
+def _usage_errors_as_one_line():
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:  # the bare command still shows its help
+        raise
+    except click.UsageError as exc:
+        raise _OneLineUsageError(exc) from None
+
+
 class _Group(click.Group):
-    """The command group, with Click's usage errors as one line (the bare command still shows its
-    help: NoArgsIsHelpError)."""
+    """The command group, with Click's usage errors as one line: the group's own options are parsed
+    in make_context, a subcommand's in invoke."""
 
     def make_context(self, *args, **kwargs):
-        try:
+        with _usage_errors_as_one_line():
             return super().make_context(*args, **kwargs)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc) from None
 
     def invoke(self, ctx):
-        try:
+        with _usage_errors_as_one_line():
             return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc) from None
 
 
 @click.group(cls=_Group)
