@@ -153,10 +153,11 @@ inline Manifest loadManifest(std::string const& dir) {
 
 inline Roles deriveRoles(Manifest const& m) {
     Roles r;
-    auto in = [](std::vector<TensorInfo> const& list, std::string const& name) {
+    // the tensor of that name in a table, or nullptr
+    auto find = [](std::vector<TensorInfo> const& list, std::string const& name) -> TensorInfo const* {
         for (auto const& t : list)
-            if (t.name == name) return true;
-        return false;
+            if (t.name == name) return &t;
+        return nullptr;
     };
     for (auto const& t : m.precompute.inputs) {
         bool dynamic = false;
@@ -165,7 +166,7 @@ inline Roles deriveRoles(Manifest const& m) {
     }
     int stateOutputs = 0, queryInputs = 0;
     for (auto const& t : m.precompute.outputs) {
-        if (in(m.decoder.inputs, t.name)) {
+        if (find(m.decoder.inputs, t.name)) {
             r.shared.push_back(t.name);
         } else {
             r.hiddenOut = t.name;
@@ -173,7 +174,7 @@ inline Roles deriveRoles(Manifest const& m) {
         }
     }
     for (auto const& t : m.decoder.inputs)
-        if (!in(m.precompute.outputs, t.name)) {
+        if (!find(m.precompute.outputs, t.name)) {
             r.queries = t.name;
             ++queryInputs;
         }
@@ -184,11 +185,6 @@ inline Roles deriveRoles(Manifest const& m) {
                                  "(events + state in, shared tensors + new state out; shared tensors + queries in)");
     // one device buffer serves both sides of each pair, sized from the first: they must agree
     // (model_def/contract.py: same name, dtype and shape), else a silent overrun on the device
-    auto of = [](std::vector<TensorInfo> const& list, std::string const& name) -> TensorInfo const& {
-        for (auto const& t : list)
-            if (t.name == name) return t;
-        throw std::logic_error("unreachable: " + name);
-    };
     auto text = [](TensorInfo const& t) {
         std::string s = t.name + " (" + t.dtype + " [";
         for (size_t i = 0; i < t.dims.size(); ++i) s += (i ? "," : "") + std::to_string(t.dims[i]);
@@ -199,9 +195,10 @@ inline Roles deriveRoles(Manifest const& m) {
             throw std::runtime_error("the manifest's " + std::string(side_a) + " " + text(a) + " and " + side_b + " " +
                                      text(b) + " must have one dtype and shape: the engines are not from one build");
     };
+    // (every name below was found in both tables above)
     for (auto const& name : r.shared)
-        same(of(m.precompute.outputs, name), "precompute output", of(m.decoder.inputs, name), "decoder input");
-    same(of(m.precompute.inputs, r.hidden), "state input", of(m.precompute.outputs, r.hiddenOut), "state output");
+        same(*find(m.precompute.outputs, name), "precompute output", *find(m.decoder.inputs, name), "decoder input");
+    same(*find(m.precompute.inputs, r.hidden), "state input", *find(m.precompute.outputs, r.hiddenOut), "state output");
     return r;
 }
 
