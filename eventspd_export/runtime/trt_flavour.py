@@ -156,9 +156,15 @@ class Target:
 
 
 def parse_compute_capabilities(text: str | None) -> tuple[str, ...] | None:
-    """``"8.6,8.9,12.0"`` -> ``("8.6", "8.9", "12.0")``; None or "" -> None (the default)."""
-    if text is None or not text.strip():
+    """``"8.6,8.9,12.0"`` -> ``("8.6", "8.9", "12.0")``; None (the option not given) -> None, the default.
+
+    An empty value is refused rather than read as the default: ``--compute-capability "$CC"`` with
+    an unset variable would otherwise build for targets the user did not ask for."""
+    if text is None:
         return None
+    if not text.strip():
+        raise TargetError("--compute-capability is empty: expected comma-separated M.m values, e.g. 8.6,8.9,12.0 "
+                          "(leave the option out for the default targets)")
     out = []
     for part in text.split(","):
         part = part.strip()

@@ -117,6 +117,7 @@ def test_plan_uses_the_matching_onnx_and_profile(export):
     (["--k-min", "8", "--k-opt", "4"], "need 0 <= k-min <= k-opt <= k-max"),
     (["--k-min", "-1"], "need 0 <= k-min <= k-opt <= k-max"),
     (["--runtime", "tensorrt-rtx", "--compute-capability", "eight"], "expected comma-separated M.m values"),
+    (["--runtime", "tensorrt-rtx", "--compute-capability", " "], "--compute-capability is empty"),
     (["--k-max", "8192"], "--k-max 8192 is above the 4096 the graphs were exported for"),
     (["--k-max", "100000"], "--k-max 100000 is above what the graphs support"),
     (["--events-opt", "10", "--events-max", "5"], "need 0 <= events-opt <= events-max"),
