@@ -102,7 +102,7 @@ class BenchOptions:
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads {self.threads}: need at least 1")
         if self.onnx_dir is not None:
-            check_onnx_dir(Path(self.onnx_dir), self.config)
+            check_onnx_dir(Path(self.onnx_dir), self.config, Path(self.checkpoint) if self.checkpoint else None)
         if self.packed_kv and not set(self.backends) & set(GRAPH_BACKENDS):
             raise UserError(f"--packed-kv changes only the CUDA-graph backends ({', '.join(GRAPH_BACKENDS)}); "
                             f"none of them is among {', '.join(self.backends)}")
@@ -117,8 +117,12 @@ class BackendSkipped(Exception):
     """The backend cannot run here; the message is the reason."""
 
 
-def check_onnx_dir(onnx_dir: Path, config: str) -> None:
-    from eventspd_export.artifacts import MANIFEST_FILE, open_export
+def check_onnx_dir(onnx_dir: Path, config: str, checkpoint: Path | None = None) -> None:
+    """The graphs onnxrt times: present, of ``config``, and (with a manifest) exported from the
+    weights the other backends run (``checkpoint``, or the built-in default): onnxrt's accuracy
+    columns compare them with those, so another export's graphs would read as a broken export."""
+    from eventspd_export.artifacts import MANIFEST_FILE, ManifestError, check_exported_from, open_export
+    from model_def.checkpoint import sha256_file
     from eventspd_export.export.onnx_export import DECODER_FILE, PRECOMPUTE_FILE
 
     missing = [f for f in (PRECOMPUTE_FILE, DECODER_FILE) if not (onnx_dir / f).is_file()]
@@ -126,6 +130,11 @@ def check_onnx_dir(onnx_dir: Path, config: str) -> None:
         raise UserError(f"--onnx-dir {onnx_dir}: missing {', '.join(missing)} "
                          "(write them with `eventspd-export onnx --out DIR`)")
     if (onnx_dir / MANIFEST_FILE).is_file():  # a bare pair of graphs is timed as it is
-        name = open_export(onnx_dir).cfg.name
-        if name != config:
-            raise UserError(f"--onnx-dir {onnx_dir} holds graphs of config {name!r}, not {config!r}")
+        export = open_export(onnx_dir)
+        if export.cfg.name != config:
+            raise UserError(f"--onnx-dir {onnx_dir} holds graphs of config {export.cfg.name!r}, not {config!r}")
+        what = f"--checkpoint {checkpoint}" if checkpoint else "the built-in default weights the benchmark runs"
+        try:
+            check_exported_from(export.manifest, onnx_dir, sha256_file(checkpoint) if checkpoint else "", what)
+        except ManifestError as exc:
+            raise UserError(f"--onnx-dir: {exc}") from None

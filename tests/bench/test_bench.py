@@ -400,3 +400,24 @@ def test_graphed_backends_replay_what_eager_computes(packed_kv):
         assert e["graph_check"]["decoder_max_rel"] <= 1e-3, e["graph_check"]
         assert result["dense"][name]["cuda_graphs"] is True
         assert result["dense"][name]["modes"]["dav2"]["total"]["median_ms"] > 0
+
+
+def test_onnx_dir_of_other_weights_is_refused(tmp_path):
+    # onnxrt's accuracy columns compare the graphs with the model the other backends run: graphs
+    # exported from other weights would read as a broken export, so they are refused up front.
+    from eventspd_export.cli import main
+    from model_def import EventSPD
+    from model_def.checkpoint import save_checkpoint
+
+    export = tmp_path / "tiny"
+    res = CliRunner().invoke(main, ["onnx", "--config", "tiny", "--no-verify", "--out", str(export)])
+    assert res.exit_code == 0, res.output
+    bench.check_onnx_dir(export, "tiny")  # the built-in default weights: what the benchmark runs
+    ckpt = tmp_path / "other.pt"
+    save_checkpoint(EventSPD(get_config("tiny"), seed=5), ckpt)
+    with pytest.raises(bench.UserError, match="exported from the built-in default weights, not from --checkpoint"):
+        bench.check_onnx_dir(export, "tiny", ckpt)
+    res = CliRunner().invoke(bench_command, ["--checkpoint", str(ckpt), "--onnx-dir", str(export), "--backends",
+                                             "onnxrt", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 2 and "error: --onnx-dir: the graphs in" in res.output, res.output
+    assert not (tmp_path / "b.json").exists()
