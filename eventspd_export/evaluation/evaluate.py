@@ -133,7 +133,8 @@ def evaluate(model: EventSPD, options: EvalOptions) -> dict:
     constant = np.full_like(gt, best_constant(gt))
     rows = {name: _metric_set(np.concatenate(p), gt) for name, p in preds.items()}
     rows["best constant"] = _metric_set(constant, gt)
-    report = {"config": cfg.name, "data": options.data, "windows": count, "scored_windows": scored,
+    report = {"config": cfg.name, "data": options.data, "windows": count, "windows_requested": options.windows,
+              "scored_windows": scored,
               "sequence": options.sequence, "k": options.k, "seed": options.seed,
               "events": "dropped" if options.drop_events else "as recorded",
               "queries": int(gt.size),
@@ -176,7 +177,9 @@ def format_report(report: dict) -> str:
              f"ground truth (sequences of {report['sequence']} from h0 = 0), K = {report['k']} "
              f"GT-valid queries each, {report['queries']} in all; median GT "
              f"{report['gt_median_m']:.2f} m; best constant {report['best_constant_m']:.2f} m"
-             + ("; EVENTS DROPPED (ablation)" if report.get("events") == "dropped" else ""),
+             + ("; EVENTS DROPPED (ablation)" if report.get("events") == "dropped" else "")
+             + (f"; the source holds {report['windows']} windows, fewer than the {report['windows_requested']} "
+                "of --windows" if report.get("windows_requested", 0) > report["windows"] else ""),
              f"{'predictor':<22}{'range':>7}{'count':>7}  AbsRel    RMSE  d<1.25 d<1.25^2 "
              f"d<1.25^3  SILog"]
     for name, sets in report["metrics"].items():

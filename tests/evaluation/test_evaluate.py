@@ -8,7 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from eventspd_export.cli import main
-from eventspd_export.evaluation.evaluate import EvalOptions, best_constant, evaluate, valid_pixel_queries
+from eventspd_export.evaluation.evaluate import (EvalOptions, best_constant, evaluate, format_report,
+                                                 valid_pixel_queries)
 from model_def import EventSPD, get_config
 from model_def.checkpoint import save_checkpoint
 
@@ -64,6 +65,10 @@ def test_evaluate_report_fields_and_determinism(demo_untrained):
     assert blind["queries"] == a["queries"]  # same windows, same ground truth, same queries
     assert blind["metrics"]["best constant"] == a["metrics"]["best constant"]
     assert blind["metrics"]["pytorch"]["all"] != a["metrics"]["pytorch"]["all"]
+    # a source holding fewer windows than --windows asks is scored whole, and the header says so
+    assert a["windows"] == a["windows_requested"] == 3 and "fewer than" not in format_report(a)
+    short = dict(a, windows_requested=10)
+    assert "the source holds 3 windows, fewer than the 10 of --windows" in format_report(short).splitlines()[0]
 
 
 def test_evaluate_cli_with_onnx_and_errors(demo_untrained, tmp_path):
