@@ -139,6 +139,10 @@ def evaluate(model: EventSPD, options: EvalOptions) -> dict:
               "events": "dropped" if options.drop_events else "as recorded",
               "queries": int(gt.size),
               "gt_median_m": float(np.median(gt)), "best_constant_m": float(constant[0]),
+              # the model cannot predict beyond 1/depth_eps (eq. 26); a dataset's "far" sentinel
+              # (1e30, 65535 m) scored in the "all" rows would look like a model error there
+              "model_max_depth_m": 1.0 / cfg.depth_eps,
+              "gt_beyond_model_range": int(np.count_nonzero(gt > 1.0 / cfg.depth_eps)),
               "metrics": rows}
     if "onnx" in pairs:
         report["onnx_vs_pytorch"] = agreement(np.concatenate(preds["onnx"]),
@@ -187,6 +191,11 @@ def format_report(report: dict) -> str:
             lines.append(f"{name:<22}{rng:>7}{m['count']:>7}  {m['abs_rel']:6.3f} {m['rmse']:7.3f}"
                          f"  {m['delta1']:6.3f}   {m['delta2']:6.3f}   {m['delta3']:6.3f} "
                          f"{m['silog']:6.2f}")
+    if report.get("gt_beyond_model_range"):
+        lines.append(f"warning: {report['gt_beyond_model_range']} of the {report['queries']} ground-truth depths "
+                     f"are beyond the {report['model_max_depth_m']:g} m the model can predict (1/depth_eps), "
+                     "e.g. a dataset's far-depth sentinel: they count in the 'all' rows; the cut-off rows "
+                     "leave them out")
     if "onnx_vs_pytorch" in report:
         a = report["onnx_vs_pytorch"]
         lines.append(f"ONNX Runtime vs PyTorch depth: max rel {a['max_rel']:.2e}, "

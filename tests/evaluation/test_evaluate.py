@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from eventspd_export.cli import main
 from eventspd_export.evaluation.evaluate import (EvalOptions, best_constant, evaluate, format_report,
                                                  valid_pixel_queries)
+import eventspd_export.evaluation.evaluate as evaluate_module
+from eventspd_export.evaluation.metrics import gt_at_queries
 from model_def import EventSPD, get_config
 from model_def.checkpoint import save_checkpoint
 
@@ -39,7 +41,7 @@ def demo_untrained(tmp_path_factory):
     return path
 
 
-def test_evaluate_report_fields_and_determinism(demo_untrained):
+def test_evaluate_report_fields_and_determinism(demo_untrained, monkeypatch):
     from model_def.checkpoint import load_checkpoint
 
     torch.set_num_threads(1)
@@ -69,6 +71,19 @@ def test_evaluate_report_fields_and_determinism(demo_untrained):
     assert a["windows"] == a["windows_requested"] == 3 and "fewer than" not in format_report(a)
     short = dict(a, windows_requested=10)
     assert "the source holds 3 windows, fewer than the 10 of --windows" in format_report(short).splitlines()[0]
+    # ground truth beyond what the model can predict (1/depth_eps) is counted and warned about
+    assert a["model_max_depth_m"] == pytest.approx(1000.0) and a["gt_beyond_model_range"] == 0
+    assert "warning" not in format_report(a)
+
+    def with_far_sentinel(depth_map, queries):  # the first two depths of each window: a "far" 1e30 m
+        g = gt_at_queries(depth_map, queries)
+        g[:2] = 1e30
+        return g
+
+    monkeypatch.setattr(evaluate_module, "gt_at_queries", with_far_sentinel)
+    far = evaluate(model, EvalOptions(windows=3, sequence=2, k=32))
+    assert far["gt_beyond_model_range"] == 6 and far["metrics"]["pytorch"]["all"]["count"] == 96
+    assert "warning: 6 of the 96 ground-truth depths are beyond the 1000 m" in format_report(far)
 
 
 def test_evaluate_cli_with_onnx_and_errors(demo_untrained, tmp_path):
