@@ -67,7 +67,24 @@ class MvsecSource(DatasetSource):
             # µs on the events' clock; floor keeps the first event inside window 0
             self._t_first = self._floor_us(0)
             self._t_last = self._floor_us(n - 1)
+            self._check_seconds(p)
         self._setup_windows(p)
+
+    # MVSEC's times are Unix seconds (~1.5e9). Times written in µs or ns by a conversion script
+    # are finite and sorted, so they pass every other check and would be read as a recording of
+    # years, cut into millions of nearly empty windows: refuse what no recording in seconds can be.
+    MAX_ABS_TIME_S = 1e11  # the year 5138 in Unix seconds; 1.5e9 s in µs is 1.5e15
+    MAX_SPAN_S = 1e5  # 28 hours; MVSEC's sequences are minutes long
+
+    def _check_seconds(self, p: Path) -> None:
+        first_s, last_s = self._t_first / 1e6, self._t_last / 1e6
+        span_s = last_s - first_s
+        if max(abs(first_s), abs(last_s)) > self.MAX_ABS_TIME_S or span_s > self.MAX_SPAN_S:
+            raise DataError(
+                f"{self.name}: {p} '{self.key}' column t runs from {first_s:.6g} to {last_s:.6g} "
+                f"({span_s:.3g} s) read as seconds; MVSEC stores seconds (Unix time, ~1.5e9), and "
+                f"a recording in seconds has |t| <= {self.MAX_ABS_TIME_S:g} and spans at most "
+                f"{self.MAX_SPAN_S:g} s here: were the times written in µs or ns? Convert them to seconds")
 
     def _floor_us(self, row: int) -> int:
         # NaN / inf made math.floor raise ValueError / OverflowError: say what is wrong instead

@@ -238,6 +238,23 @@ def test_mvsec_non_finite_timestamps_are_refused(tmp_path, where, value):
             assert np.isfinite(win.events).all()
 
 
+@pytest.mark.parametrize("scale, start", [(1e6, 1504645177.4215), (1e9, 0.0), (1.0, 1504645177.4215e3)])
+def test_mvsec_times_not_in_seconds_are_refused(tmp_path, scale, start):
+    # µs (or ns) times are finite and sorted: before, they were read as a recording of years
+    t = (start + np.linspace(0, 60.0, 3000)) * scale
+    data = _mvsec(tmp_path, t)
+    with pytest.raises(DataError, match=r"a_data.hdf5 'davis/left/events' column t runs from .* read as "
+                                        r"seconds; .* were the times written in µs or ns"):
+        open_source(f"mvsec:{data}", 346, 260, WINDOW_S)
+    # the same minute in seconds opens
+    src = open_source(f"mvsec:{_mvsec(tmp_path / 's', 1504645177.4215 + np.linspace(0, 60.0, 3000))}",
+                      346, 260, WINDOW_S)
+    try:
+        assert len(src) == 7200  # 60 s of 1/120 s windows
+    finally:
+        src.close()
+
+
 # ---- 4. unsorted timestamps say so ----------------------------------------------------------
 
 # one message wherever the disorder is found (open, the time index, a window's events)
