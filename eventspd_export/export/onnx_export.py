@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from torch import nn
 
 from model_def import EventSPD, contract, fused_block, ops
 from model_def.contract import EVENTS_LIMIT, K_LIMIT
-from model_def.atomic import atomic_write_bytes, folder_lock
+from model_def.atomic import atomic_write_bytes, check_writable, folder_lock
 from model_def.checkpoint import LoadReport
 from model_def.layers import ConvNeXtV2Block
 
@@ -269,12 +268,12 @@ def export_onnx(model: EventSPD, options: ExportOptions, load: LoadReport | None
     """Export both graphs and the manifest into ``options.out_dir``; returns the manifest."""
     options.validate()
     out = Path(options.out_dir)
+    # the one output-path check (a real write: os.access says yes to root on a read-only mount)
+    check_writable(out, "output folder", folder=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {out} is not writable")
     with folder_lock(out):  # a second writer of the folder is refused (FolderBusy, exit 2)
         return _export_into(out, model, options, load)
 

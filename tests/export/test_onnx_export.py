@@ -214,7 +214,8 @@ def test_cli_rejects_unwritable_output_folder(tmp_path):
     blocker.write_text("not a folder")
     result = CliRunner().invoke(main, ["onnx", "--config", "tiny", "--out", str(blocker / "sub"),
                                        "--no-verify"])
-    assert result.exit_code == 2 and "cannot create output folder" in result.output
+    assert result.exit_code == 2, result.output
+    assert f"output folder {blocker / 'sub'}: {blocker} is a file, not a folder" in result.output
 
 
 def test_cli_export_with_checkpoint_and_verification(tmp_path):
