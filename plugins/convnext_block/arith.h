@@ -26,7 +26,9 @@ constexpr int32_t kBlockMaxHidden = 512;     // E = expansion * C (E / 32 sums p
 constexpr int32_t kBlockMaxKernel = 13;      // k (odd)
 constexpr int32_t kBlockMaxTaps = 22528;     // k * k * C: the depthwise taps in shared memory (88 KB):
                                              // with the largest E and C, the kernels that read W1/W2
-                                             // from global memory still fit every sm_80+ device (99 KB)
+                                             // from global memory still fit every sm_80+ device (99 KB);
+                                             // on sm_75 (64 KB) the scalar pass 1 reads taps that do
+                                             // not fit from global memory instead (L2's)
 constexpr int32_t kBlockSharedWeights = 16384;  // C * E up to which W1 / W2 are staged in shared
                                                 // memory too (64 KB); larger ones are read through
                                                 // the read-only cache (L2's 128 x 512)

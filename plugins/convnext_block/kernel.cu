@@ -4,7 +4,7 @@
 //   k x k depthwise taps (lanes over channels, so each tap is one coalesced row read), the
 //   LayerNorm (warp reductions), W1 (transposed: lanes over outputs, no bank conflicts; in
 //   shared memory when C * E <= kBlockSharedWeights and it fits the device, else through the
-//   read-only cache), GELU; writes h [E] in the data type and adds h^2 into per-lane sums,
+//   read-only cache; the taps too where they do not fit, L2's on sm_75), GELU; writes h [E] in the data type and adds h^2 into per-lane sums,
 //   which the block adds into sumsq[b, :] once (shared, then global atomics).
 // pass 2: one warp per pixel: GRN's factors nx from sumsq (each block recomputes the E values and
 //   their mean), g = gamma * h * nx + beta + h, then W2 (transposed, shared) + b2 + the residual.
@@ -139,17 +139,21 @@ __global__ void __launch_bounds__(kWarps * 32) block_pass1(const T* __restrict__
                                                            const float* __restrict__ dw_bias, const float* __restrict__ ln_w,
                                                            const float* __restrict__ ln_b, const float* __restrict__ w1t,
                                                            const float* __restrict__ b1, T* __restrict__ hidden,
-                                                           float* __restrict__ sumsq) {
+                                                           float* __restrict__ sumsq, bool shared_taps) {
     extern __shared__ float smem[];
     const int C = s.C, E = s.E, kk = s.k * s.k;
-    float* s_w1t = smem;                             // [C, E] (kSharedW)
-    float* s_dw = s_w1t + (kSharedW ? C * E : 0);   // [k*k, C]
-    float* s_sq = s_dw + kk * C;                     // [E]
-    float* s_y = s_sq + E;                           // [kWarps, C]
+    float* s_w1t = smem;                                  // [C, E] (kSharedW)
+    float* s_dw = s_w1t + (kSharedW ? C * E : 0);        // [k*k, C] (shared_taps)
+    float* s_sq = s_dw + (shared_taps ? kk * C : 0);      // [E]
+    float* s_y = s_sq + E;                                // [kWarps, C]
     if (kSharedW)
         for (int i = threadIdx.x; i < C * E; i += blockDim.x) s_w1t[i] = w1t[i];
     const float* W1 = kSharedW ? s_w1t : w1t;
-    for (int i = threadIdx.x; i < kk * C; i += blockDim.x) s_dw[i] = dw[i];
+    // the taps in shared memory where they fit, else read from global memory (a uniform branch:
+    // L2's 13 x 13 x 128 taps, 86.5 KB, on sm_75's 64 KB)
+    if (shared_taps)
+        for (int i = threadIdx.x; i < kk * C; i += blockDim.x) s_dw[i] = dw[i];
+    const float* taps = shared_taps ? s_dw : dw;
     for (int i = threadIdx.x; i < E; i += blockDim.x) s_sq[i] = 0.f;
     __syncthreads();
 
@@ -163,7 +167,7 @@ __global__ void __launch_bounds__(kWarps * 32) block_pass1(const T* __restrict__
     for (int j = 0; j < kMaxHiddenPerLane; ++j) sq[j] = 0.f;
 
     for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + warp; p < hw; p += static_cast<int64_t>(gridDim.x) * kWarps) {
-        taps_layernorm<T>(xb, s, s_dw, dw_bias, ln_w, ln_b, static_cast<int>(p / s.W), static_cast<int>(p % s.W), lane, y);
+        taps_layernorm<T>(xb, s, taps, dw_bias, ln_w, ln_b, static_cast<int>(p / s.W), static_cast<int>(p % s.W), lane, y);
         __syncwarp();
         T* hp = hidden + (b * hw + p) * E;
         // j runs to a compile-time bound so sq[] stays in registers (static indices)
@@ -390,8 +394,9 @@ size_t shared_limit() {
     return static_cast<size_t>(optin) - 256;
 }
 
-size_t scalar_smem1(const Shape& s, bool shared_w) {
-    return sizeof(float) * ((shared_w ? static_cast<size_t>(s.C) * s.E : 0) + s.k * s.k * s.C + s.E + kWarps * s.C);
+size_t scalar_smem1(const Shape& s, bool shared_w, bool shared_taps = true) {
+    return sizeof(float) *
+           ((shared_w ? static_cast<size_t>(s.C) * s.E : 0) + (shared_taps ? s.k * s.k * s.C : 0) + s.E + kWarps * s.C);
 }
 size_t scalar_smem2(const Shape& s, bool shared_w) {
     return sizeof(float) * ((shared_w ? static_cast<size_t>(s.E) * s.C : 0) + s.E + kWarps * s.E);
@@ -489,8 +494,11 @@ template <class T, bool kSharedW>
 cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
     const int64_t hw = static_cast<int64_t>(a.height) * a.width;
-    const size_t smem1 = scalar_smem1(s, kSharedW), smem2 = scalar_smem2(s, kSharedW);
-    if (smem1 > shared_limit() || smem2 > shared_limit()) return cudaErrorInvalidValue;  // see kBlockMaxTaps
+    // pass 1 keeps the depthwise taps in shared memory where they fit (every sm_80+ device: see
+    // kBlockMaxTaps), else reads them from global memory (sm_75's 64 KB and L2's 86.5 KB of taps)
+    const bool shared_taps = scalar_smem1(s, kSharedW, true) <= shared_limit();
+    const size_t smem1 = scalar_smem1(s, kSharedW, shared_taps), smem2 = scalar_smem2(s, kSharedW);
+    if (smem1 > shared_limit() || smem2 > shared_limit()) return cudaErrorInvalidValue;
     cudaError_t err = cudaFuncSetAttribute(block_pass1<T, kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem1));
     if (err != cudaSuccess) return err;
@@ -505,7 +513,7 @@ cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const T* x = static_cast<const T*>(a.x);
     T* hidden = static_cast<T*>(a.hidden);
     block_pass1<T, kSharedW><<<grid, kWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias, a.w1t,
-                                                                   a.b1, hidden, a.sumsq);
+                                                                   a.b1, hidden, a.sumsq, shared_taps);
     err = cudaGetLastError();  // pass 2 must not run on an unwritten hidden map
     if (err != cudaSuccess) return err;
     block_pass2<T, kSharedW><<<grid, kWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta, a.w2t, a.b2,

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 F16, F32, F64 = torch.float16, torch.float32, torch.float64
 H200_OPTIN = 232448  # cudaDevAttrMaxSharedMemoryPerBlockOptin: sm_90
 SM86_OPTIN = 101376  # sm_86 / sm_89: 99 KB
+SM75_OPTIN = 65536  # sm_75 (Turing: T4, RTX 20xx): 64 KB
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +187,10 @@ def emu_device(ops) -> kt.Device:
     (H200_OPTIN, 128, 13, 4, F16, "tc-global"),
     # the same on an sm_86's 99 KB: the tensor-core tiles do not fit, the scalar kernels run
     (SM86_OPTIN, 128, 13, 4, F16, "scalar"),
+    # ... and on sm_75's 64 KB, where L2's 86.5 KB of taps do not fit either: read from global memory
+    (SM75_OPTIN, 128, 13, 4, F16, "scalar-global-taps"),
+    (SM75_OPTIN, 128, 13, 4, F32, "scalar-global-taps"),
+    (SM75_OPTIN, 64, 7, 4, F32, "scalar"),  # F^3's: W1 and the taps fit
     (H200_OPTIN, 64, 7, 4, F32, "scalar"),
     (SM86_OPTIN, 64, 7, 4, F32, "scalar"),
 ])
@@ -207,6 +212,8 @@ def test_convnext_block_paths(emu, optin, C, k, expansion, dtype, path):
         assert threads[1:] == ([256, 128] if path == "tc-shared" else [128, 128]), threads
     else:
         assert names == ["rearrange_weights", "block_pass1<T, kSharedW>", "block_pass2<T, kSharedW>"]
+        taps_bytes = 4 * k * k * C
+        assert (smem1 < taps_bytes) == (path == "scalar-global-taps"), smem1
     assert smem1 <= optin - 256
 
 
