@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -29,8 +30,10 @@ inline int32_t check_event_splat(const at::Tensor& events, const at::Tensor& tab
                       "event_splat: width and height must be positive and fit int32 indices");
     TORCH_CHECK_VALUE(resolutions.size() % 3 == 0,
                       "resolutions must be (Rx, Ry, Rt) triples, got ", resolutions.size(), " numbers");
-    TORCH_CHECK_VALUE(std::isfinite(time_scale) && time_scale >= 0.0,
-                      "event_splat: time_scale must be finite and >= 0, got ", time_scale);
+    // <= FLT_MAX: the kernels and the TensorRT plugin's field are fp32, where a larger value is inf
+    // (and t = 0 then gives 0 * inf = NaN)
+    TORCH_CHECK_VALUE(std::isfinite(time_scale) && time_scale >= 0.0 && time_scale <= FLT_MAX,
+                      "event_splat: time_scale must be finite, >= 0 and at most FLT_MAX (a float32), got ", time_scale);
     const int32_t L = static_cast<int32_t>(resolutions.size() / 3);
     const int64_t rows = f3_levels(resolutions.data(), L, levels);
     TORCH_CHECK_VALUE(rows >= 0, "event_splat: resolutions must be at most ", kMaxF3Levels,

@@ -23,7 +23,10 @@ at::Tensor event_splat_cuda(const at::Tensor& events, const at::Tensor& table, i
     const c10::cuda::CUDAGuard guard(events.device());
     auto ev = events.to(at::kFloat).contiguous();
     if (reinterpret_cast<uintptr_t>(ev.data_ptr()) % 16 != 0) ev = ev.clone();  // rows are read as float4
-    const auto tb = table.scalar_type() == at::kHalf ? table.contiguous() : table.to(at::kFloat).contiguous();
+    auto tb = table.scalar_type() == at::kHalf ? table.contiguous() : table.to(at::kFloat).contiguous();
+    // rows are read as float2 / __half2: a contiguous view at an odd element offset (buf[1:]) is not
+    // aligned for them (a misaligned-address fault, which loses the CUDA context)
+    if (reinterpret_cast<uintptr_t>(tb.data_ptr()) % (2 * tb.element_size()) != 0) tb = tb.clone();
     auto grid = at::empty({1, 2 * args.num_levels, height, width}, events.options().dtype(at::kFloat));
     args.events = ev.data_ptr<float>();
     args.num_events = ev.size(0);

@@ -451,6 +451,26 @@ def test_splat_errors(device):
         device.ops.event_splat(events4, table, 37, 23, RES_TINY[:-1], 1.0)
     with pytest.raises(ValueError):
         device.ops.event_splat(events3, table, 37, 23, RES_TINY, 1.0)
+    # above FLT_MAX the fp32 kernels' time scale is inf (t = 0 then gave 0 * inf = NaN)
+    with pytest.raises(ValueError, match="time_scale must be finite, >= 0 and at most FLT_MAX"):
+        device.ops.event_splat(events4, table, 37, 23, RES_TINY, 1e39)
+    device.ops.event_splat(events4, table, 37, 23, RES_TINY, 3.4e38)  # FLT_MAX itself is a float32
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_splat_reads_a_table_view_at_an_odd_offset(device, dtype):
+    # a contiguous view one element into its buffer: its rows are not aligned for the kernels'
+    # float2 / __half2 loads (a misaligned-address fault on a GPU; the emulation's alignment check)
+    table = table_for(RES_TINY, dtype, 40)
+    (buf,) = on(device, torch.cat([table.new_zeros(1), table.flatten()]))
+    view = buf[1:].view(table.shape)
+    assert view.is_contiguous() and view.data_ptr() % (2 * view.element_size()) != 0
+    events = random_events(500, 37, 23, seed=41).float()
+    (d_events,) = on(device, events)
+    got = device.ops.event_splat(d_events, view, 37, 23, RES_TINY, 0.4167).cpu()
+    want = ref_ops.event_splat_reference(events, table, 37, 23, RES_TINY, 0.4167)
+    assert rel_err(got, want) <= device.tol[want.dtype]
 
 
 # ---- the backend switch of model_def --------------------------------------------------------
