@@ -8,8 +8,12 @@ ONNX Runtime's quantisation tooling, which implements what TensorRT asks for:
 * QuantizeLinear/DequantizeLinear pairs are inserted in QDQ format with int8, symmetric ranges
   and a constant zero point 0, per-channel weights (axis 0 of Conv's KCRS weights, the output
   axis of MatMul weights) and per-tensor activations;
-* only Conv, MatMul and Gemm are quantised: plugin nodes, LayerNorm, Softmax, the coordinate
-  path and the depth head stay in float, so Q/DQ stop at the plugin boundaries.
+* only the *inputs* of Conv, MatMul and Gemm are quantised (NVIDIA's placement for TensorRT):
+  every other reader of such a tensor -- plugin nodes (the routing's attention weights, the
+  deformable read's value maps), LayerNorm, Softmax, residual adds, the coordinate path, the
+  ConvGRU state, the graph outputs -- reads the float tensor, not its int8-rounded copy
+  (``_dequantised_only_for_quantised_ops``; ONNX Runtime's quantiser points every reader at the
+  DequantizeLinear and also quantises the ops' outputs). ``check_tensorrt_rules`` checks it.
 
 Statistics are cached on disk, keyed by the sha256 of the graph, the method and the feeds, so a
 second run with the same model and data skips the collection.
@@ -160,10 +164,13 @@ def quantize(model_path: str | Path, ranges: Mapping[str, tuple[float, float]],
         # QuantizeBias False: TensorRT takes float biases (it folds them itself); an int32 bias
         # Q/DQ is outside its int8 explicit-quantisation rules.
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                       "QDQKeepRemovableActivations": False})
+                       "QDQKeepRemovableActivations": False,
+                       # Q/DQ on the quantised ops' inputs only: their outputs stay float
+                       "OpTypesToExcludeOutputQuantization": list(QUANT_OPS)})
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's advice spam
     quantizer.quantize_model()
     out = quantizer.model.model
+    _dequantised_only_for_quantised_ops(out, set(exclude))
     # ONNX Runtime appends the Q/DQ nodes; ONNX (and TensorRT's parser) want topological order.
     graph_inputs = {i.name for i in out.graph.input} | {i.name for i in out.graph.initializer}
     ordered = toposort(list(out.graph.node), graph_inputs)
@@ -175,15 +182,81 @@ def quantize(model_path: str | Path, ranges: Mapping[str, tuple[float, float]],
     return out
 
 
+def _is_quantised_op(node: onnx.NodeProto, exclude: set[str] = frozenset()) -> bool:
+    return node.op_type in QUANT_OPS and node.domain in ("", "ai.onnx") and node.name not in exclude
+
+
+def _dequantised_only_for_quantised_ops(model: onnx.ModelProto, exclude: set[str]) -> None:
+    """Points every reader of an activation's DequantizeLinear that is not a quantised op (nor in
+    ``exclude``) back at the float tensor, gives a graph output that ONNX Runtime made a
+    DequantizeLinear output back to its float producer, and drops the Q/DQ pairs left unread.
+
+    ONNX Runtime's QDQ quantiser, quantising a tensor for one Conv/MatMul/Gemm, rewires *all* its
+    readers to the dequantised copy: the routing plugin then ranked int8-rounded attention weights
+    (most of its top-R decided by ties), the ConvGRU state was re-rounded every window, and the
+    sensitivity pass's excluded MatMuls still read int8 activations."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    outputs = {o.name for o in g.output}
+    producer = {o: n for n in g.node for o in n.output}
+    for dq in [n for n in g.node if n.op_type == "DequantizeLinear"]:
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+            continue  # a weight's DQ
+        src, deq = q.input[0], dq.output[0]
+        if deq in outputs:  # ORT renamed the float producer's output and let the DQ write the output
+            renamed = f"{deq}_DequantizeLinear_Output"
+            for n in g.node:
+                n.input[:] = [renamed if x == deq else x for x in n.input]
+            dq.output[0] = renamed
+            for n in g.node:
+                n.output[:] = [deq if o == src else o for o in n.output]
+                n.input[:] = [deq if x == src else x for x in n.input]
+            src, deq = deq, renamed
+        for n in g.node:
+            if n is not dq and not _is_quantised_op(n, exclude):
+                n.input[:] = [src if x == deq else x for x in n.input]
+    while True:  # Q/DQ nobody reads any more (a DQ first, then its Q)
+        read = {x for n in g.node for x in n.input} | outputs
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+
+
 def check_tensorrt_rules(model: onnx.ModelProto) -> list[str]:
     """Violations of TensorRT's explicit-quantisation rules (empty list when all hold)."""
     inits = {i.name: i for i in model.graph.initializer}
     consts = {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for x in node.input:
+            readers.setdefault(x, []).append(node)
+    outputs = {o.name for o in model.graph.output}
     problems = []
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        if len(node.input) < 3:
+        scale = inits.get(node.input[1]) or consts.get(node.input[1])
+        if scale is None:
+            problems.append(f"{node.name}: scale is not a constant")
+        else:
+            s = onnx.numpy_helper.to_array(scale).astype(np.float64)
+            if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+                problems.append(f"{node.name}: scale not finite and > 0 (min {s.min():.3g}, max {s.max():.3g})")
+            if s.size > 1 and node.input[0] not in inits:
+                problems.append(f"{node.name}: per-channel scale on an activation")
+        if node.op_type == "DequantizeLinear":
+            # Q/DQ stop at the quantised ops: nothing else may read the int8-rounded copy
+            others = [r for r in readers.get(node.output[0], []) if not _is_quantised_op(r)]
+            if others:
+                problems.append(f"{node.name}: its dequantised tensor is read by {others[0].op_type} "
+                                f"{others[0].name!r}, not only by {'/'.join(QUANT_OPS)}")
+            if node.output[0] in outputs:
+                problems.append(f"{node.name}: writes the graph output {node.output[0]!r}")
+        if len(node.input) < 3 or not node.input[2]:
             continue  # no zero point: 0 by definition
         zp = inits.get(node.input[2]) or consts.get(node.input[2])
         if zp is None:
@@ -194,7 +267,4 @@ def check_tensorrt_rules(model: onnx.ModelProto) -> list[str]:
             problems.append(f"{node.name}: zero point dtype {arr.dtype}, expected int8")
         if np.any(arr != 0):
             problems.append(f"{node.name}: non-zero zero point (asymmetric)")
-        scale = inits.get(node.input[1]) or consts.get(node.input[1])
-        if scale is not None and onnx.numpy_helper.to_array(scale).size > 1 and node.input[0] not in inits:
-            problems.append(f"{node.name}: per-channel scale on an activation")
     return problems
