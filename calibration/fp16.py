@@ -6,7 +6,10 @@ in fp16 or fp32 and inserts Casts where the two meet (one Cast per tensor and ta
 
 Kept in fp32 (``KEEP_FP32_OPS`` and the coordinate rule below):
 * LayerNormalization (statistics over 64-384 channels), Softmax, Softplus and everything after
-  a Softplus (A4's calibration scalars, eq. 26's inverse depth and depth: the graph outputs);
+  a Softplus (eq. 26's inverse depth and depth: the graph outputs);
+* A4's calibration scalars, from the pooled map on (``KEEP_FP32_SCOPES``: the ReduceMean and the
+  two Gemms before the Softplus too): s_t and b_t scale and shift every depth of the window, so
+  their rounding would be one bias shared by all queries;
 * the plugin nodes (their kernels take fp32 coordinates; their function bodies are fp32), except
   the data of ``HALF_DATA_PLUGINS``: a fused ConvNeXt-V2 block (``onnx --fused-blocks``) takes
   and gives its map in fp16 like the convolutions around it, its ten weights stay fp32 (the
@@ -16,6 +19,8 @@ Kept in fp32 (``KEEP_FP32_OPS`` and the coordinate rule below):
   coordinates into features, and the element-wise chain that forms each Fourier angle. In
   fp16, a pixel coordinate of 1000 has a spacing of 0.5 and the 2^7·pi Fourier terms lose all
   precision, so these few scalar ops stay fp32.
+* constant-only arithmetic that an fp32 node reads (GridSample's 2 / W, formed as Reciprocal(W)
+  * 2 by the exporter);
 * Graph inputs and outputs stay float32, as the contract table says.
 
 Everything else — convolutions, MatMuls, GELU/Erf, GRN, attention — runs in fp16 with fp16
@@ -43,6 +48,8 @@ TAINT_SOURCE_OPS = frozenset({"Softplus"})
 COORDINATE_INPUTS = frozenset({"queries", "events"})
 ANGLE_CHAIN_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Unsqueeze", "Concat", "Reshape", "Expand",
                              "Slice", "Gather", "Transpose", "Flatten", "Squeeze", "Identity"})
+# node-name scopes (model_def module paths, as torch's exporter names nodes) that run in fp32
+KEEP_FP32_SCOPES = ("/a4/",)
 ROUTING_PLUGIN = "EventSPDTopRRoute"
 # plugin op_type -> how many of its leading inputs (and all of its outputs) are data that runs in
 # fp16; its other inputs stay fp32
@@ -74,7 +81,7 @@ def _fp32_nodes(model: onnx.ModelProto, floats: set[str]) -> set[int]:
         custom = node.domain not in ("", "ai.onnx")
         touches = any(x in tainted for x in node.input if x in floats or x in COORDINATE_INPUTS)
         if ((custom and node.op_type not in HALF_DATA_PLUGINS) or node.op_type in KEEP_FP32_OPS
-                or (touches and node.op_type != "Constant")):
+                or node.name.startswith(KEEP_FP32_SCOPES) or (touches and node.op_type != "Constant")):
             keep.add(i)
         if node.op_type in TAINT_SOURCE_OPS or (custom and node.op_type == ROUTING_PLUGIN):
             tainted.update(node.output)
@@ -96,7 +103,29 @@ def _fp32_nodes(model: onnx.ModelProto, floats: set[str]) -> set[int]:
         if node.op_type in ANGLE_CHAIN_OPS:
             keep.add(i)
             stack.extend(x for x in node.input if x in floats)
-    return keep
+    return keep | _constant_arithmetic_read_by(model, keep, producer)
+
+
+def _constant_arithmetic_read_by(model: onnx.ModelProto, keep: set[int], producer: dict[str, int]) -> set[int]:
+    """The nodes computing from constants alone whose results the ``keep`` nodes read: they run in
+    fp32 too. The exporter leaves e.g. GridSample's normalisation 2 / W as Reciprocal(W) * 2,
+    which in fp16 is 2.4e-4 off for W = 320 -- 0.08 cells at the map's far edge, what the
+    coordinate rule exists to prevent."""
+    nodes = model.graph.node
+    keep = set(keep)
+    const = {i.name for i in model.graph.initializer}
+    for node in nodes:  # topological order: a node of constant inputs gives constant outputs
+        if node.op_type == "Constant" or (node.input and all(x in const for x in node.input if x)):
+            const.update(node.output)
+    stack, found = [x for i in keep for x in nodes[i].input], set()
+    while stack:
+        i = producer.get(stack.pop())
+        if i is None or i in keep or nodes[i].op_type == "Constant" or not all(o in const for o in nodes[i].output):
+            continue
+        keep.add(i)
+        found.add(i)
+        stack.extend(nodes[i].input)
+    return found
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
