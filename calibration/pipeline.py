@@ -29,6 +29,7 @@ import onnx
 
 from calibration import int8 as q8
 from calibration.fp16 import convert_to_fp16
+from calibration.fp16_headroom import fp16_headroom
 from calibration.report import accuracy_report, onnx_pair, write_report
 from calibration.sensitivity import choose_float_layers, groups
 from eventspd_export.artifacts import onnx_file
@@ -202,8 +203,11 @@ def _calibrate_into(out: Path, model: EventSPD, options: CalibrationOptions, pat
 
     written: dict[str, dict[str, str]] = {}
     models: dict[str, dict[str, onnx.ModelProto]] = {"fp32": fp32}
+    headroom = None
     if "fp16" in options.precisions:
         models["fp16"] = {g: convert_to_fp16(m) for g, m in fp32.items()}
+        # the report's ONNX Runtime rows cannot show an fp16 overflow (see fp16_headroom)
+        headroom = {g: fp16_headroom(paths[g], models["fp16"][g], getattr(feeds, g)) for g in GRAPHS}
     sensitivity = None
     ranges_cached = {}
     if "int8" in options.precisions:
@@ -241,7 +245,7 @@ def _calibrate_into(out: Path, model: EventSPD, options: CalibrationOptions, pat
     report["calibration"] = {
         "data": options.data, "calib_windows": len(calib), "held_out_windows": len(held_out),
         "method": options.method, "ranges_from_cache": ranges_cached, "k_calib": options.k_calib,
-        "sensitivity": sensitivity.to_json() if sensitivity else None,
+        "sensitivity": sensitivity.to_json() if sensitivity else None, "fp16_headroom": headroom,
         "files": written, "seconds": round(time.perf_counter() - t0, 1),
     }
     write_report(report, out)

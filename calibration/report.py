@@ -56,13 +56,25 @@ def accuracy_report(model: EventSPD, models: Mapping[str, Mapping[str, onnx.Mode
             rows.append({"precision": f"onnx-{precision}", "k": k,
                          "vs_gt": depth_metrics(pred, gt) if has_gt else None,
                          "vs_fp32": agreement(pred, ref_all)})
-    return {"config": cfg.name, "held_out_windows": len(windows), "ground_truth": has_gt, "rows": rows}
+    return {"config": cfg.name, "held_out_windows": len(windows), "ground_truth": has_gt, "rows": rows,
+            "runtime": RUNTIME_NOTE}
+
+
+# What the onnx-* rows measure. ONNX Runtime's CPU provider has fp16 kernels for data movement
+# only: it casts fp16 tensors to fp32 around every other op and removes the casts between them, so
+# an fp16 graph's arithmetic runs in fp32 here -- fp16 weights and fp16-stored tensors are measured,
+# fp16 rounding inside the ops and fp16 overflow are not (calibration/fp16_headroom.py checks the
+# latter). The int8 rows' Q/DQ do round (ONNX Runtime runs them, or fuses them into int8 kernels).
+RUNTIME_NOTE = ("ONNX Runtime, CPU provider: the fp16 rows are fp16 weights and fp16-stored tensors with "
+                "fp32 arithmetic (the provider computes fp16 ops in fp32); a TensorRT fp16 engine's own "
+                "error is measured by `eventspd-export check --backend trt --precision fp16`")
 
 
 def to_markdown(report: dict) -> str:
     lines = [f"# Accuracy report — config `{report['config']}`", "",
              f"{report['held_out_windows']} held-out windows; reference: PyTorch fp32; "
              f"ground truth: {'yes' if report['ground_truth'] else 'no'}.", "",
+             f"Runtime: {report.get('runtime', RUNTIME_NOTE)}.", "",
              "| precision | K | AbsRel | RMSE (m) | δ<1.25 | SILog | max rel vs fp32 | median rel vs fp32 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
@@ -79,6 +91,11 @@ def to_markdown(report: dict) -> str:
     if cal:
         lines += ["", f"Calibration: {cal['calib_windows']} windows from `{cal['data']}`, method "
                       f"`{cal['method']}`, ranges from cache: {cal['ranges_from_cache']}."]
+        for graph, h in (cal.get("fp16_headroom") or {}).items():
+            if h and h.get("tensor"):
+                lines.append(f"FP16 headroom, {graph}: the largest of its {h['tensors']} fp16 tensors on the "
+                             f"calibration data is `{h['tensor']}`, {h['max_abs']:.4g} "
+                             f"({h['headroom']:.3g}× below fp16's 65504).")
         sens = cal.get("sensitivity")
         if sens:
             kept = ", ".join(f"`{g}`" for g in sens["kept_float"]) or "none"

@@ -131,6 +131,33 @@ def test_fp16_keeps_the_sampling_grids_constant_arithmetic_in_fp32(graphs, monke
     assert "/b1/Reciprocal_1_output_0" in found, found
 
 
+def test_fp16_headroom_finds_a_tensor_that_would_overflow(graphs, feeds, tmp_path):
+    from calibration.fp16_headroom import Fp16Overflow, fp16_headroom
+
+    path = graphs / "decoder.onnx"
+    fp32 = onnx.load(path)
+    ok = fp16_headroom(path, convert_to_fp16(fp32), feeds[1][:2])
+    assert ok["tensors"] > 20 and ok["headroom"] > 4, ok
+    # the mutations: one MatMul weight of the depth head scaled so that its output (x 5e5: the
+    # weights stay below 65504) or the weight itself (x 1e6) is far above fp16's range (what
+    # ONNX Runtime's CPU rows of the fp16 graph would not show: it computes them in fp32)
+    head = next(n for n in fp32.graph.node if n.op_type == "MatMul" and n.name.startswith("/b5/head/"))
+    weight = next(i for i in fp32.graph.initializer if i.name in head.input)
+    w = onnx.numpy_helper.to_array(weight)
+    for factor, culprit in ((5e5, head.output[0]), (1e6, weight.name)):
+        weight.CopyFrom(onnx.numpy_helper.from_array(w * factor, weight.name))
+        assert (np.abs(w * factor).max() < 65504) == (factor == 5e5)
+        bad = tmp_path / f"x{factor:g}" / "decoder.onnx"
+        bad.parent.mkdir()
+        onnx.save(fp32, bad)
+        with np.errstate(over="ignore"):
+            half = convert_to_fp16(fp32)
+        with pytest.raises(Fp16Overflow, match=r"fp16 decoder: \d+ tensor\(s\) held in fp16 exceed fp16's "
+                                               r"largest value 65504 on the calibration data \('") as caught:
+            fp16_headroom(bad, half, feeds[1][:2])
+        assert culprit in caught.value.tensors, caught.value.tensors
+
+
 def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypatch, tiny):
     path = graphs / "decoder.onnx"
     ranges, cached = q8.collect_ranges(path, feeds[1][:3], "max", tmp_path)
@@ -285,6 +312,11 @@ def test_pipeline_writes_graphs_and_report_and_reuses_statistics(tiny, graphs, t
     assert saved["calibration"]["ranges_from_cache"] == {"precompute": False, "decoder": False}
     md = (out / "accuracy_report.md").read_text()
     assert "| onnx-int8 | 96 |" in md and "AbsRel" in md
+    assert "fp32 arithmetic" in md  # what ONNX Runtime's CPU rows of an fp16 graph measure
+    for g in ("precompute", "decoder"):
+        h = saved["calibration"]["fp16_headroom"][g]
+        assert h["tensors"] > 20 and 0 < h["max_abs"] < 65504 and h["headroom"] > 1, h
+        assert f"FP16 headroom, {g}: the largest of its {h['tensors']} fp16 tensors" in md
     again = _run_pipeline(tiny, graphs, tmp_path / "out2", cache)
     assert again["calibration"]["ranges_from_cache"] == {"precompute": True, "decoder": True}
 
