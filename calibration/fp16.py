@@ -128,6 +128,13 @@ def _constant_arithmetic_read_by(model: onnx.ModelProto, keep: set[int], produce
     return found
 
 
+def fp32_node_names(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes the converter keeps in fp32 (the module docstring's list): what a
+    weakly typed TensorRT 10 build constrains to fp32 (eventspd_export/trt/precision_constraints.py)."""
+    keep = _fp32_nodes(model, _float_tensors(model))
+    return {model.graph.node[i].name for i in keep if model.graph.node[i].name}
+
+
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A mixed-precision copy of ``model`` (see the module docstring)."""
     model_copy = onnx.ModelProto()

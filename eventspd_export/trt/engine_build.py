@@ -77,6 +77,7 @@ from eventspd_export.artifacts import (ENGINE_FILES, GRAPHS, MANIFEST_FILE, PLUG
 from model_def.contract import EVENTS_LIMIT, K_LIMIT
 from eventspd_export.runtime.trt_flavour import RUNTIME_CHOICES, Runtime, Target, load_runtime
 from eventspd_export.trt.errors import EngineBuildError
+from eventspd_export.trt.precision_constraints import constrain_fp32_layers, fp32_layer_names
 from eventspd_export.trt.plugin_library import (load_plugins, onnx_plugin_nodes, plugin_layers, resolve_plugin_library,
                                                 verify_plugin_layers)
 
@@ -320,6 +321,12 @@ def _build_one(runtime: Runtime, logger, plan: BuildPlan, graph: str, target: Ta
         config.set_flag(trt.BuilderFlag.FP16)
         if opts.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
+        # what the strongly typed fp16 ONNX keeps in fp32, kept in fp32 here too (precision_constraints)
+        keep, nodes = fp32_layer_names(path)
+        constrained, found = constrain_fp32_layers(trt, network, keep, nodes)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        log_fn(f"{graph}: {constrained} layers of {len(found)} of the {len(keep)} fp32 nodes constrained to fp32 "
+               "(OBEY_PRECISION_CONSTRAINTS)")
     runtime.apply_target(config, target)
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in plan.profile.shapes(graph, plan.cfg).items():
@@ -400,7 +407,8 @@ def build_engines(options: BuildOptions, log_fn: Callable[[str], None] = log.inf
         cache_bytes = Path(options.timing_cache).read_bytes()
         log_fn(f"timing cache {options.timing_cache} ({len(cache_bytes)} bytes)")
     typing = "strongly typed" if not options.weakly_typed else (
-        "builder flags FP16" if options.precision == "fp16" else "builder flags INT8|FP16")
+        "builder flags FP16" if options.precision == "fp16" else "builder flags INT8|FP16") + (
+        ", fp32 layer constraints" if options.weakly_typed else "")
     out = Path(options.out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -338,7 +338,8 @@ class FakeTensorRT(types.ModuleType):
         self.LayerType = enum("PLUGIN_V3", "PLUGIN_V2", "TOPK", "MATRIX_MULTIPLY")
         self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=0)
         self.OnnxParserFlag = enum("ENABLE_PLUGIN_OVERRIDE", "NATIVE_INSTANCENORM")
-        self.BuilderFlag = enum("TF32", "FP16", "INT8")
+        self.BuilderFlag = enum("TF32", "FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS")
+        self.float32, self.float16 = "float32", "float16"
         self.MemoryPoolType = enum("WORKSPACE")
         self.TensorIOMode = enum("INPUT", "OUTPUT")
         self.DataType = enum("FLOAT", "HALF")
@@ -350,9 +351,18 @@ class FakeTensorRT(types.ModuleType):
             def __init__(self, level):
                 pass
 
-        class Layer:
+        class Layer:  # TensorRT 10's ILayer: precision and output types settable (weakly typed builds)
+            num_outputs = 1
+
             def __init__(self, name, type_, plugin=None):
                 self.name, self.type, self._plugin = name, type_, plugin
+                self.precision, self.output_types = None, {}
+
+            def get_output(self, j):
+                return SimpleNamespace(dtype=fake.float32)
+
+            def set_output_type(self, j, dtype):
+                self.output_types[j] = dtype
 
         class Network:
             def __init__(self, flags):
@@ -449,7 +459,8 @@ class FakeTensorRT(types.ModuleType):
 
             def build_serialized_network(self, network, config):
                 fake.calls.append(("build", network.graph, sorted(config.flags), config.pool,
-                                   [p.shapes for p in config.profiles]))
+                                   [p.shapes for p in config.profiles],
+                                   {l.name: (l.precision, l.output_types) for l in network.layers if l.precision}))
                 if build_fails:
                     return None
                 return memoryview(json.dumps({"graph": network.graph, "inputs": network.inputs,
@@ -546,8 +557,21 @@ def test_build_flow_fp32_clears_tf32_and_tensorrt10_sets_strong_typing(export, t
     fake = fake_trt(version="10.15.1.29")
     r = CliRunner().invoke(trt, ["--fp16", "--weakly-typed", "--onnx-dir", str(export), "--out", str(tmp_path / "w")])
     assert r.exit_code == 0, r.output
-    assert ("create_network", 0) in fake.calls and all("FP16" in b[2] for b in fake.calls if b[0] == "build")
-    assert json.loads((tmp_path / "w" / MANIFEST_FILE).read_text())["engines"]["decoder"]["typing"] == "builder flags FP16"
+    builds = [b for b in fake.calls if b[0] == "build"]
+    assert ("create_network", 0) in fake.calls and all("FP16" in b[2] for b in builds)
+    assert json.loads((tmp_path / "w" / MANIFEST_FILE).read_text())["engines"]["decoder"]["typing"] == \
+        "builder flags FP16, fp32 layer constraints"
+    # what calibration/fp16.py keeps in fp32 (here: the plugin nodes) is constrained to fp32, obeyed
+    for b in builds:
+        assert "OBEY_PRECISION_CONSTRAINTS" in b[2]
+        want = {f"/x/{op}" for op in plugin_library.PLUGIN_NODES[b[1]]}
+        assert b[5] == {name: ("float32", {0: "float32"}) for name in want}, b[5]
+    # strongly typed builds set no constraint: the types are the ONNX's
+    fake = fake_trt(version="10.15.1.29")
+    r = CliRunner().invoke(trt, ["--fp16", "--onnx-dir", str(export), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    strong = [b for b in fake.calls if b[0] == "build"]
+    assert strong and all(b[5] == {} and "OBEY_PRECISION_CONSTRAINTS" not in b[2] for b in strong)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"inline": True}, "inlined the model-local function"),

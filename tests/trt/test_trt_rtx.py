@@ -393,3 +393,24 @@ print(json.dumps([[c.name, c.plugin_version, c.plugin_namespace, [f.name for f i
     want = sorted((s.plugin_name, s.plugin_version, ops.PLUGIN_NAMESPACE, tuple(s.fields))
                   for s in ops.PLUGIN_SPECS.values())
     assert got == want
+
+
+@pytest.mark.parametrize("graph, precision", [("precompute", "fp32"), ("decoder", "fp32"), ("decoder", "int8")])
+def test_weakly_typed_constraints_find_every_fp32_node_among_the_parsed_layers(
+        tiny_export, rtx_runtime, rtx_plugin_library, graph, precision):
+    """What `trt --weakly-typed` (TensorRT 10) rests on: TensorRT's ONNX parser names a node's layer
+    after the node, so the fp32 list of calibration/fp16.py finds its layers by name. TensorRT-RTX
+    has the same parser (it has no ILayer.precision: setting the constraints runs only on TensorRT 10,
+    with the fake module of test_trt.py)."""
+    from eventspd_export.artifacts import onnx_file
+    from eventspd_export.trt.precision_constraints import _node_of, fp32_layer_names
+
+    trt = rtx_runtime.trt
+    plugin_library.load_plugins(rtx_runtime, rtx_plugin_library)
+    logger = trt.Logger(trt.Logger.ERROR)
+    path = tiny_export / onnx_file(graph, precision)
+    network, _parser = trt_engine._parse(rtx_runtime, logger, trt.Builder(logger), graph, path, True)
+    keep, nodes = fp32_layer_names(path)
+    assert len(keep) > 50
+    found = {_node_of(network.get_layer(i).name, keep, nodes) for i in range(network.num_layers)} - {None}
+    assert found == keep, sorted(keep - found)[:10]
