@@ -154,6 +154,13 @@ def quantize(model_path: str | Path, ranges: Mapping[str, tuple[float, float]],
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
     model = onnx.load(str(model_path))
+    # ONNX Runtime gives a tensor that was 0 on every calibration window the scale 1.0 -- a silent
+    # zero-out wherever deployment data makes it non-zero (its values round to 0 below 0.5)
+    zero = sorted(k for k, (lo, hi) in ranges.items() if lo == hi == 0.0)
+    if zero:
+        log.warning("int8 %s: %d tensor(s) were 0 on all the calibration data (%s%s): they get ONNX Runtime's "
+                    "scale 1.0; calibrate on data that exercises them", Path(model_path).name, len(zero),
+                    ", ".join(zero[:3]), ", ..." if len(zero) > 3 else "")
     tensors = TensorsData(CalibrationMethod.MinMax, {
         k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
         for k, (lo, hi) in ranges.items()})
