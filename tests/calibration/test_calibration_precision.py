@@ -158,7 +158,7 @@ def test_fp16_headroom_finds_a_tensor_that_would_overflow(graphs, feeds, tmp_pat
         assert culprit in caught.value.tensors, caught.value.tensors
 
 
-def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypatch, tiny):
+def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypatch, tiny, caplog):
     path = graphs / "decoder.onnx"
     ranges, cached = q8.collect_ranges(path, feeds[1][:3], "max", tmp_path)
     assert not cached and len(ranges) > 50
@@ -170,8 +170,12 @@ def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypat
     assert cached and again == ranges
     monkeypatch.undo()
 
-    model = q8.quantize(path, ranges)
+    with caplog.at_level("WARNING", logger="calibration.int8"):
+        model = q8.quantize(path, ranges)
     assert q8.check_tensorrt_rules(model) == []
+    # the seeded model's zero-initialised offset/weight projections are 0 on every window: named
+    zero = sorted(k for k, (lo, hi) in ranges.items() if lo == hi == 0.0)
+    assert zero and f"were 0 on all the calibration data ({zero[0]}" in caplog.text
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 40
     inits = {i.name: i for i in model.graph.initializer}
@@ -326,6 +330,9 @@ def test_pipeline_sensitivity_keeps_groups_in_float_for_a_tight_budget(tiny, gra
     report = _run_pipeline(tiny, graphs, tmp_path / "out", tmp_path / "cache", budget=1e-7,
                            scope=("decoder",))
     sens = report["calibration"]["sensitivity"]
+    # a 1e-7 budget holds nowhere, and the report says so for the held-out windows
+    from calibration.report import to_markdown
+    assert "On the held-out windows the budget is NOT met: int8 median" in to_markdown(report)
     assert len(sens["errors_alone"]) >= 9 and all(k.startswith("decoder:") for k in sens["errors_alone"])
     assert sens["kept_float"], "a 1e-7 budget must keep some groups in float"
     assert sens["error_final"] <= sens["error_all_int8"]
