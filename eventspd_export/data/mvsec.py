@@ -74,7 +74,7 @@ class MvsecSource(DatasetSource):
     # are finite and sorted, so they pass every other check and would be read as a recording of
     # years, cut into millions of nearly empty windows: refuse what no recording in seconds can be.
     MAX_ABS_TIME_S = 1e11  # the year 5138 in Unix seconds; 1.5e9 s in µs is 1.5e15
-    MAX_SPAN_S = 1e5  # 28 hours; MVSEC's sequences are minutes long
+    MAX_SPAN_S = 21600.0  # 6 hours; MVSEC's sequences are minutes long (a minute in ms spans 16.7 "hours")
 
     def _check_seconds(self, p: Path) -> None:
         first_s, last_s = self._t_first / 1e6, self._t_last / 1e6

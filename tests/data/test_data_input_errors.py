@@ -238,7 +238,8 @@ def test_mvsec_non_finite_timestamps_are_refused(tmp_path, where, value):
             assert np.isfinite(win.events).all()
 
 
-@pytest.mark.parametrize("scale, start", [(1e6, 1504645177.4215), (1e9, 0.0), (1.0, 1504645177.4215e3)])
+@pytest.mark.parametrize("scale, start", [(1e6, 1504645177.4215), (1e9, 0.0), (1.0, 1504645177.4215e3),
+                                          (1e3, 0.0)])  # µs, ns from 0, Unix ms, ms from 0
 def test_mvsec_times_not_in_seconds_are_refused(tmp_path, scale, start):
     # µs (or ns) times are finite and sorted: before, they were read as a recording of years
     t = (start + np.linspace(0, 60.0, 3000)) * scale
