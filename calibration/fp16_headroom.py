@@ -82,8 +82,11 @@ def fp16_headroom(fp32_path: str | Path, fp16_model: onnx.ModelProto, feeds: Seq
     produced = {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input}
     halves = half_tensors(fp16_model, produced)
     amax = max_abs(fp32, sorted(halves), feeds)
-    # the weights the converter rounded to fp16 (data-independent: a weight above 65504 is inf)
+    # the weights the converter rounded to fp16 (data-independent: a weight above 65504 is inf):
+    # stored in fp16, or kept fp32 for fp32 readers and cast (W__to_fp16) for the fp16 ones
     half_weights = {i.name for i in fp16_model.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    half_weights |= {n.input[0] for n in fp16_model.graph.node if n.op_type == "Cast"
+                     and n.output[0].endswith("__to_fp16")}
     for init in fp32.graph.initializer:
         if init.name in half_weights:
             w = onnx.numpy_helper.to_array(init)

@@ -154,13 +154,6 @@ def quantize(model_path: str | Path, ranges: Mapping[str, tuple[float, float]],
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
     model = onnx.load(str(model_path))
-    # ONNX Runtime gives a tensor that was 0 on every calibration window the scale 1.0 -- a silent
-    # zero-out wherever deployment data makes it non-zero (its values round to 0 below 0.5)
-    zero = sorted(k for k, (lo, hi) in ranges.items() if lo == hi == 0.0)
-    if zero:
-        log.warning("int8 %s: %d tensor(s) were 0 on all the calibration data (%s%s): they get ONNX Runtime's "
-                    "scale 1.0; calibrate on data that exercises them", Path(model_path).name, len(zero),
-                    ", ".join(zero[:3]), ", ..." if len(zero) > 3 else "")
     tensors = TensorsData(CalibrationMethod.MinMax, {
         k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
         for k, (lo, hi) in ranges.items()})
@@ -187,6 +180,15 @@ def quantize(model_path: str | Path, ranges: Mapping[str, tuple[float, float]],
                                       "eventspd.precision": "int8-qdq"})
     onnx.checker.check_model(out, full_check=True)
     return out
+
+
+def zero_range_inputs(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]]) -> list[str]:
+    """The activations ``model`` quantises whose range was 0 on all the calibration data: ONNX
+    Runtime gives them the scale 1.0, a silent zero-out (values below 0.5 round to 0) wherever
+    deployment data makes them non-zero. The pipeline warns about them by name."""
+    inits = {i.name for i in model.graph.initializer}
+    quantised = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    return sorted(k for k in quantised if k in ranges and ranges[k][0] == ranges[k][1] == 0.0)
 
 
 def _is_quantised_op(node: onnx.NodeProto, exclude: set[str] = frozenset()) -> bool:

@@ -231,6 +231,11 @@ def _calibrate_into(out: Path, model: EventSPD, options: CalibrationOptions, pat
             exclude = {g: sensitivity.excluded_nodes(g, all_groups) for g in GRAPHS}
         models["int8"] = {g: q8.quantize(paths[g], ranges[g], exclude[g]) for g in GRAPHS}
         for g, m in models["int8"].items():
+            zero = q8.zero_range_inputs(m, ranges[g])
+            if zero:
+                log.warning("int8 %s: %d quantised tensor(s) were 0 on all the calibration data (%s%s): they get "
+                            "ONNX Runtime's scale 1.0; calibrate on data that exercises them", g, len(zero),
+                            ", ".join(zero[:3]), ", ..." if len(zero) > 3 else "")
             problems = q8.check_tensorrt_rules(m)
             if problems:
                 raise q8.CalibrationError(f"int8 {g}: Q/DQ breaks TensorRT's rules: {problems[:3]}")

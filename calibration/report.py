@@ -93,9 +93,9 @@ def to_markdown(report: dict) -> str:
                       f"`{cal['method']}`, ranges from cache: {cal['ranges_from_cache']}."]
         for graph, h in (cal.get("fp16_headroom") or {}).items():
             if h and h.get("tensor"):
+                room = f"{h['headroom']:.3g}× below" if h.get("headroom") is not None else "all 0, far below"
                 lines.append(f"FP16 headroom, {graph}: the largest of its {h['tensors']} fp16 tensors on the "
-                             f"calibration data is `{h['tensor']}`, {h['max_abs']:.4g} "
-                             f"({h['headroom']:.3g}× below fp16's 65504).")
+                             f"calibration data is `{h['tensor']}`, {h['max_abs']:.4g} ({room} fp16's 65504).")
         sens = cal.get("sensitivity")
         if sens:
             kept = ", ".join(f"`{g}`" for g in sens["kept_float"]) or "none"

@@ -156,9 +156,20 @@ def test_fp16_headroom_finds_a_tensor_that_would_overflow(graphs, feeds, tmp_pat
                                                r"largest value 65504 on the calibration data \('") as caught:
             fp16_headroom(bad, half, feeds[1][:2])
         assert culprit in caught.value.tensors, caught.value.tensors
+    weight.CopyFrom(onnx.numpy_helper.from_array(w, weight.name))
+    # a weight kept in fp32 for its fp32 readers and cast for its fp16 ones (W__to_fp16) counts too
+    half = convert_to_fp16(fp32)
+    cast = next(n.input[0] for n in half.graph.node if n.op_type == "Cast" and n.output[0].endswith("__to_fp16")
+                and n.input[0] in {i.name for i in fp32.graph.initializer})
+    shared = next(i for i in fp32.graph.initializer if i.name == cast)
+    shared.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(shared) * 0 + 1e5, shared.name))
+    onnx.save(fp32, bad)
+    with pytest.raises(Fp16Overflow) as caught:
+        fp16_headroom(bad, convert_to_fp16(fp32), feeds[1][:2])
+    assert cast in caught.value.tensors, caught.value.tensors
 
 
-def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypatch, tiny, caplog):
+def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypatch, tiny):
     path = graphs / "decoder.onnx"
     ranges, cached = q8.collect_ranges(path, feeds[1][:3], "max", tmp_path)
     assert not cached and len(ranges) > 50
@@ -170,12 +181,16 @@ def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypat
     assert cached and again == ranges
     monkeypatch.undo()
 
-    with caplog.at_level("WARNING", logger="calibration.int8"):
-        model = q8.quantize(path, ranges)
+    model = q8.quantize(path, ranges)
     assert q8.check_tensorrt_rules(model) == []
-    # the seeded model's zero-initialised offset/weight projections are 0 on every window: named
-    zero = sorted(k for k, (lo, hi) in ranges.items() if lo == hi == 0.0)
-    assert zero and f"were 0 on all the calibration data ({zero[0]}" in caplog.text
+    # zero ranges: the seeded model's zero-initialised projections' outputs are 0 everywhere, but
+    # they are no quantised op's input, so they get no Q/DQ and no warning; an input that is 0 is named
+    assert q8.zero_range_inputs(model, ranges) == []
+    zero_outputs = [k for k, (lo, hi) in ranges.items() if lo == hi == 0.0]
+    assert zero_outputs
+    q_input = next(n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"
+                   and n.input[0] in ranges)
+    assert q8.zero_range_inputs(model, {**ranges, q_input: (0.0, 0.0)}) == [q_input]
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 40
     inits = {i.name: i for i in model.graph.initializer}
