@@ -28,7 +28,11 @@ def fp32_layer_names(onnx_path: str | Path) -> tuple[set[str], set[str]]:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     types = {n.name: n.op_type for n in model.graph.node}
-    keep = {name for name in fp32_node_names(model) if types.get(name) not in _NOT_CONSTRAINED}
+    # a Q/DQ graph's quantised ops (those reading a DequantizeLinear: A4's Gemms, which the fp16
+    # list keeps in fp32) run in int8 as the strongly typed build runs them: not constrained
+    dequantised = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    reads_dq = {n.name for n in model.graph.node if any(x in dequantised for x in n.input)}
+    keep = {name for name in fp32_node_names(model) if types.get(name) not in _NOT_CONSTRAINED and name not in reads_dq}
     return keep, set(types)
 
 
