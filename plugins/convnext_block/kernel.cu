@@ -134,26 +134,27 @@ __device__ __forceinline__ void grn_factors_block(const float* __restrict__ sums
     __syncthreads();
 }
 
-template <class T, bool kSharedW>
+// kSharedTaps false: the taps are read from global memory (they do not fit shared memory: L2's
+// 86.5 KB on sm_75's 64 KB). A template parameter, not a run-time flag: the flag cost the common
+// path registers and spills (4-56 B of local memory per thread on sm_90/sm_80).
+template <class T, bool kSharedW, bool kSharedTaps>
 __global__ void __launch_bounds__(kWarps * 32) block_pass1(const T* __restrict__ x, Shape s, const float* __restrict__ dw,
                                                            const float* __restrict__ dw_bias, const float* __restrict__ ln_w,
                                                            const float* __restrict__ ln_b, const float* __restrict__ w1t,
                                                            const float* __restrict__ b1, T* __restrict__ hidden,
-                                                           float* __restrict__ sumsq, bool shared_taps) {
+                                                           float* __restrict__ sumsq) {
     extern __shared__ float smem[];
     const int C = s.C, E = s.E, kk = s.k * s.k;
     float* s_w1t = smem;                                  // [C, E] (kSharedW)
-    float* s_dw = s_w1t + (kSharedW ? C * E : 0);        // [k*k, C] (shared_taps)
-    float* s_sq = s_dw + (shared_taps ? kk * C : 0);      // [E]
+    float* s_dw = s_w1t + (kSharedW ? C * E : 0);        // [k*k, C] (kSharedTaps)
+    float* s_sq = s_dw + (kSharedTaps ? kk * C : 0);      // [E]
     float* s_y = s_sq + E;                                // [kWarps, C]
     if (kSharedW)
         for (int i = threadIdx.x; i < C * E; i += blockDim.x) s_w1t[i] = w1t[i];
     const float* W1 = kSharedW ? s_w1t : w1t;
-    // the taps in shared memory where they fit, else read from global memory (a uniform branch:
-    // L2's 13 x 13 x 128 taps, 86.5 KB, on sm_75's 64 KB)
-    if (shared_taps)
+    if (kSharedTaps)
         for (int i = threadIdx.x; i < kk * C; i += blockDim.x) s_dw[i] = dw[i];
-    const float* taps = shared_taps ? s_dw : dw;
+    const float* taps = kSharedTaps ? s_dw : dw;
     for (int i = threadIdx.x; i < E; i += blockDim.x) s_sq[i] = 0.f;
     __syncthreads();
 
@@ -490,16 +491,13 @@ cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
 }
 
 // ---- launchers -------------------------------------------------------------------------------
-template <class T, bool kSharedW>
+template <class T, bool kSharedW, bool kSharedTaps>
 cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
     const int64_t hw = static_cast<int64_t>(a.height) * a.width;
-    // pass 1 keeps the depthwise taps in shared memory where they fit (every sm_80+ device: see
-    // kBlockMaxTaps), else reads them from global memory (sm_75's 64 KB and L2's 86.5 KB of taps)
-    const bool shared_taps = scalar_smem1(s, kSharedW, true) <= shared_limit();
-    const size_t smem1 = scalar_smem1(s, kSharedW, shared_taps), smem2 = scalar_smem2(s, kSharedW);
+    const size_t smem1 = scalar_smem1(s, kSharedW, kSharedTaps), smem2 = scalar_smem2(s, kSharedW);
     if (smem1 > shared_limit() || smem2 > shared_limit()) return cudaErrorInvalidValue;
-    cudaError_t err = cudaFuncSetAttribute(block_pass1<T, kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaError_t err = cudaFuncSetAttribute(block_pass1<T, kSharedW, kSharedTaps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem1));
     if (err != cudaSuccess) return err;
     err = cudaFuncSetAttribute(block_pass2<T, kSharedW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -512,8 +510,8 @@ cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>((hw + kWarps - 1) / kWarps, 1024)), a.batch);
     const T* x = static_cast<const T*>(a.x);
     T* hidden = static_cast<T*>(a.hidden);
-    block_pass1<T, kSharedW><<<grid, kWarps * 32, smem1, stream>>>(x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias, a.w1t,
-                                                                   a.b1, hidden, a.sumsq, shared_taps);
+    block_pass1<T, kSharedW, kSharedTaps><<<grid, kWarps * 32, smem1, stream>>>(
+        x, s, a.dw, a.dw_bias, a.ln_weight, a.ln_bias, a.w1t, a.b1, hidden, a.sumsq);
     err = cudaGetLastError();  // pass 2 must not run on an unwritten hidden map
     if (err != cudaSuccess) return err;
     block_pass2<T, kSharedW><<<grid, kWarps * 32, smem2, stream>>>(x, s, hidden, a.sumsq, a.gamma, a.beta, a.w2t, a.b2,
@@ -526,7 +524,11 @@ cudaError_t launch(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
     const bool shared_w = s.C * s.E <= kBlockSharedWeights && scalar_smem1(s, true) <= shared_limit() &&
                           scalar_smem2(s, true) <= shared_limit();
-    return shared_w ? launch<T, true>(a, stream) : launch<T, false>(a, stream);
+    if (shared_w) return launch<T, true, true>(a, stream);
+    // the depthwise taps in shared memory where they fit (every sm_80+ device: see kBlockMaxTaps),
+    // else read from global memory (sm_75's 64 KB and L2's 86.5 KB of taps)
+    return scalar_smem1(s, false, true) <= shared_limit() ? launch<T, false, true>(a, stream)
+                                                          : launch<T, false, false>(a, stream);
 }
 
 cudaError_t convnext_block(const ConvNeXtBlockArgs& a, cudaStream_t stream) {

@@ -146,7 +146,7 @@ def test_every_kernel_of_plugins_has_its_ptxas_figures_registered(emu):
         for r in kr.kernel_resources(cu, "sm_90"):
             assert f"{r.template_id} registers={r.registers} static_shared={r.static_shared}" in registered[r.template_id]
     # the launch bounds came from the source: the fused block's kernels run 8 and 4 warps
-    assert "launch_bound=256 max_threads=256" in registered["block_pass1<__half, true>"]
+    assert "launch_bound=256 max_threads=256" in registered["block_pass1<__half, true, true>"]
     assert "launch_bound=128 max_threads=128" in registered["block_pass1_tc<true, 4>"]
     assert "launch_bound=256 max_threads=256" in registered["block_pass1_tc<true, 8>"]
 
@@ -211,7 +211,7 @@ def test_convnext_block_paths(emu, optin, C, k, expansion, dtype, path):
         # (F^3's pass 1: 4 blocks of 8 warps instead of 5 of 4), else 4 (F^3's pass 2: 24 warps either way)
         assert threads[1:] == ([256, 128] if path == "tc-shared" else [128, 128]), threads
     else:
-        assert names == ["rearrange_weights", "block_pass1<T, kSharedW>", "block_pass2<T, kSharedW>"]
+        assert names == ["rearrange_weights", "block_pass1<T, kSharedW, kSharedTaps>", "block_pass2<T, kSharedW>"]
         taps_bytes = 4 * k * k * C
         assert (smem1 < taps_bytes) == (path == "scalar-global-taps"), smem1
     assert smem1 <= optin - 256
@@ -363,7 +363,7 @@ def test_tiny_model_on_emulated_kernels_equals_reference_ops(emu, channels_last_
         counts[name] = counts.get(name, 0) + 1
     blocks = sum(cfg.f3_depths) + sum(cfg.depths[:2])
     assert counts.get("event_splat_nhwc_kernel<float, true>") == 1
-    assert counts.get("block_pass1<T, kSharedW>") == blocks, counts  # fp32: the scalar kernels
+    assert counts.get("block_pass1<T, kSharedW, kSharedTaps>") == blocks, counts  # fp32: the scalar kernels
     assert counts.get("topr_route_kernel<T, true>", 0) + counts.get("topr_route_kernel<T, false>", 0) >= 1, counts
     assert counts.get("kernel", 0) >= 1, counts  # deform_read_kernel
     assert ("nchw_to_nhwc<uint32_t>" in counts) != channels_last_maps, counts

@@ -97,7 +97,7 @@ def test_launch_arithmetic():
 
 def test_launch_bounds_come_from_the_ptx(resources):
     bounds = {r.template_id: r.launch_bound for r in resources}
-    assert bounds["block_pass1<__half, true>"] == bounds["block_pass2<float, false>"] == 256  # kWarps * 32
+    assert bounds["block_pass1<__half, true, true>"] == bounds["block_pass2<float, false>"] == 256  # kWarps * 32
     assert bounds["block_pass1_tc<true, 4>"] == 128 and bounds["block_pass2_tc<false, 8>"] == 256  # kTcWarps * 32
     assert bounds["deform_read_kernel<__half, __half, true>"] == 0  # none declared
     ptx = (".visible .entry _Z1bPf(\n\t.param .u64 _Z1bPf_param_0\n)\n.maxntid 64, 2, 1\n.minnctapersm 2\n{\n}\n"
