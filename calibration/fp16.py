@@ -56,6 +56,9 @@ ROUTING_PLUGIN = "EventSPDTopRRoute"
 HALF_DATA_PLUGINS = {"EventSPDConvNeXtBlock": 1}
 FLOAT = TensorProto.FLOAT
 HALF = TensorProto.FLOAT16
+# names of the tensors the converter adds: X's Cast to fp16 / fp32, and a graph output's fp16
+# value before its Cast to float32 (fp16_headroom maps them back to X)
+HALF_COPY_SUFFIX, FLOAT_COPY_SUFFIX, HALF_OUTPUT_SUFFIX = "__to_fp16", "__to_fp32", "__fp16"
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:
@@ -210,7 +213,7 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     def cast_of(name: str, to_half: bool) -> str:
         key = (name, to_half)
         if key not in casts:
-            casts[key] = f"{name}__to_{'fp16' if to_half else 'fp32'}"
+            casts[key] = name + (HALF_COPY_SUFFIX if to_half else FLOAT_COPY_SUFFIX)
             new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=HALF if to_half else FLOAT,
                                               name=f"{casts[key]}__cast"))
         return casts[key]
@@ -225,7 +228,7 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     # graph outputs stay float32
     for out in graph.output:
         if produced_half.get(out.name):
-            internal = f"{out.name}__fp16"
+            internal = out.name + HALF_OUTPUT_SUFFIX
             for node in new_nodes:
                 node.output[:] = [internal if o == out.name else o for o in node.output]
                 node.input[:] = [internal if x == out.name else x for x in node.input]

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from calibration.fp16 import HALF_COPY_SUFFIX, HALF_OUTPUT_SUFFIX
 from eventspd_export.runtime.ort_pair import ort_session
 from model_def.errors import CheckFailed
 
@@ -46,7 +47,7 @@ def half_tensors(fp16_model: onnx.ModelProto, fp32_names: set[str]) -> set[str]:
     for vi in (*inferred.graph.value_info, *inferred.graph.output):
         if vi.type.tensor_type.elem_type != TensorProto.FLOAT16:
             continue
-        name = vi.name.removesuffix("__to_fp16").removesuffix("__fp16")
+        name = vi.name.removesuffix(HALF_COPY_SUFFIX).removesuffix(HALF_OUTPUT_SUFFIX)
         if name in fp32_names:
             out.add(name)
     return out
@@ -86,7 +87,7 @@ def fp16_headroom(fp32_path: str | Path, fp16_model: onnx.ModelProto, feeds: Seq
     # stored in fp16, or kept fp32 for fp32 readers and cast (W__to_fp16) for the fp16 ones
     half_weights = {i.name for i in fp16_model.graph.initializer if i.data_type == TensorProto.FLOAT16}
     half_weights |= {n.input[0] for n in fp16_model.graph.node if n.op_type == "Cast"
-                     and n.output[0].endswith("__to_fp16")}
+                     and n.output[0].endswith(HALF_COPY_SUFFIX)}
     for init in fp32.graph.initializer:
         if init.name in half_weights:
             w = onnx.numpy_helper.to_array(init)
