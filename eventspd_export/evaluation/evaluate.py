@@ -133,6 +133,7 @@ def evaluate(model: EventSPD, options: EvalOptions) -> dict:
     constant = np.full_like(gt, best_constant(gt))
     rows = {name: _metric_set(np.concatenate(p), gt) for name, p in preds.items()}
     rows["best constant"] = _metric_set(constant, gt)
+    model_max_depth = 1.0 / cfg.depth_eps  # eq. 26: the inverse depth's floor
     report = {"config": cfg.name, "data": options.data, "windows": count, "windows_requested": options.windows,
               "scored_windows": scored,
               "sequence": options.sequence, "k": options.k, "seed": options.seed,
@@ -141,8 +142,8 @@ def evaluate(model: EventSPD, options: EvalOptions) -> dict:
               "gt_median_m": float(np.median(gt)), "best_constant_m": float(constant[0]),
               # the model cannot predict beyond 1/depth_eps (eq. 26); a dataset's "far" sentinel
               # (1e30, 65535 m) scored in the "all" rows would look like a model error there
-              "model_max_depth_m": 1.0 / cfg.depth_eps,
-              "gt_beyond_model_range": int(np.count_nonzero(gt > 1.0 / cfg.depth_eps)),
+              "model_max_depth_m": model_max_depth,
+              "gt_beyond_model_range": int(np.count_nonzero(gt > model_max_depth)),
               "metrics": rows}
     if "onnx" in pairs:
         report["onnx_vs_pytorch"] = agreement(np.concatenate(preds["onnx"]),

@@ -407,8 +407,7 @@ def build_engines(options: BuildOptions, log_fn: Callable[[str], None] = log.inf
         cache_bytes = Path(options.timing_cache).read_bytes()
         log_fn(f"timing cache {options.timing_cache} ({len(cache_bytes)} bytes)")
     typing = "strongly typed" if not options.weakly_typed else (
-        "builder flags FP16" if options.precision == "fp16" else "builder flags INT8|FP16") + (
-        ", fp32 layer constraints" if options.weakly_typed else "")
+        "builder flags FP16" if options.precision == "fp16" else "builder flags INT8|FP16") + ", fp32 layer constraints"
     out = Path(options.out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

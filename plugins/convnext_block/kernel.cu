@@ -4,8 +4,9 @@
 //   k x k depthwise taps (lanes over channels, so each tap is one coalesced row read), the
 //   LayerNorm (warp reductions), W1 (transposed: lanes over outputs, no bank conflicts; in
 //   shared memory when C * E <= kBlockSharedWeights and it fits the device, else through the
-//   read-only cache; the taps too where they do not fit, L2's on sm_75), GELU; writes h [E] in the data type and adds h^2 into per-lane sums,
-//   which the block adds into sumsq[b, :] once (shared, then global atomics).
+//   read-only cache; the taps too where they do not fit, L2's on sm_75), GELU; writes h [E] in
+//   the data type and adds h^2 into per-lane sums, which the block adds into sumsq[b, :] once
+//   (shared, then global atomics).
 // pass 2: one warp per pixel: GRN's factors nx from sumsq (each block recomputes the E values and
 //   their mean), g = gamma * h * nx + beta + h, then W2 (transposed, shared) + b2 + the residual.
 // All arithmetic in fp32; data rounds once on store.
