@@ -421,37 +421,42 @@ int tc_variant(const ConvNeXtBlockArgs& a) {
     return 0;
 }
 
-// Warps resident per SM for blocks of `warps` warps and `smem` bytes of dynamic shared memory, as
-// far as shared memory decides it (CUDA's occupancy rules: 128-byte units, 1 KB reserved a block,
-// at most 32 blocks and 64 warps an SM on sm_80/sm_90).
-int resident_warps(size_t smem, int warps) {
-    int device = 0, per_sm = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess)
-        return warps;
-    const size_t per_block = (smem + 127) / 128 * 128 + 1024;
-    const int blocks = std::min<int>(static_cast<int>(static_cast<size_t>(per_sm) / per_block), 32);
-    return std::min(blocks * warps, 64);
+// Warps of `kernel` resident per SM in blocks of `warps` warps and `smem` bytes of dynamic shared
+// memory: CUDA's occupancy calculator, so registers, shared memory and the device's own block and
+// warp limits all count (48 warps and 16 blocks an SM on sm_86, 32 and 16 on sm_75, 64 and 32 on
+// sm_80/sm_90). The attribute is raised first: above 48 KB the calculator counts 0 blocks
+// otherwise. 0 where the query fails (its error is taken off, not left for the launch's check).
+template <class Kernel>
+int resident_warps(Kernel* kernel, int warps, size_t smem) {
+    int blocks = 0;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, warps * 32, smem) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return blocks * warps;
 }
 
-// Warps per block of one tensor-core pass. Each block loads the weights it keeps in shared memory
-// (W1 or W2 where shared_w, the depthwise taps) once for all its warps, so where shared memory is
-// what limits residency, blocks of 8 warps keep more warps resident per SM than blocks of 4:
-// theoretically 32 instead of 20 of 64 for F^3's pass 1 on sm_90, 24 instead of 12 for L1's
-// (results/cpu-kernel-occupancy-2026-12-03; scripts/kernel_occupancy.py). Takes 8 only when it keeps
-// more warps resident (4 on a tie: more, smaller blocks spread better over the SMs).
+// Warps per block of one tensor-core pass (`few` and `many`: its instances of 4 and 8 warps). Each
+// block loads the weights it keeps in shared memory (W1 or W2 where shared_w, the depthwise taps)
+// once for all its warps, so where shared memory is what limits residency, blocks of 8 warps keep
+// more warps resident per SM than blocks of 4: theoretically 32 instead of 20 of 64 for F^3's
+// pass 1 on sm_90, 24 instead of 12 for L1's (results/cpu-kernel-occupancy-2026-12-03;
+// scripts/kernel_occupancy.py). Takes 8 only when it keeps more warps resident (4 on a tie: more,
+// smaller blocks spread better over the SMs).
 // EVENTSPD_CONVNEXT_TC_WARPS=4 or 8 forces one where it fits (plugins/bench_gpu.py's A/B; anything
 // else is ignored). Whether more resident warps make the pass faster is for a GPU to measure.
-template <class Layout>
-int tc_warps(const Shape& s, bool shared_w) {
+template <class Layout, class Kernel>
+int tc_warps(const Shape& s, bool shared_w, Kernel* few_kernel, Kernel* many_kernel) {
     const size_t few = Layout(s, shared_w, kTcWarpsFew).total, many = Layout(s, shared_w, kTcWarpsMany).total;
     const bool many_fits = many <= shared_limit();
     if (const char* forced = std::getenv("EVENTSPD_CONVNEXT_TC_WARPS")) {
         if (!std::strcmp(forced, "4")) return kTcWarpsFew;
         if (!std::strcmp(forced, "8") && many_fits) return kTcWarpsMany;
     }
-    return many_fits && resident_warps(many, kTcWarpsMany) > resident_warps(few, kTcWarpsFew) ? kTcWarpsMany
-                                                                                                : kTcWarpsFew;
+    return many_fits && resident_warps(many_kernel, kTcWarpsMany, many) > resident_warps(few_kernel, kTcWarpsFew, few)
+               ? kTcWarpsMany
+               : kTcWarpsFew;
 }
 
 // The two passes with blocks of kWarps1 and kWarps2 warps.
@@ -486,7 +491,8 @@ template <bool kSharedW>
 cudaError_t launch_tc(const ConvNeXtBlockArgs& a, cudaStream_t stream) {
     const Shape s{a.height, a.width, a.channels, a.hidden_channels, a.kernel, a.eps};
     constexpr int F = kTcWarpsFew, M = kTcWarpsMany;
-    const bool many1 = tc_warps<TcLayout1>(s, kSharedW) == M, many2 = tc_warps<TcLayout2>(s, kSharedW) == M;
+    const bool many1 = tc_warps<TcLayout1>(s, kSharedW, block_pass1_tc<kSharedW, F>, block_pass1_tc<kSharedW, M>) == M;
+    const bool many2 = tc_warps<TcLayout2>(s, kSharedW, block_pass2_tc<kSharedW, F>, block_pass2_tc<kSharedW, M>) == M;
     if (many1) return many2 ? launch_tc<kSharedW, M, M>(a, s, stream) : launch_tc<kSharedW, M, F>(a, s, stream);
     return many2 ? launch_tc<kSharedW, F, M>(a, s, stream) : launch_tc<kSharedW, F, F>(a, s, stream);
 }

@@ -21,6 +21,13 @@ void reset(int64_t shared_optin_bytes, int64_t schedule_seed) {
 }
 std::string launch_log() { return emu::launch_log(); }
 std::string kernel_resources() { return emu::kernel_resources(); }
+int64_t occupancy(const std::string& kernel, int64_t threads, int64_t dynamic_shared) {
+    TORCH_CHECK(threads > 0 && threads <= 1 << 20 && dynamic_shared >= 0 && dynamic_shared <= 1 << 30,
+                "occupancy: threads ", threads, " or dynamic_shared ", dynamic_shared, " out of range");
+    const int blocks = emu::occupancy_of(kernel, static_cast<int>(threads), static_cast<int>(dynamic_shared));
+    TORCH_CHECK(blocks >= 0, "occupancy: no single registered kernel named ", kernel);
+    return blocks;
+}
 
 // One of selftest.cu's kernels on in = 0, 1, ..., 255: its output [272] (NaN where it wrote
 // nothing), or the RuntimeError of its launch.
@@ -42,5 +49,6 @@ TORCH_LIBRARY(eventspd_emu, m) {
     m.def("reset(int shared_optin_bytes=0, int schedule_seed=0) -> ()", &reset);
     m.def("launch_log() -> str", &launch_log);
     m.def("kernel_resources() -> str", &kernel_resources);
+    m.def("occupancy(str kernel, int threads, int dynamic_shared) -> int", &occupancy);
     m.def("selftest(str name) -> Tensor", &selftest);
 }

@@ -573,6 +573,59 @@ cudaError_t func_set_max_dynamic_shared(const void* func, int bytes) {
     return cudaSuccess;
 }
 
+// CUDA's occupancy calculator (cuda_occupancy.h) on the emulated device: sm_90's limits (64 warps
+// and 32 blocks an SM, 64 K registers in four sub-partitions, given to a warp 256 at a time,
+// shared memory in 128-byte units plus the 1 KB the driver keeps a block) with the device's opt-in
+// shared memory, and the kernel's registers and static shared memory where ptxas' figures are
+// registered. As on a GPU, dynamic shared memory above the kernel's attribute (48 KB unless
+// cudaFuncSetAttribute raised it) gives 0 blocks. plugins/kernel_resources.py's
+// KernelResources.blocks_per_sm is the same rule; tests/plugins/test_emulation.py compares them.
+cudaError_t occupancy_blocks(int* blocks, const void* func, int threads, size_t dynamic_shared) {
+    constexpr int kMaxWarps = 64, kMaxBlocks = 32, kRegisters = 65536, kRegisterUnit = 256, kSubPartitions = 4;
+    constexpr size_t kSharedUnit = 128, kReservedShared = 1024;
+    if (blocks == nullptr || threads <= 0) return cudaErrorInvalidValue;
+    *blocks = 0;
+    const KernelResources* k = resources_of(func);
+    const auto attr = device().max_dynamic_shared.find(func);
+    const size_t max_dynamic = attr == device().max_dynamic_shared.end() ? kDefaultDynamicShared : attr->second;
+    const size_t shared = dynamic_shared + (k != nullptr ? k->static_shared : 0);
+    if (dynamic_shared > max_dynamic || shared > static_cast<size_t>(device().shared_optin)) return cudaSuccess;
+    if (k != nullptr && threads > k->max_threads) return cudaSuccess;
+    const int warps = (threads + kWarpSize - 1) / kWarpSize;
+    int limit = std::min(kMaxBlocks, kMaxWarps / warps);
+    if (k != nullptr && k->registers > 0) {  // whole warps of each quarter of the register file
+        const int per_warp = (k->registers * kWarpSize + kRegisterUnit - 1) / kRegisterUnit * kRegisterUnit;
+        limit = std::min(limit, kRegisters / kSubPartitions / per_warp * kSubPartitions / warps);
+    }
+    const size_t per_block = (shared + kSharedUnit - 1) / kSharedUnit * kSharedUnit + kReservedShared;
+    const size_t per_sm = static_cast<size_t>(device().shared_optin) + kReservedShared;
+    limit = std::min<int>(limit, static_cast<int>(per_sm / per_block));
+    *blocks = limit;
+    return cudaSuccess;
+}
+
+static const KernelResources* resources_named(const std::string& name) {
+    const KernelResources* found = nullptr;
+    for (const auto& [func, k] : kernel_registry())
+        if (name == k.name) {
+            if (found != nullptr) return nullptr;  // ambiguous
+            found = &k;
+        }
+    return found;
+}
+
+int occupancy_of(const std::string& kernel, int threads, int dynamic_shared) {
+    const KernelResources* k = resources_named(kernel);
+    if (k == nullptr) return -1;
+    if (func_set_max_dynamic_shared(k->func, dynamic_shared) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    int blocks = 0;
+    occupancy_blocks(&blocks, k->func, threads, static_cast<size_t>(dynamic_shared));
+    return blocks;
+}
+
 void reset(int shared_optin, uint64_t schedule_seed) {
     DeviceState& d = device();
     d.shared_optin = shared_optin > 0 ? shared_optin : kDefaultSharedOptin;

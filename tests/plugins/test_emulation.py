@@ -151,6 +151,36 @@ def test_every_kernel_of_plugins_has_its_ptxas_figures_registered(emu):
     assert "launch_bound=256 max_threads=256" in registered["block_pass1_tc<true, 8>"]
 
 
+def test_occupancy_calculator_follows_the_architectures_rules(emu):
+    # cudaOccupancyMaxActiveBlocksPerMultiprocessor of the emulated device (kernel.cu's tc_warps
+    # asks it) against plugins/kernel_resources.py's rules for sm_90, for every registered kernel
+    # over block sizes and shared memory that reach each limit (blocks, warps, registers, shared
+    # memory, cannot launch)
+    from plugins import kernel_resources as kr
+
+    _needs_kernel_resources(emu)
+    emu.reset(H200_OPTIN, 0)
+    device = kr.DEVICES["sm_90"]
+    kernels = [r for cu in kr.kernel_sources() for r in kr.kernel_resources(cu, "sm_90")]
+    names = [r.template_id for r in kernels]
+    limiters = set()
+    for r in kernels:
+        if names.count(r.template_id) == 1:  # a name two files share is refused (next assertion)
+            for threads in (32, 128, 256, 1024):
+                for smem in (0, 4000, 37376, 70912, 116000, H200_OPTIN):
+                    blocks, limiter = r.blocks_per_sm(device, threads, smem)
+                    assert emu.occupancy(r.template_id, threads, smem) == blocks, (r.template_id, threads, smem, limiter)
+                    limiters.add(limiter.split(":")[0])
+    for name in {n for n in names if names.count(n) > 1}:
+        with pytest.raises(RuntimeError, match="no single registered kernel named"):
+            emu.occupancy(name, 32, 0)
+    assert {"blocks", "warps", "registers", "shared memory"} <= limiters, limiters
+    # F^3's pass 1 in fp16 (results/cpu-kernel-occupancy-2026-12-03): 8 warps a block, 4 blocks (registers)
+    assert emu.occupancy("block_pass1_tc<true, 8>", 256, 54016) == 4
+    with pytest.raises(RuntimeError, match="no single registered kernel named nothing"):
+        emu.occupancy("nothing", 32, 0)
+
+
 def test_tile_read_before_the_syncwarp_after_a_wmma_store_is_incomplete(emu):
     # store_matrix_sync leaves the tile complete only after the warp's next barrier: lane 0 reading
     # it all straight away sees the other lanes' shares still 0 (a GPU gives no guarantee either)

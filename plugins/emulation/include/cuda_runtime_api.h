@@ -39,6 +39,7 @@ namespace emu {
 int shared_optin_bytes();
 void set_shared_optin_bytes(int bytes);
 cudaError_t func_set_max_dynamic_shared(const void* func, int bytes);
+cudaError_t occupancy_blocks(int* blocks, const void* func, int threads, size_t dynamic_shared);
 }  // namespace emu
 
 cudaError_t cudaGetLastError();
@@ -52,4 +53,10 @@ template <class T>
 cudaError_t cudaFuncSetAttribute(T* func, cudaFuncAttribute attr, int value) {
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
     return emu::func_set_max_dynamic_shared(reinterpret_cast<const void*>(func), value);
+}
+
+// CUDA's occupancy calculator for the emulated device (runtime.cpp: sm_90's rules).
+template <class T>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, T* func, int threads, size_t dynamic_shared) {
+    return emu::occupancy_blocks(blocks, reinterpret_cast<const void*>(func), threads, dynamic_shared);
 }
