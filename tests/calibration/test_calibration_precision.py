@@ -243,6 +243,9 @@ def test_int8_precompute_outputs_and_state_stay_float(graphs, feeds, monkeypatch
     fp32 = _producers(onnx.load(path))
     for out in model.graph.output:
         assert producers[out.name].op_type == fp32[out.name].op_type, out.name
+    # the dropped Q/DQ pairs leave no scale or zero point behind: every initializer is read
+    read = {x for n in model.graph.node for x in n.input}
+    assert [i.name for i in model.graph.initializer if i.name not in read] == []
     monkeypatch.setattr(q8, "_dequantised_only_for_quantised_ops", lambda model, exclude: None)
     problems = q8.check_tensorrt_rules(q8.quantize(path, ranges))
     assert any("writes the graph output" in p for p in problems), problems
