@@ -20,7 +20,8 @@
 //   5. per window: events to the device, precompute, decoder on the fixed query list, depths back
 //      to the host; prints depths and per-stage times measured with CUDA events.
 // Exit codes: 0 done, 2 the inputs cannot be used here (message on stderr), 1 a CUDA/TensorRT
-// failure while running.
+// failure while running. An error after the start unwinds: contexts, engines and the runtime are
+// destroyed in that order, CUDA objects are released, and no partial --save-depths file is left.
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
@@ -54,10 +55,15 @@ constexpr char const* kFlavour = "tensorrt";
 
 namespace {
 
-[[noreturn]] void fatal(std::string const& msg, int code = 2) {
-    std::fprintf(stderr, "error: %s\n", msg.c_str());
-    std::exit(code);
-}
+// An error that ends the run: thrown, so that the objects alive (execution contexts, engines, the
+// runtime, device memory, streams) are destroyed in order on the way out of run(), which
+// std::exit would skip; main() prints it and returns its code.
+struct Failure {
+    std::string message;
+    int code;
+};
+
+[[noreturn]] void fatal(std::string const& msg, int code = 2) { throw Failure{msg, code}; }
 
 void cudaCheck(cudaError_t err, char const* what) {
     if (err != cudaSuccess) fatal(std::string(what) + ": " + cudaGetErrorString(err), 1);
@@ -157,13 +163,64 @@ private:
     void* ptr_ = nullptr;
 };
 
-nvinfer1::Dims dims(std::initializer_list<int64_t> values) {
-    nvinfer1::Dims d{};
-    d.nbDims = static_cast<int32_t>(values.size());
-    int i = 0;
-    for (auto v : values) d.d[i++] = v;
-    return d;
-}
+// A CUDA stream and the events that time its stages, released on scope exit.
+class Stream {
+public:
+    Stream() { CUDA_CHECK(cudaStreamCreate(&stream_)); }
+    ~Stream() { cudaStreamDestroy(stream_); }
+    Stream(Stream const&) = delete;
+    Stream& operator=(Stream const&) = delete;
+    cudaStream_t get() const { return stream_; }
+
+private:
+    cudaStream_t stream_ = nullptr;
+};
+
+class Event {
+public:
+    Event() { CUDA_CHECK(cudaEventCreate(&event_)); }
+    ~Event() { cudaEventDestroy(event_); }
+    Event(Event const&) = delete;
+    Event& operator=(Event const&) = delete;
+    cudaEvent_t get() const { return event_; }
+
+private:
+    cudaEvent_t event_ = nullptr;
+};
+
+// --save-depths: written to FILE.partial and renamed to FILE when every window is done, so a run
+// that stops early leaves no file that looks complete (the partial one is removed).
+class DepthFile {
+public:
+    explicit DepthFile(std::string path) : path_(std::move(path)), partial_(path_ + ".partial") {
+        if (!path_.empty() && (file_ = std::fopen(partial_.c_str(), "wb")) == nullptr)
+            fatal("cannot write " + partial_ + ": " + std::strerror(errno));
+    }
+    ~DepthFile() {
+        if (file_ == nullptr) return;
+        std::fclose(file_);
+        std::remove(partial_.c_str());
+    }
+    DepthFile(DepthFile const&) = delete;
+    DepthFile& operator=(DepthFile const&) = delete;
+    void write(float const* values, size_t n) {
+        if (file_ && std::fwrite(values, sizeof(float), n, file_) != n) fatal("cannot write " + partial_);
+    }
+    void commit() {
+        if (file_ == nullptr) return;
+        std::FILE* f = file_;
+        file_ = nullptr;
+        bool const closed = std::fclose(f) == 0;
+        if (!closed || std::rename(partial_.c_str(), path_.c_str()) != 0) {
+            std::remove(partial_.c_str());
+            fatal("cannot write " + path_ + ": " + std::strerror(errno));
+        }
+    }
+
+private:
+    std::string path_, partial_;
+    std::FILE* file_ = nullptr;
+};
 
 // The engine's tensors must be the manifest's: same names, directions, float32, static dims.
 void checkEngineIo(nvinfer1::ICudaEngine const& engine, eventspd::EngineInfo const& info) {
@@ -191,13 +248,20 @@ eventspd::TensorInfo const& find(std::vector<eventspd::TensorInfo> const& list, 
     fatal("tensor " + name + " is not in the manifest");
 }
 
+// The manifest's dims of a dynamic input with its dynamic dimension (-1) set to n.
+nvinfer1::Dims withDynamic(eventspd::TensorInfo const& t, int64_t n) {
+    nvinfer1::Dims d{};
+    if (t.dims.size() > static_cast<size_t>(nvinfer1::Dims::MAX_DIMS)) fatal("tensor " + t.name + " has too many dimensions");
+    d.nbDims = static_cast<int32_t>(t.dims.size());
+    for (size_t i = 0; i < t.dims.size(); ++i) d.d[i] = t.dims[i] < 0 ? n : t.dims[i];
+    return d;
+}
+
 struct StageTimes {
     double upload = 0, precompute = 0, decoder = 0, download = 0;
 };
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
     Options opt = parseArgs(argc, argv);
 
     // 1. manifest, inputs, files and TensorRT version -- before anything is loaded.
@@ -293,7 +357,7 @@ int main(int argc, char** argv) {
     DeviceBuffer dEvents(maxEvents * 4 * sizeof(float));
     PinnedBuffer hEvents(maxEvents * 4 * sizeof(float));
     auto const& hiddenInfo = find(manifest.precompute.inputs, roles.hidden);
-    size_t hiddenBytes = static_cast<size_t>(eventspd::volume(hiddenInfo.dims)) * sizeof(float);
+    size_t hiddenBytes = static_cast<size_t>(eventspd::volume(hiddenInfo.dims)) * sizeof(float);  // static: deriveRoles
     DeviceBuffer state0(hiddenBytes), state1(hiddenBytes);
     void* state[2] = {state0.get(), state1.get()};
     CUDA_CHECK(cudaMemset(state[0], 0, hiddenBytes));  // zeros before the first window
@@ -302,11 +366,6 @@ int main(int argc, char** argv) {
         shared[name] = std::make_unique<DeviceBuffer>(
             static_cast<size_t>(eventspd::volume(find(manifest.precompute.outputs, name).dims)) * sizeof(float));
     DeviceBuffer dQueries(static_cast<size_t>(K) * 2 * sizeof(float));
-    // Every decoder output needs device memory to be written to; only the first (depth) is
-    // downloaded, printed and saved, so the others (inv_depth) stay on the GPU.
-    std::vector<std::unique_ptr<DeviceBuffer>> dOut;
-    for (size_t i = 0; i < roles.outputs.size(); ++i)
-        dOut.push_back(std::make_unique<DeviceBuffer>(static_cast<size_t>(K) * sizeof(float)));
     PinnedBuffer hDepth(static_cast<size_t>(K) * sizeof(float));
     CUDA_CHECK(cudaMemcpy(dQueries.get(), events.queries.data(), static_cast<size_t>(K) * 2 * sizeof(float),
                           cudaMemcpyHostToDevice));
@@ -314,6 +373,22 @@ int main(int argc, char** argv) {
     std::unique_ptr<nvinfer1::IExecutionContext> preCtx{pre.createExecutionContext()};
     std::unique_ptr<nvinfer1::IExecutionContext> decCtx{dec.createExecutionContext()};
     if (!preCtx || !decCtx) fatal("could not create the execution contexts (out of GPU memory?)", 1);
+    if (!decCtx->setInputShape(roles.queries.c_str(), withDynamic(find(manifest.decoder.inputs, roles.queries), K)))
+        fatal("the decoder engine rejects K=" + std::to_string(K), 2);
+    // Every decoder output needs device memory to be written to, sized by the shape the engine
+    // gives it at this K; each must hold one value per query (the first, depth, is downloaded,
+    // printed and saved as K floats; the others, inv_depth, stay on the GPU).
+    std::vector<std::unique_ptr<DeviceBuffer>> dOut;
+    for (auto const& name : roles.outputs) {
+        nvinfer1::Dims const d = decCtx->getTensorShape(name.c_str());
+        int64_t n = d.nbDims >= 0 ? 1 : -1;
+        for (int32_t i = 0; i < d.nbDims; ++i) n = d.d[i] < 0 || n < 0 ? -1 : n * d.d[i];
+        if (n != K)
+            fatal(manifest.decoder.file + ": output " + name + " holds " + std::to_string(n) + " values at K=" +
+                      std::to_string(K) + ", not one per query: the engine and this program disagree on the contract",
+                  1);
+        dOut.push_back(std::make_unique<DeviceBuffer>(static_cast<size_t>(n) * sizeof(float)));
+    }
     auto bind = [](nvinfer1::IExecutionContext& ctx, std::string const& name, void* ptr) {
         if (!ctx.setTensorAddress(name.c_str(), ptr)) fatal("setTensorAddress(" + name + ") failed", 1);
     };
@@ -324,17 +399,14 @@ int main(int argc, char** argv) {
     }
     bind(*decCtx, roles.queries, dQueries.get());
     for (size_t i = 0; i < roles.outputs.size(); ++i) bind(*decCtx, roles.outputs[i], dOut[i]->get());
-    if (!decCtx->setInputShape(roles.queries.c_str(), dims({1, K, 2})))
-        fatal("the decoder engine rejects K=" + std::to_string(K), 2);
 
-    cudaStream_t stream;
-    CUDA_CHECK(cudaStreamCreate(&stream));
+    Stream streamHolder;
+    cudaStream_t const stream = streamHolder.get();
+    Event markHolders[5];
     cudaEvent_t marks[5];
-    for (auto& m : marks) CUDA_CHECK(cudaEventCreate(&m));
+    for (int i = 0; i < 5; ++i) marks[i] = markHolders[i].get();
 
-    std::FILE* depthFile = nullptr;
-    if (!opt.saveDepths.empty() && (depthFile = std::fopen(opt.saveDepths.c_str(), "wb")) == nullptr)
-        fatal("cannot write " + opt.saveDepths);
+    DepthFile depthFile(opt.saveDepths);
 
     // 5. the windows; the state buffers swap roles after each one.
     std::vector<StageTimes> times;
@@ -347,7 +419,7 @@ int main(int argc, char** argv) {
             CUDA_CHECK(cudaMemcpyAsync(dEvents.get(), hEvents.get(), static_cast<size_t>(n) * 4 * sizeof(float),
                                        cudaMemcpyHostToDevice, stream));
         CUDA_CHECK(cudaEventRecord(marks[1], stream));
-        if (!preCtx->setInputShape(roles.events.c_str(), dims({n, 4})))
+        if (!preCtx->setInputShape(roles.events.c_str(), withDynamic(find(manifest.precompute.inputs, roles.events), n)))
             fatal("the precompute engine rejects " + std::to_string(n) + " events", 2);
         bind(*preCtx, roles.hidden, state[cur]);
         bind(*preCtx, roles.hiddenOut, state[1 - cur]);
@@ -371,10 +443,9 @@ int main(int argc, char** argv) {
                     roles.outputs[0].c_str());
         for (int64_t q = 0; q < std::min<int64_t>(K, opt.print); ++q) std::printf(" %.3f", depth[q]);
         std::printf("%s m\n", K > opt.print ? " ..." : "");
-        if (depthFile && std::fwrite(depth, sizeof(float), static_cast<size_t>(K), depthFile) != static_cast<size_t>(K))
-            fatal("cannot write " + opt.saveDepths);
+        depthFile.write(depth, static_cast<size_t>(K));
     }
-    if (depthFile) std::fclose(depthFile);
+    depthFile.commit();
 
     // Window 0 pays for lazy initialisation; the mean skips it when there are more.
     size_t first = times.size() > 1 ? 1 : 0;
@@ -393,13 +464,19 @@ int main(int argc, char** argv) {
                     mean.precompute / count, mean.decoder / count, mean.download / count,
                     (mean.upload + mean.precompute + mean.decoder + mean.download) / count);
 
-    for (auto& m : marks) cudaEventDestroy(m);
-    cudaStreamDestroy(stream);
-    decCtx.reset();
-    preCtx.reset();
-    engines[1].reset();
-    engines[0].reset();
-    runtime.reset();
-    // The plugin library stays loaded until exit: TensorRT may still hold its creators.
+    // Locals go in reverse order of construction: events, stream, contexts, buffers, engines, the
+    // runtime, the logger. The plugin library stays loaded until exit: TensorRT may still hold its
+    // creators.
     return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (Failure const& f) {
+        std::fprintf(stderr, "error: %s\n", f.message.c_str());
+        return f.code;
+    }
 }

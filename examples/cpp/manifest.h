@@ -196,8 +196,15 @@ inline Roles deriveRoles(Manifest const& m) {
                                      text(b) + " must have one dtype and shape: the engines are not from one build");
     };
     // (every name below was found in both tables above)
-    for (auto const& name : r.shared)
-        same(*find(m.precompute.outputs, name), "precompute output", *find(m.decoder.inputs, name), "decoder input");
+    for (auto const& name : r.shared) {
+        TensorInfo const& t = *find(m.precompute.outputs, name);
+        same(t, "precompute output", *find(m.decoder.inputs, name), "decoder input");
+        // allocated once by the dims: a dynamic one (-1) would make a negative size
+        for (auto d : t.dims)
+            if (d < 0)
+                throw std::runtime_error("the manifest's shared tensor " + text(t) +
+                                         " has a dynamic dimension: the contract makes the shared tensors static");
+    }
     same(*find(m.precompute.inputs, r.hidden), "state input", *find(m.precompute.outputs, r.hiddenOut), "state output");
     return r;
 }
@@ -328,10 +335,12 @@ inline std::vector<std::string> inputProblems(Manifest const& m, EventFile const
                            ": rebuild with `eventspd-export trt --k-max` or write fewer queries");
     for (size_t w = 0; w < f.windows.size(); ++w) {
         int64_t n = static_cast<int64_t>(f.windows[w].size() / 4);
-        if (n > m.precompute.eventsMax) {
+        if (n > m.precompute.eventsMax || n < m.precompute.eventsMin) {
             problems.push_back("window " + std::to_string(w) + " has " + std::to_string(n) +
-                               " events, the precompute engine's profile allows up to " +
-                               std::to_string(m.precompute.eventsMax) + ": rebuild with `eventspd-export trt --events-max`");
+                               " events, the precompute engine's profile allows " +
+                               std::to_string(m.precompute.eventsMin) + ".." + std::to_string(m.precompute.eventsMax) +
+                               (n < m.precompute.eventsMin ? ": rebuild with `eventspd-export trt` (its profiles start at 0 events)"
+                                                           : ": rebuild with `eventspd-export trt --events-max`"));
             break;
         }
     }

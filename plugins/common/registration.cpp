@@ -1,7 +1,9 @@
 // Registration of the EventSPD creators: static (at dlopen, for `trtexec --staticPlugins` /
 // `polygraphy --plugins`, which only dlopen the library, and the C++ example) and the
 // plugin-library entry points (getCreators / setLoggerFinder, for
-// IPluginRegistry::loadLibrary and `trtexec --dynamicPlugins`).
+// IPluginRegistry::loadLibrary and `trtexec --dynamicPlugins`). loadLibrary works on a runtime's
+// or builder's own registry; on the global one it returns null, because the dlopen it makes has
+// registered these creators there already (measured with TensorRT-RTX 1.7.1, README).
 #include "convnext_block/plugin.h"
 #include "deform_read/plugin.h"
 #include "event_splat/plugin.h"

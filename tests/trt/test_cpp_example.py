@@ -228,6 +228,16 @@ def test_cpp_refuses_inputs_outside_config_and_profiles(preflight, tmp_path):
     write_event_file(wrong_size, [np.zeros((1, 4), np.float32)], np.zeros((1, 2)), 1280, 720)
     proc = _run(preflight, art, wrong_size)
     assert proc.returncode == 2 and "the event file is for a 1280x720 sensor, the engines for 256x160 (config tiny)" in proc.stderr
+    # a profile that starts above a window's event count (the exporter's start at 0; a hand-edited one)
+    few_events = tmp_path / "few.bin"
+    write_event_file(few_events, [np.zeros((3, 4), np.float32)], np.zeros((1, 2)), 256, 160)
+    min_events = tmp_path / "min-events"
+    shutil.copytree(art, min_events)
+    manifest = json.loads((min_events / MANIFEST_FILE).read_text())
+    manifest["engines"]["precompute"]["dynamic_axes"]["num_events"]["min"] = 5
+    (min_events / MANIFEST_FILE).write_text(json.dumps(manifest))
+    proc = _run(preflight, min_events, few_events)
+    assert proc.returncode == 2 and "window 0 has 3 events, the precompute engine's profile allows 5.." in proc.stderr, proc.stderr
     many_queries = tmp_path / "k.bin"
     write_event_file(many_queries, [np.zeros((1, 4), np.float32)], np.zeros((5000, 2)), 256, 160)
     proc = _run(preflight, art, many_queries)
@@ -274,6 +284,10 @@ def test_cpp_refuses_hostile_counts_and_numbers_before_allocating(preflight, tmp
                           (lambda m: m["engines"]["decoder"]["inputs"][0]["shape"].__setitem__(-1, 7),
                            "precompute output l1_map (float32 [1,64,40,64]) and decoder input l1_map (float32 "
                            "[1,64,40,7]) must have one dtype and shape"),
+                          # the shared tensors are allocated once by their dims: a dynamic one is refused
+                          (lambda m: [m["engines"][g][side][i]["shape"].__setitem__(-1, "w") for g, side, i in
+                                      (("precompute", "outputs", 0), ("decoder", "inputs", 0))],
+                           "the manifest's shared tensor l1_map (float32 [1,64,40,-1]) has a dynamic dimension"),
                           (lambda m: m["engines"]["precompute"]["plugin_library"].update(sha256="ab" * 32),
                            "the manifest's two engines were built with different plugin libraries (sha256 abababababab...")):
         bad = tmp_path / "bad"

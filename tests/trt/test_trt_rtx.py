@@ -355,7 +355,10 @@ def test_dlopen_registers_each_creator_once_under_its_namespace(rtx_runtime, rtx
     """Measured in a fresh process (README, Plugin registration): a plain dlopen registers the four
     creators once, under namespace eventspd, so the registry's keyed lookup get_creator -- the one
     deserialising a plan's plugin layers uses -- finds each (with TensorRT's REGISTER_TENSORRT_PLUGIN,
-    which registers under "", it found none); loadLibrary on top registers nothing twice."""
+    which registers under "", it found none). loadLibrary of the same file works on a runtime's own
+    registry (what trtexec --dynamicPlugins calls) and is refused by the global one, whose creators the
+    load registered already (TensorRT's contract: it fails "if any of the plugins are already
+    registered"); neither registers anything twice."""
     idents = [(s.plugin_name, s.plugin_version, ops.PLUGIN_NAMESPACE) for s in ops.PLUGIN_SPECS.values()]
     script = f"""
 import ctypes, tensorrt_rtx as trt
@@ -365,14 +368,16 @@ ctypes.CDLL({str(rtx_plugin_library)!r})
 once = count()
 keyed = all(reg.get_creator(*ident) is not None for ident in {idents!r})
 unnamespaced = reg.get_creator({idents[0][0]!r}, {idents[0][1]!r}, "") is not None
-reg.load_library({str(rtx_plugin_library)!r})
-print(once, count(), keyed, unnamespaced)
+local = trt.Runtime(trt.Logger(trt.Logger.ERROR)).get_plugin_registry().load_library({str(rtx_plugin_library)!r})
+refused = reg.load_library({str(rtx_plugin_library)!r}) is None
+print(once, count(), keyed, unnamespaced, local is not None, refused)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    once, after_load_library, keyed, unnamespaced = proc.stdout.split()
+    once, after_load_library, keyed, unnamespaced, local_loaded, global_refused = proc.stdout.split()
     assert len(idents) == 4 and (once, after_load_library) == ("4", "4")
     assert (keyed, unnamespaced) == ("True", "False")
+    assert (local_loaded, global_refused) == ("True", "True")
 
 
 def test_plugin_creators_match_plugin_specs(rtx_plugin_library):
