@@ -15,6 +15,15 @@ void setLoggerFinder(ILoggerFinder* finder) noexcept {
     if (gLoggerFinder == nullptr) gLoggerFinder = finder;
 }
 
+bool reported(std::string const& problem, char const* plugin) noexcept {
+    if (problem.empty()) return false;
+    try {
+        log(ILogger::Severity::kERROR, std::string(plugin) + ": " + problem);
+    } catch (...) {  // (out of memory for the message: the error code still says it)
+    }
+    return true;
+}
+
 void log(ILogger::Severity severity, std::string const& message) noexcept {
     ILogger* logger = nullptr;
     {

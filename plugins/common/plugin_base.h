@@ -22,6 +22,9 @@ using namespace nvinfer1;
 constexpr char const* kPluginNamespace = "eventspd";
 
 void log(ILogger::Severity severity, std::string const& message) noexcept;
+// True where `problem` (a shape check's answer, "" for none) is one, after logging it as an error
+// of `plugin`: configurePlugin (at build time) and enqueue then return -1.
+bool reported(std::string const& problem, char const* plugin) noexcept;
 void setLoggerFinder(ILoggerFinder* finder) noexcept;
 
 // ---- PluginField parsing (ONNX INT -> kINT32; kINT64 and kFLOAT64 are accepted too) ----------

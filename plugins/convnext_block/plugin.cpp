@@ -124,18 +124,12 @@ std::string shapeOf(PluginTensorDesc const* in, int32_t channels, cuda::ConvNeXt
     return fillShape(dims, channels, a);
 }
 
-// True when fillShape found nothing wrong; else reports it in one line of TensorRT's log.
-bool fits(std::string const& problem) {
-    if (problem.empty()) return true;
-    log(ILogger::Severity::kERROR, std::string(ConvNeXtBlockPlugin::kName) + ": " + problem);
-    return false;
-}
 }  // namespace
 
 int32_t ConvNeXtBlockPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                              DynamicPluginTensorDesc const*, int32_t) noexcept {
     cuda::ConvNeXtBlockTorchArgs a{};
-    return nbInputs == kInputs && fits(shapeOf(in, mChannels, a)) ? 0 : -1;
+    return nbInputs == kInputs && !reported(shapeOf(in, mChannels, a), kName) ? 0 : -1;
 }
 
 size_t ConvNeXtBlockPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
@@ -151,7 +145,7 @@ int32_t ConvNeXtBlockPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
                                      void const* const* inputs, void* const* outputs, void* workspace,
                                      cudaStream_t stream) noexcept {
     cuda::ConvNeXtBlockTorchArgs a{};
-    if (!fits(shapeOf(inputDesc, mChannels, a))) return -1;
+    if (reported(shapeOf(inputDesc, mChannels, a), kName)) return -1;
     a.type = inputDesc[0].type == DataType::kHALF ? cuda::DType::kFloat16 : cuda::DType::kFloat32;
     a.eps = mEps;
     a.x = inputs[0];

@@ -105,6 +105,19 @@ size_t DeformReadPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs,
     return cuda::deform_read_workspace_size(a);
 }
 
+// The shapes are judged when the engine is built (at the profile's maxima), not only at the first
+// enqueue on a GPU.
+int32_t DeformReadPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                                          DynamicPluginTensorDesc const*, int32_t) noexcept {
+    if (nbInputs != 6) return -1;
+    Dims dims[6];
+    for (int i = 0; i < 6; ++i) dims[i] = in[i].max;
+    cuda::DeformReadArgs a{};
+    if (fillArgs(dims, in[0].desc.type, in[4].desc.type, mStrides, a)) return 0;
+    log(ILogger::Severity::kERROR, "EventSPDDeformRead: unexpected input shapes");
+    return -1;
+}
+
 int32_t DeformReadPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
                                   void* const* outputs, void* workspace, cudaStream_t stream) noexcept {
     Dims dims[6];

@@ -34,6 +34,8 @@ public:
                                    int32_t nbOutputs) noexcept override;
     size_t getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
                             DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out,
+                            int32_t nbOutputs) noexcept override;
     int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc, void const* const* inputs,
                     void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
 

@@ -91,15 +91,24 @@ size_t EventSplatPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*, int32_
     return cuda::event_splat_workspace_size(mNumLevels, mWidth, mHeight);  // the channels-last scratch grid
 }
 
+std::string EventSplatPlugin::shapeProblem(Dims const& e, Dims const& t) const {
+    auto is = [](int64_t d, int64_t expected) { return d < 0 || d == expected; };
+    if (e.nbDims != 2 || !is(e.d[1], 4) || t.nbDims != 2 || !is(t.d[0], mTableRows) || !is(t.d[1], 2))
+        return "events must be [N, 4] and the table [" + std::to_string(mTableRows) + ", 2] for these resolutions";
+    return "";
+}
+
+// The shapes are judged when the engine is built, not only at its first enqueue on a GPU.
+int32_t EventSplatPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                                          DynamicPluginTensorDesc const*, int32_t) noexcept {
+    if (nbInputs != 2) return -1;
+    return reported(shapeProblem(in[0].desc.dims, in[1].desc.dims), kName) ? -1 : 0;
+}
+
 int32_t EventSplatPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
                                   void* const* outputs, void* workspace, cudaStream_t stream) noexcept {
     Dims const& e = inputDesc[0].dims;
-    Dims const& t = inputDesc[1].dims;
-    if (e.nbDims != 2 || e.d[1] != 4 || t.nbDims != 2 || t.d[0] != mTableRows || t.d[1] != 2) {
-        log(ILogger::Severity::kERROR, "EventSPDEventSplat: events must be [N, 4] and the table [" +
-                                           std::to_string(mTableRows) + ", 2] for these resolutions");
-        return -1;
-    }
+    if (reported(shapeProblem(e, inputDesc[1].dims), kName)) return -1;
     cuda::EventSplatArgs a{};
     a.events = static_cast<float const*>(inputs[0]);
     a.num_events = e.d[0];

@@ -35,6 +35,8 @@ public:
                                    int32_t nbOutputs) noexcept override;
     size_t getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
                             DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out,
+                            int32_t nbOutputs) noexcept override;
     int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc, void const* const* inputs,
                     void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
 
@@ -42,6 +44,9 @@ protected:
     void addFields(std::vector<PluginField>& fields) override;
 
 private:
+    // What is wrong with the events' and the table's dims ("" if nothing); a dynamic dimension
+    // (-1, at build time) is not judged
+    std::string shapeProblem(Dims const& events, Dims const& table) const;
     int32_t mWidth, mHeight;
     std::vector<int32_t> mResolutions;
     float mTimeScale;

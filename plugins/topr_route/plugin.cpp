@@ -79,13 +79,26 @@ bool ToprRoutePlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensor
     return d.type == (pos == 1 ? DataType::kINT32 : DataType::kFLOAT);
 }
 
+std::string ToprRoutePlugin::shapeProblem(Dims const& attn) const {
+    int64_t const tokens = static_cast<int64_t>(mGridW) * mGridH;
+    if (attn.nbDims != 4) return "the attention weights must be [B, K, heads, T]";
+    if (attn.d[3] >= 0 && attn.d[3] != tokens)
+        return "the attention weights have " + std::to_string(attn.d[3]) + " tokens, grid_w * grid_h = " +
+               std::to_string(tokens);
+    return "";
+}
+
+// The shapes are judged when the engine is built, not only at its first enqueue on a GPU.
+int32_t ToprRoutePlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                                         DynamicPluginTensorDesc const*, int32_t) noexcept {
+    if (nbInputs != 1) return -1;
+    return reported(shapeProblem(in[0].desc.dims), kName) ? -1 : 0;
+}
+
 int32_t ToprRoutePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
                                  void* const* outputs, void*, cudaStream_t stream) noexcept {
     Dims const& d = inputDesc[0].dims;
-    if (d.nbDims != 4 || d.d[3] != static_cast<int64_t>(mGridW) * mGridH) {
-        log(ILogger::Severity::kERROR, "EventSPDTopRRoute: attention token count does not match grid_w * grid_h");
-        return -1;
-    }
+    if (reported(shapeProblem(d), kName)) return -1;
     cuda::ToprRouteArgs a{};
     a.attn = inputs[0];
     a.attn_type = inputDesc[0].type == DataType::kHALF ? cuda::DType::kFloat16 : cuda::DType::kFloat32;

@@ -32,6 +32,8 @@ public:
                             IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
                                    int32_t nbOutputs) noexcept override;
+    int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out,
+                            int32_t nbOutputs) noexcept override;
     int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc, void const* const* inputs,
                     void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
 
@@ -39,6 +41,9 @@ protected:
     void addFields(std::vector<PluginField>& fields) override;
 
 private:
+    // What is wrong with the attention weights' dims for this plugin ("" if nothing); a dynamic
+    // dimension (-1, at build time) is not judged
+    std::string shapeProblem(Dims const& attn) const;
     int32_t mTopR, mGridW, mGridH, mStride;
 };
 

@@ -216,7 +216,7 @@ def test_only_the_emulated_backend_sees_a_wrong_plugin_field(root, tmp_path, plu
 
 
 def test_a_plugin_that_refuses_its_node_is_a_failed_check_in_one_line(root, tmp_path, plugin_emulation):
-    """A splat node whose resolutions do not match its table: the plugin refuses it in enqueue;
+    """A splat node whose resolutions do not match its table: the plugin refuses it in configurePlugin;
     the check says so (exit 1, one error line naming the node and the plugin's message)."""
     bad = tmp_path / "refused"
     shutil.copytree(root / "artifacts", bad, ignore=shutil.ignore_patterns("check"))
@@ -226,7 +226,7 @@ def test_a_plugin_that_refuses_its_node_is_a_failed_check_in_one_line(root, tmp_
     assert "Traceback" not in r.output
     last = r.output.strip().splitlines()[-1]
     assert last.startswith("error: emulated-fp32 could not run a graph: plugin node") and "EventSPDEventSplat" in last
-    assert "enqueue returned -1" in last and "for these resolutions" in last
+    assert "configurePlugin failed" in last and "for these resolutions" in last
 
 
 @pytest.mark.parametrize("precision,backend", [("fp32", "onnxrt"), ("fp16", "onnxrt"), ("int8", "onnxrt"),

@@ -186,10 +186,17 @@ def test_a_format_the_plugin_does_not_take_is_refused(plugin_ops):
         plugin_ops.convnext_block(x, *[w.float() for w in kt.block_args(block)], block.norm.eps)
 
 
-def test_shapes_enqueue_rejects_fail_the_run_with_the_plugins_message(plugin_ops):
+def test_shapes_a_plugin_rejects_fail_at_build_time_with_the_plugins_message(plugin_ops):
+    # configurePlugin (when TensorRT builds the engine) judges the shapes, not only enqueue on a GPU
     table = kt.table_for(kt.RES_TINY, F32, seed=3)[:-1]  # one row short for these resolutions
-    with pytest.raises(RuntimeError, match=r"enqueue returned -1[\s\S]*the table \[\d+, 2\] for these resolutions"):
+    with pytest.raises(RuntimeError, match=r"configurePlugin failed[\s\S]*the table \[\d+, 2\] for these resolutions"):
         plugin_ops.event_splat(torch.zeros(5, 4), table, 40, 30, kt.RES_TINY, 0.4)
+    with pytest.raises(RuntimeError, match=r"configurePlugin failed[\s\S]*EventSPDTopRRoute: the attention weights "
+                                           r"have 40 tokens, grid_w \* grid_h = 42"):
+        plugin_ops.topr_route(torch.randn(1, 2, 6, 40), 4, 7, 6, 32)
+    vals, anchors, offsets, logits = kt.deform_inputs(1, 12, 6, 2, 3, 4, kt.SIZES_ODD, F32, seed=5)
+    with pytest.raises(RuntimeError, match=r"configurePlugin failed[\s\S]*EventSPDDeformRead: unexpected input shapes"):
+        plugin_ops.deform_read(*vals, anchors, offsets[..., :-1], logits, [8, 16, 32])
 
 
 def test_shapes_above_the_profile_maximum_are_refused(plugin_ops):

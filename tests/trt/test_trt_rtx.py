@@ -424,3 +424,28 @@ def test_weakly_typed_constraints_find_every_fp32_node_among_the_parsed_layers(
         assert {"/a4/w_s/Gemm", "/a4/w_b/Gemm"} <= keep
     found = {_node_of(network.get_layer(i).name, keep, nodes) for i in range(network.num_layers)} - {None}
     assert found == keep, sorted(keep - found)[:10]
+
+
+def test_a_plugin_node_its_plugin_refuses_fails_the_engine_build(export_copy, tmp_path, rtx_plugin_library):
+    """The plugins judge their shapes in configurePlugin, which TensorRT-RTX's builder calls: a splat
+    node whose resolutions do not match its table fails `trt` with the plugin's message (exit 1,
+    nothing written) instead of an engine that would fail its first enqueue on a GPU."""
+    from test_check import _edit_splat_attribute
+
+    _edit_splat_attribute(export_copy, "resolutions", lambda a: a.ints.__setitem__(0, a.ints[0] + 1))
+    out, err_log = tmp_path / "out", tmp_path / "trt.stderr"
+    saved = os.dup(2)
+    with open(err_log, "wb") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            r = CliRunner().invoke(trt, ["--runtime", "tensorrt-rtx", "--onnx-dir", str(export_copy), "--out", str(out),
+                                         "--plugins", str(rtx_plugin_library)])
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    trt_log = err_log.read_text(errors="replace")
+    assert r.exit_code == 1, r.output + trt_log
+    assert "error: precompute: TensorRT-RTX" in r.output and "failed to build the engine" in r.output, r.output
+    # the plugin's own line (on stderr: loaded by dlopen, it has no TensorRT logger)
+    assert "[eventspd plugins] EventSPDEventSplat: events must be [N, 4] and the table [" in trt_log, trt_log
+    assert not (out / "precompute.engine").exists() and not (out / "decoder.engine").exists()
