@@ -25,16 +25,20 @@ bool reported(std::string const& problem, char const* plugin) noexcept {
 }
 
 void log(ILogger::Severity severity, std::string const& message) noexcept {
-    ILogger* logger = nullptr;
-    {
-        std::lock_guard<std::mutex> lock(gLoggerMutex);
-        if (gLoggerFinder != nullptr) logger = gLoggerFinder->findLogger();
-    }
-    std::string const text = "[eventspd plugins] " + message;
-    if (logger != nullptr) {
-        logger->log(severity, text.c_str());
-    } else if (severity <= ILogger::Severity::kWARNING) {
-        std::fprintf(stderr, "%s\n", text.c_str());
+    try {  // findLogger is not noexcept, the text needs memory: nothing may escape to TensorRT
+        ILogger* logger = nullptr;
+        {
+            std::lock_guard<std::mutex> lock(gLoggerMutex);
+            if (gLoggerFinder != nullptr) logger = gLoggerFinder->findLogger();
+        }
+        std::string const text = "[eventspd plugins] " + message;
+        if (logger != nullptr) {
+            logger->log(severity, text.c_str());
+        } else if (severity <= ILogger::Severity::kWARNING) {
+            std::fprintf(stderr, "%s\n", text.c_str());
+        }
+    } catch (...) {
+        if (severity <= ILogger::Severity::kWARNING) std::fprintf(stderr, "[eventspd plugins] %s\n", message.c_str());
     }
 }
 

@@ -79,8 +79,12 @@ public:
     IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
 
     PluginFieldCollection const* getFieldsToSerialize() noexcept override {
-        mSerialFields.clear();
-        addFields(mSerialFields);
+        try {
+            mSerialFields.clear();
+            addFields(mSerialFields);
+        } catch (...) {  // out of memory for a few fields: TensorRT reports the null
+            return nullptr;
+        }
         mSerialCollection.nbFields = static_cast<int32_t>(mSerialFields.size());
         mSerialCollection.fields = mSerialFields.data();
         return &mSerialCollection;
@@ -127,7 +131,11 @@ public:
         try {
             return Plugin::create(fc);
         } catch (std::exception const& e) {
-            log(ILogger::Severity::kERROR, std::string(Plugin::kName) + " (" + (name ? name : "?") + "): " + e.what());
+            try {  // (the message itself may not find the memory; no exception may reach TensorRT)
+                log(ILogger::Severity::kERROR, std::string(Plugin::kName) + " (" + (name ? name : "?") + "): " + e.what());
+            } catch (...) {
+            }
+        } catch (...) {
         }
         return nullptr;
     }
