@@ -235,8 +235,10 @@ def _dequantised_only_for_quantised_ops(model: onnx.ModelProto, exclude: set[str
             g.node.remove(n)
 
 
-def check_tensorrt_rules(model: onnx.ModelProto) -> list[str]:
-    """Violations of TensorRT's explicit-quantisation rules (empty list when all hold)."""
+def check_tensorrt_rules(model: onnx.ModelProto, exclude: Iterable[str] = ()) -> list[str]:
+    """Violations of TensorRT's explicit-quantisation rules (empty list when all hold); ``exclude``:
+    the ops the sensitivity pass kept in float, which must not read a DequantizeLinear either."""
+    exclude = set(exclude)
     inits = {i.name: i for i in model.graph.initializer}
     consts = {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"}
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -259,10 +261,11 @@ def check_tensorrt_rules(model: onnx.ModelProto) -> list[str]:
                 problems.append(f"{node.name}: per-channel scale on an activation")
         if node.op_type == "DequantizeLinear":
             # Q/DQ stop at the quantised ops: nothing else may read the int8-rounded copy
-            others = [r for r in readers.get(node.output[0], []) if not _is_quantised_op(r)]
+            others = [r for r in readers.get(node.output[0], []) if not _is_quantised_op(r, exclude)]
             if others:
+                kept = " (kept in float)" if others[0].name in exclude else ""
                 problems.append(f"{node.name}: its dequantised tensor is read by {others[0].op_type} "
-                                f"{others[0].name!r}, not only by {'/'.join(QUANT_OPS)}")
+                                f"{others[0].name!r}{kept}, not only by quantised {'/'.join(QUANT_OPS)}")
             if node.output[0] in outputs:
                 problems.append(f"{node.name}: writes the graph output {node.output[0]!r}")
         if len(node.input) < 3 or not node.input[2]:

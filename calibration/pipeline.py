@@ -236,7 +236,7 @@ def _calibrate_into(out: Path, model: EventSPD, options: CalibrationOptions, pat
                 log.warning("int8 %s: %d quantised tensor(s) were 0 on all the calibration data (%s%s): they get "
                             "ONNX Runtime's scale 1.0; calibrate on data that exercises them", g, len(zero),
                             ", ".join(zero[:3]), ", ..." if len(zero) > 3 else "")
-            problems = q8.check_tensorrt_rules(m)
+            problems = q8.check_tensorrt_rules(m, exclude[g])
             if problems:
                 raise q8.CalibrationError(f"int8 {g}: Q/DQ breaks TensorRT's rules: {problems[:3]}")
     for precision in options.precisions:

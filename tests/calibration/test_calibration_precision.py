@@ -213,7 +213,7 @@ def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypat
     monkeypatch.setattr(q8, "_dequantised_only_for_quantised_ops", lambda model, exclude: None)
     problems = q8.check_tensorrt_rules(q8.quantize(path, ranges))
     monkeypatch.undo()
-    assert any("LayerNormalization" in p and "not only by Conv/MatMul/Gemm" in p for p in problems), problems
+    assert any("LayerNormalization" in p and "not only by quantised Conv/MatMul/Gemm" in p for p in problems), problems
     dec_feed = feeds[1][3]
     with torch.inference_mode():
         depth, _ = tiny.decode({n: torch.from_numpy(dec_feed[n]) for n in contract.SHARED_NAMES},
@@ -230,6 +230,25 @@ def test_int8_ranges_cache_and_tensorrt_rules(graphs, feeds, tmp_path, monkeypat
     for node in partial.graph.node:
         if node.name in excluded:
             assert all(prod.get(x) is None or prod[x].op_type != "DequantizeLinear" for x in node.input)
+    assert q8.check_tensorrt_rules(partial, excluded) == []
+    # one of two MatMuls reading the same activation kept in float: it reads the float tensor, its
+    # neighbour the DequantizeLinear; the mutation, the rewiring blind to the exclusions, leaves
+    # the float MatMul reading the int8 copy, and the check (told the exclusions) rejects it
+    fp32 = onnx.load(path)
+    inits = {i.name for i in fp32.graph.initializer}
+    matmul_readers: dict[str, list[str]] = {}
+    for n in fp32.graph.node:
+        if n.op_type == "MatMul":
+            for x in n.input:
+                if x not in inits:
+                    matmul_readers.setdefault(x, []).append(n.name)
+    one = [next(names[0] for names in matmul_readers.values() if len(names) > 1)]
+    assert q8.check_tensorrt_rules(q8.quantize(path, ranges, exclude=one), one) == []
+    rewire = q8._dequantised_only_for_quantised_ops
+    monkeypatch.setattr(q8, "_dequantised_only_for_quantised_ops", lambda model, exclude: rewire(model, set()))
+    problems = q8.check_tensorrt_rules(q8.quantize(path, ranges, exclude=one), one)
+    monkeypatch.undo()
+    assert any(f"{one[0]!r} (kept in float), not only by quantised" in p for p in problems), problems
 
 
 def test_int8_precompute_outputs_and_state_stay_float(graphs, feeds, monkeypatch):
