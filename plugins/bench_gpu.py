@@ -59,7 +59,9 @@ def _row(op, K, dtype, t_kernel, t_ref, nbytes, peak, extra=None):
     return row
 
 
-def bench(config: str, ks: list[int], iters: int, n_events: int, log=print) -> dict:
+def bench(config: str, ks: list[int], iters: int, n_events: int, log=print, rows: list | None = None) -> dict:
+    """The kernels' rows (appended to ``rows`` as they are measured, so that a caller keeps those
+    measured before a failure) and the run's description."""
     import plugins.torch_ext as ext
     from model_def import ops as ref_ops
     from model_def.config import get_config
@@ -76,7 +78,7 @@ def bench(config: str, ks: list[int], iters: int, n_events: int, log=print) -> d
     T, R, Hh, C, L, M = cfg.grid_tokens, cfg.top_r, cfg.heads, cfg.d, cfg.deform_levels, cfg.deform_points
     strides = list(cfg.strides[1:])
     sizes = [cfg.level_hw(lvl) for lvl in (2, 3, 4)]
-    rows = []
+    rows = [] if rows is None else rows
 
     def report(row):
         rows.append(row)
@@ -131,8 +133,13 @@ def bench(config: str, ks: list[int], iters: int, n_events: int, log=print) -> d
     report(_row("event_splat", n, torch.float32, tk, tr, nbytes, peak, {"index_add_ms": t_index_add}))
     log(f"(bare index_add_ of {n} x {channels} values: {t_index_add:.4f} ms)")
     bench_convnext_block(cfg, iters, peak, report)
+    return run_description(config, iters, rows, peak)
+
+
+def run_description(config: str, iters: int, rows: list, peak: float | None = None) -> dict:
     return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "config": config, "copy_bandwidth_GBps": peak / 1e9,
+            "python": platform.python_version(), "config": config,
+            "copy_bandwidth_GBps": None if peak is None else peak / 1e9,
             "iters": iters, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": rows}
 
 
@@ -203,13 +210,22 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("error: no CUDA device visible to torch", file=sys.stderr)
         return 2
-    result = bench(args.config, args.k, args.iters, args.events)
+    rows: list = []
+    status = 0
+    try:
+        result = bench(args.config, args.k, args.iters, args.events, rows=rows)
+    except Exception as exc:  # a kernel that faults (never run on a GPU before): keep what was measured
+        import traceback
+
+        traceback.print_exc()
+        result = {**run_description(args.config, args.iters, rows), "error": f"{type(exc).__name__}: {exc}"}
+        status = 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(args.output.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(args.output)
-    print(f"wrote {args.output}")
-    return 0
+    print(f"wrote {args.output}" + (f" ({len(rows)} rows before the error)" if status else ""))
+    return status
 
 
 if __name__ == "__main__":

@@ -33,11 +33,16 @@ class _OneLineUsageError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
+# Click 8.2's "no arguments: show the help" error; absent from 8.1 (the GPU machines' Click may be
+# older than the pin), where the bare command prints its help without raising.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 @contextlib.contextmanager
 def _usage_errors_as_one_line():
     try:
         yield
-    except click.exceptions.NoArgsIsHelpError:  # the bare command still shows its help
+    except _NO_ARGS_IS_HELP:  # the bare command still shows its help
         raise
     except click.UsageError as exc:
         raise _OneLineUsageError(exc) from None
