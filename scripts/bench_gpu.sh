@@ -9,7 +9,9 @@
 #     BUDGET_S=480 scripts/bench_gpu.sh results/h200-x --tests --pack /somewhere/h200-x.tgz
 #
 # --pack FILE: after every step, the output folder (less the chrome traces) is packed into FILE,
-# so whatever ran is in it even if the whole command is killed later. BUDGET_S (seconds, 0 = none):
+# so what the finished steps wrote is in it even if the whole command is killed later (a step
+# killed at its limit leaves only what it printed). OUT_DIR and FILE are taken relative to the
+# repository root. A step may run 5 s past its share (`timeout -k 5`). BUDGET_S (seconds, 0 = none):
 # every step runs under `timeout` with what is left of it, and a step that cannot get its
 # minimum is skipped and named at the end. The steps run in order of what the issue needs
 # most: build, GPU tests (at most PYTEST_S, 180), kernels, fp16 eager + CUDA graphs, fp16
@@ -80,7 +82,8 @@ limit() {
     local s
     if [ "$BUDGET_S" -gt 0 ]; then s=$(left); else s=${1:-0}; fi
     if [ -n "${1:-}" ] && [ "$s" -gt "$1" ]; then s=$1; fi
-    if [ "$s" -gt 0 ]; then echo "timeout -k 5 $s"; fi
+    if [ "$s" -gt 0 ]; then echo "timeout -k 5 $s"
+    elif [ "$BUDGET_S" -gt 0 ]; then echo "timeout 1"; fi  # the budget is spent: no step runs unbounded
 }
 fits() {
     if [ "$BUDGET_S" -gt 0 ] && [ "$(left)" -lt "$2" ]; then

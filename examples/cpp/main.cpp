@@ -193,8 +193,10 @@ private:
 class DepthFile {
 public:
     explicit DepthFile(std::string path) : path_(std::move(path)), partial_(path_ + ".partial") {
-        if (!path_.empty() && (file_ = std::fopen(partial_.c_str(), "wb")) == nullptr)
+        if (path_.empty()) return;
+        if ((file_ = std::fopen(partial_.c_str(), "wb")) == nullptr)
             fatal("cannot write " + partial_ + ": " + std::strerror(errno));
+        std::remove(path_.c_str());  // an earlier run's FILE must not outlive a run that fails
     }
     ~DepthFile() {
         if (file_ == nullptr) return;
@@ -464,8 +466,8 @@ int run(int argc, char** argv) {
                     mean.precompute / count, mean.decoder / count, mean.download / count,
                     (mean.upload + mean.precompute + mean.decoder + mean.download) / count);
 
-    // Locals go in reverse order of construction: events, stream, contexts, buffers, engines, the
-    // runtime, the logger. The plugin library stays loaded until exit: TensorRT may still hold its
+    // Locals go in reverse order of construction: the depth file, events, stream, the decoder's
+    // output buffers, the contexts, the other buffers, the engines, the runtime, the logger. The plugin library stays loaded until exit: TensorRT may still hold its
     // creators.
     return 0;
 }

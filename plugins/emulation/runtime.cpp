@@ -587,7 +587,10 @@ cudaError_t occupancy_blocks(int* blocks, const void* func, int threads, size_t 
     *blocks = 0;
     const KernelResources* k = resources_of(func);
     const auto attr = device().max_dynamic_shared.find(func);
-    const size_t max_dynamic = attr == device().max_dynamic_shared.end() ? kDefaultDynamicShared : attr->second;
+    // without the attribute static and dynamic shared memory share the 48 KB default, as at launch
+    const size_t max_dynamic = attr != device().max_dynamic_shared.end() ? attr->second
+                               : k != nullptr ? kDefaultDynamicShared - k->static_shared
+                                              : kDefaultDynamicShared;
     const size_t shared = dynamic_shared + (k != nullptr ? k->static_shared : 0);
     if (dynamic_shared > max_dynamic || shared > static_cast<size_t>(device().shared_optin)) return cudaSuccess;
     if (k != nullptr && threads > k->max_threads) return cudaSuccess;

@@ -18,7 +18,8 @@ STUB = r"""#!/usr/bin/env bash
 echo "$*" >> "$STUB_LOG"
 step=""
 case "$1" in
-    -) cat >/dev/null; echo "torch 2.11 (stand-in), CUDA 13.0, NVIDIA H200"; exit 0 ;;
+    -) if grep -q find_spec; then echo "${STUB_MISSING:-}"; else echo "torch 2.11 (stand-in), CUDA 13.0, NVIDIA H200"; fi
+       exit 0 ;;
     -c) case "$2" in *capability*) echo 9.0 ;; *has_cuda_kernels*) echo "plugins._C CUDA kernels: True" ;; esac; exit 0 ;;
     -m) step="$2" ;;
     *) step="$(basename "$1")" ;;
@@ -74,6 +75,8 @@ def test_every_step_runs_in_order_and_the_archive_holds_the_results(tmp_path):
     # the extension for this GPU's architecture alone, and a module that fails to import cancels nothing
     assert "TORCH_CUDA_ARCH_LIST=9.0" in proc.stdout
     assert "--continue-on-collection-errors" in next(c for c in calls if c.startswith("-m pytest"))
+    # nothing missing: pip only builds the package
+    assert [c for c in calls if c.startswith("-m pip")] == ["-m pip install --quiet --no-build-isolation --no-deps -e ."]
     with tarfile.open(tmp_path / "back" / "h200.tgz") as tar:
         names = {Path(n).name for n in tar.getnames()}
     assert {"build.log", "gpu-tests.txt", "kernels-hd.json", "bench-hd-cuda-fp16.json",
@@ -102,6 +105,21 @@ def test_the_budget_skips_what_cannot_fit_and_says_so(tmp_path):
     assert "fp16-compiled" not in steps(calls) and "fp32" in steps(calls)
     assert "== skipped: bench fp16-compiled (budget: " in proc.stdout
     assert "skipped for the budget: bench fp16-compiled" in proc.stdout
+
+
+def test_a_missing_dependency_is_installed_without_waiting_for_a_network(tmp_path):
+    proc, calls = run_script(tmp_path, STUB_MISSING="'ninja'")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "-m pip install --quiet --retries 0 --timeout 5 --disable-pip-version-check ninja" in calls
+
+
+def test_a_spent_budget_still_bounds_every_step(tmp_path):
+    # BUDGET_S=1: the checks before the build take no time here, so the build (with no minimum
+    # of its own) gets what is left, never an unbounded run; every measured step is skipped
+    proc, calls = run_script(tmp_path, "--tests", BUDGET_S="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert steps(calls) == []
+    assert "skipped for the budget: pytest -m gpu plugins.bench_gpu bench fp16" in proc.stdout
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -358,7 +358,7 @@ def test_dlopen_registers_each_creator_once_under_its_namespace(rtx_runtime, rtx
     which registers under "", it found none). loadLibrary of the same file works on a runtime's own
     registry (what trtexec --dynamicPlugins calls) and is refused by the global one, whose creators the
     load registered already (TensorRT's contract: it fails "if any of the plugins are already
-    registered"); neither registers anything twice."""
+    registered"); the global registry still lists each creator once."""
     idents = [(s.plugin_name, s.plugin_version, ops.PLUGIN_NAMESPACE) for s in ops.PLUGIN_SPECS.values()]
     script = f"""
 import ctypes, tensorrt_rtx as trt
