@@ -182,18 +182,10 @@ if [[ " $PRECISIONS " == *" fp16 "* ]]; then
     [ "$COMPILED" = 1 ] && fits "bench fp16-compiled" 150 && bench fp16 fp16-compiled torch-plugins-compiled
 fi
 
-if [ "${PACKED_KV_AB:-1}" = 1 ] && [[ " $PRECISIONS " == *" fp16 "* ]] && fits "bench packed-kv" 40; then
+if [ "${PACKED_KV_AB:-1}" = 1 ] && [[ " $PRECISIONS " == *" fp16 "* ]] && fits "bench fp16-packed-kv" 40; then
     # A/B of model_def.packed (B2/B5's K/V projections as one GEMM each): the same graphed
     # backend as in the fp16 run above, packed; no dense baseline (that run has it).
-    step "eventspd-export bench --packed-kv (torch-plugins-cudagraph, fp16)"
-    if ! $(limit) "$PY" -m eventspd_export bench --config hd --device cuda --backends torch-plugins-cudagraph \
-            --k 1,64,256,1024,4096 --precision fp16 --no-dense --no-stages --packed-kv \
-            --json "$OUT/bench-hd-cuda-fp16-packed-kv.json" --plot "$OUT/bench-hd-cuda-fp16-packed-kv.png" \
-            2> "$OUT/bench-hd-cuda-fp16-packed-kv.log" | tee "$OUT/bench-hd-cuda-fp16-packed-kv.txt"; then
-        tail -n 20 "$OUT/bench-hd-cuda-fp16-packed-kv.log"
-        FAILED+=("bench packed-kv")
-    fi
-    pack
+    bench fp16 fp16-packed-kv torch-plugins-cudagraph --no-dense --no-stages --packed-kv
 fi
 
 if [ "${PROFILE:-1}" = 1 ]; then

@@ -163,30 +163,22 @@ private:
     void* ptr_ = nullptr;
 };
 
-// A CUDA stream and the events that time its stages, released on scope exit.
-class Stream {
+// A CUDA handle made by `create` and released by `destroy` on scope exit: the stream and the
+// events that time its stages.
+template <class Handle, cudaError_t (*create)(Handle*), cudaError_t (*destroy)(Handle)>
+class CudaHandle {
 public:
-    Stream() { CUDA_CHECK(cudaStreamCreate(&stream_)); }
-    ~Stream() { cudaStreamDestroy(stream_); }
-    Stream(Stream const&) = delete;
-    Stream& operator=(Stream const&) = delete;
-    cudaStream_t get() const { return stream_; }
+    CudaHandle() { cudaCheck(create(&handle_), "creating a CUDA stream or event"); }
+    ~CudaHandle() { destroy(handle_); }
+    CudaHandle(CudaHandle const&) = delete;
+    CudaHandle& operator=(CudaHandle const&) = delete;
+    Handle get() const { return handle_; }
 
 private:
-    cudaStream_t stream_ = nullptr;
+    Handle handle_ = nullptr;
 };
-
-class Event {
-public:
-    Event() { CUDA_CHECK(cudaEventCreate(&event_)); }
-    ~Event() { cudaEventDestroy(event_); }
-    Event(Event const&) = delete;
-    Event& operator=(Event const&) = delete;
-    cudaEvent_t get() const { return event_; }
-
-private:
-    cudaEvent_t event_ = nullptr;
-};
+using Stream = CudaHandle<cudaStream_t, cudaStreamCreate, cudaStreamDestroy>;
+using Event = CudaHandle<cudaEvent_t, cudaEventCreate, cudaEventDestroy>;
 
 // --save-depths: written to FILE.partial and renamed to FILE when every window is done, so a run
 // that stops early leaves no file that looks complete (the partial one is removed).
@@ -404,9 +396,7 @@ int run(int argc, char** argv) {
 
     Stream streamHolder;
     cudaStream_t const stream = streamHolder.get();
-    Event markHolders[5];
-    cudaEvent_t marks[5];
-    for (int i = 0; i < 5; ++i) marks[i] = markHolders[i].get();
+    Event marks[5];
 
     DepthFile depthFile(opt.saveDepths);
 
@@ -416,27 +406,27 @@ int run(int argc, char** argv) {
     for (size_t w = 0; w < events.windows.size(); ++w) {
         int64_t n = static_cast<int64_t>(events.windows[w].size() / 4);
         if (n > 0) std::memcpy(hEvents.get(), events.windows[w].data(), static_cast<size_t>(n) * 4 * sizeof(float));
-        CUDA_CHECK(cudaEventRecord(marks[0], stream));
+        CUDA_CHECK(cudaEventRecord(marks[0].get(), stream));
         if (n > 0)
             CUDA_CHECK(cudaMemcpyAsync(dEvents.get(), hEvents.get(), static_cast<size_t>(n) * 4 * sizeof(float),
                                        cudaMemcpyHostToDevice, stream));
-        CUDA_CHECK(cudaEventRecord(marks[1], stream));
+        CUDA_CHECK(cudaEventRecord(marks[1].get(), stream));
         if (!preCtx->setInputShape(roles.events.c_str(), withDynamic(find(manifest.precompute.inputs, roles.events), n)))
             fatal("the precompute engine rejects " + std::to_string(n) + " events", 2);
         bind(*preCtx, roles.hidden, state[cur]);
         bind(*preCtx, roles.hiddenOut, state[1 - cur]);
         if (!preCtx->enqueueV3(stream)) fatal("precompute enqueueV3 failed in window " + std::to_string(w), 1);
-        CUDA_CHECK(cudaEventRecord(marks[2], stream));
+        CUDA_CHECK(cudaEventRecord(marks[2].get(), stream));
         if (!decCtx->enqueueV3(stream)) fatal("decoder enqueueV3 failed in window " + std::to_string(w), 1);
-        CUDA_CHECK(cudaEventRecord(marks[3], stream));
+        CUDA_CHECK(cudaEventRecord(marks[3].get(), stream));
         CUDA_CHECK(cudaMemcpyAsync(hDepth.get(), dOut[0]->get(), static_cast<size_t>(K) * sizeof(float),
                                    cudaMemcpyDeviceToHost, stream));
-        CUDA_CHECK(cudaEventRecord(marks[4], stream));
+        CUDA_CHECK(cudaEventRecord(marks[4].get(), stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
         cur = 1 - cur;
 
         float ms[4];
-        for (int s = 0; s < 4; ++s) CUDA_CHECK(cudaEventElapsedTime(&ms[s], marks[s], marks[s + 1]));
+        for (int s = 0; s < 4; ++s) CUDA_CHECK(cudaEventElapsedTime(&ms[s], marks[s].get(), marks[s + 1].get()));
         times.push_back({ms[0], ms[1], ms[2], ms[3]});
         float const* depth = hDepth.get();
         std::printf("window %zu: %lld events | upload %.3f ms, precompute %.3f ms, decoder %.3f ms (K=%lld), "
@@ -467,8 +457,8 @@ int run(int argc, char** argv) {
                     (mean.upload + mean.precompute + mean.decoder + mean.download) / count);
 
     // Locals go in reverse order of construction: the depth file, events, stream, the decoder's
-    // output buffers, the contexts, the other buffers, the engines, the runtime, the logger. The plugin library stays loaded until exit: TensorRT may still hold its
-    // creators.
+    // output buffers, the contexts, the other buffers, the engines, the runtime, the logger. The
+    // plugin library stays loaded until exit: TensorRT may still hold its creators.
     return 0;
 }
 

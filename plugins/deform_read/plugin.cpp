@@ -93,15 +93,21 @@ bool fillArgs(Dims const* dims, DataType valueType, DataType paramType, int32_t 
     a.channels = static_cast<int32_t>(dims[0].d[1]);
     return a.heads > 0 && a.channels % a.heads == 0;
 }
+
+// fillArgs at the profile's maxima (build time: configurePlugin, getWorkspaceSize).
+bool fillArgsAtMax(DynamicPluginTensorDesc const* in, int32_t const* strides, cuda::DeformReadArgs& a) {
+    Dims dims[6];
+    for (int i = 0; i < 6; ++i) dims[i] = in[i].max;
+    return fillArgs(dims, in[0].desc.type, in[4].desc.type, strides, a);
+}
+
+constexpr char const* kBadShapes = "unexpected input shapes";
 }  // namespace
 
 size_t DeformReadPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
                                           DynamicPluginTensorDesc const*, int32_t) const noexcept {
-    if (nbInputs != 6) return 0;
-    Dims dims[6];
-    for (int i = 0; i < 6; ++i) dims[i] = inputs[i].max;
     cuda::DeformReadArgs a{};
-    if (!fillArgs(dims, inputs[0].desc.type, inputs[4].desc.type, mStrides, a)) return 0;
+    if (nbInputs != 6 || !fillArgsAtMax(inputs, mStrides, a)) return 0;
     return cuda::deform_read_workspace_size(a);
 }
 
@@ -109,13 +115,8 @@ size_t DeformReadPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs,
 // enqueue on a GPU.
 int32_t DeformReadPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                           DynamicPluginTensorDesc const*, int32_t) noexcept {
-    if (nbInputs != 6) return -1;
-    Dims dims[6];
-    for (int i = 0; i < 6; ++i) dims[i] = in[i].max;
     cuda::DeformReadArgs a{};
-    if (fillArgs(dims, in[0].desc.type, in[4].desc.type, mStrides, a)) return 0;
-    log(ILogger::Severity::kERROR, "EventSPDDeformRead: unexpected input shapes");
-    return -1;
+    return nbInputs == 6 && !reported(fillArgsAtMax(in, mStrides, a) ? "" : kBadShapes, kName) ? 0 : -1;
 }
 
 int32_t DeformReadPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
@@ -123,10 +124,8 @@ int32_t DeformReadPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
     Dims dims[6];
     for (int i = 0; i < 6; ++i) dims[i] = inputDesc[i].dims;
     cuda::DeformReadArgs a{};
-    if (!fillArgs(dims, inputDesc[0].type, inputDesc[4].type, mStrides, a)) {
-        log(ILogger::Severity::kERROR, "EventSPDDeformRead: unexpected input shapes");
+    if (reported(fillArgs(dims, inputDesc[0].type, inputDesc[4].type, mStrides, a) ? "" : kBadShapes, kName))
         return -1;
-    }
     for (int l = 0; l < 3; ++l) a.values[l] = inputs[l];
     a.anchors = static_cast<float const*>(inputs[3]);
     a.offsets = inputs[4];
